@@ -1,0 +1,1 @@
+"""Stand-in LibOS sources, used when no Occlum install is found."""

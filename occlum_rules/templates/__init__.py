@@ -1,0 +1,1 @@
+"""jinja2 templates for the generated Occlum configuration files."""
