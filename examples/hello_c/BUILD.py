@@ -1,0 +1,4 @@
+occlum_cc_binary(
+    name = "hello",
+    srcs = ["hello.c"],
+)

@@ -1,0 +1,1 @@
+"""The build engine: workspace, BUILD dialect, analysis, actions, cache, doit bridge."""

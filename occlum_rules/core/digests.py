@@ -1,0 +1,148 @@
+"""Content digests with a stat cache.
+
+Incremental builds are decided by content (sha256), never by mtime alone; but re-hashing a
+1 GB image on every null build would make the cache useless. A file whose (inode, size,
+mtime_ns, ctime_ns) is unchanged since we hashed it keeps its digest. The cache is a plain
+dict persisted with ``marshal``: losing it only costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import stat as statmod
+import threading
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class DigestCache:
+    """path -> (stamp, sha256); shared by everything in one process."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._entries: dict[str, tuple] | None = None
+        self._dirty = False
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, tuple]:
+        if self._entries is None:
+            self._entries = {}
+            if self.path is not None:
+                try:
+                    with open(self.path, "rb") as f:
+                        data = marshal.load(f)
+                    if isinstance(data, dict):
+                        self._entries = data
+                except (OSError, EOFError, ValueError, TypeError):
+                    self._entries = {}
+        return self._entries
+
+    def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
+        key = os.fspath(path)
+        if st is None:
+            st = os.stat(key)
+        stamp = _stamp(st)
+        entries = self._load()
+        hit = entries.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = sha256_file(key)
+        with self._lock:
+            entries[key] = (stamp, value)
+            self._dirty = True
+        return value
+
+    def remember(self, path: str | os.PathLike, digest: str) -> None:
+        """Record a digest the caller just computed while writing the file."""
+        key = os.fspath(path)
+        try:
+            st = os.stat(key)
+        except OSError:
+            return
+        with self._lock:
+            self._load()[key] = (_stamp(st), digest)
+            self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty or self.path is None or self._entries is None:
+            return
+        try:
+            merged: dict[str, tuple] = {}
+            try:
+                with open(self.path, "rb") as f:
+                    old = marshal.load(f)
+                if isinstance(old, dict):
+                    merged.update(old)
+            except (OSError, EOFError, ValueError, TypeError):
+                pass
+            merged.update(self._entries)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                marshal.dump(merged, f)
+            os.replace(tmp, self.path)
+            self._dirty = False
+        except OSError:
+            pass
+
+
+def tree_entries(root: Path, cache: DigestCache | None, rel_prefix: str = "") -> list[dict]:
+    """Describe a directory tree: sorted entries with type, mode, size, sha256 / link target.
+
+    The description is what an output directory *is* for the cache and for action keys, so it
+    must not depend on traversal order, mtimes or the absolute location of the tree.
+    """
+    entries: list[dict] = []
+
+    def walk(dir_path: str, rel: str) -> None:
+        with os.scandir(dir_path) as it:
+            items = sorted(it, key=lambda e: e.name)
+        for entry in items:
+            rel_path = f"{rel}{entry.name}"
+            st = entry.stat(follow_symlinks=False)
+            mode = statmod.S_IMODE(st.st_mode)
+            if statmod.S_ISLNK(st.st_mode):
+                entries.append({"path": rel_path, "type": "symlink",
+                                "target": os.readlink(entry.path)})
+            elif statmod.S_ISDIR(st.st_mode):
+                entries.append({"path": rel_path, "type": "dir", "mode": mode})
+                walk(entry.path, rel_path + "/")
+            elif statmod.S_ISREG(st.st_mode):
+                digest = cache.digest(entry.path, st) if cache else sha256_file(entry.path)
+                entries.append({"path": rel_path, "type": "file", "mode": mode,
+                                "size": st.st_size, "sha256": digest})
+            # sockets, fifos and devices are not build outputs; they are left out on purpose
+
+    walk(os.fspath(root), rel_prefix)
+    return entries
+
+
+def tree_digest(entries: list[dict]) -> str:
+    h = hashlib.sha256()
+    for e in entries:
+        if e["type"] == "file":
+            h.update(f"F {e['path']} {e['mode']:o} {e['sha256']}\n".encode())
+        elif e["type"] == "dir":
+            h.update(f"D {e['path']} {e['mode']:o}\n".encode())
+        else:
+            h.update(f"L {e['path']} {e['target']}\n".encode())
+    return h.hexdigest()

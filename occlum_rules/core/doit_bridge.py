@@ -1,0 +1,261 @@
+"""The doit bridge: a loaded workspace becomes doit tasks.
+
+Every action is a doit subtask of its target's label (``//pkg:name:action``), so ``doit
+list`` shows targets, ``doit //pkg:name`` builds one, ``doit info`` explains one. doit keeps
+its own file_dep state; our ``uptodate`` hook adds what doit cannot see (action keys over
+parameters, toolchains, directory inputs and host files discovered at run time).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from doit.exceptions import TaskFailed
+from doit.reporter import ConsoleReporter
+
+from occlum_rules.core.analysis import Graph
+from occlum_rules.core.executor import BuildEnv, execute, is_up_to_date, read_state, state_path
+from occlum_rules.core.workspace import Workspace, find_root, load_workspace
+from occlum_rules.errors import UserError
+
+_RUN_COMMANDS = {"run", "clean", "forget", "ignore", "strace", "auto"}
+_STATE: dict[str, Any] = {}
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("OCCLUM_RULES_DEBUG"))
+
+
+def load_graph(start: Path | None = None) -> tuple[Workspace, Graph]:
+    from occlum_rules.rules import all_rules
+    from occlum_rules.toolchains import Toolchains
+
+    root = find_root(start or Path.cwd())
+    ws = load_workspace(root)
+    graph = Graph(ws, all_rules(), Toolchains(ws))
+    graph.load_all()
+    graph.analyze()
+    return ws, graph
+
+
+def build_env(ws: Workspace, run_id: str | None = None) -> BuildEnv:
+    return BuildEnv(
+        root=str(ws.root), out=str(ws.out), state_dir=str(ws.state_dir),
+        cache_dir=str(ws.cache_dir()), run_id=run_id or uuid.uuid4().hex[:16],
+        source_date_epoch=ws.source_date_epoch(),
+        remote_url=ws.cache.get("remote"), remote_upload=ws.cache.get("upload"),
+        path_env=os.environ.get("PATH", ""))
+
+
+def _doit_command(argv: list[str]) -> str:
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            continue
+        return arg if arg in {"list", "info", "help", "dumpdb", "tabcompletion", "reset-dep",
+                              *_RUN_COMMANDS} else "run"
+    return "run"
+
+
+def _take_lock(ws: Workspace) -> None:
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ws.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"occlum-rules: another build is running in {ws.root}; waiting for it to finish",
+              file=sys.stderr)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _STATE["lock_fd"] = fd  # held until this process exits
+
+
+def execute_task(action: dict, env: BuildEnv):
+    try:
+        execute(action, env)
+    except UserError as exc:
+        if _debug():
+            raise
+        return TaskFailed(str(exc))
+    return None
+
+
+def _uptodate(action: dict, env: BuildEnv):
+    def check(task, values) -> bool:
+        return is_up_to_date(action, env)
+    return check
+
+
+def _clean(action: dict, env: BuildEnv):
+    def clean() -> None:
+        import shutil
+
+        for rel in action["outputs"]:
+            full = os.path.join(env.root, rel)
+            if os.path.islink(full) or os.path.isfile(full):
+                os.unlink(full)
+            elif os.path.isdir(full):
+                shutil.rmtree(full)
+        try:
+            state_path(env, action["id"]).unlink()
+        except FileNotFoundError:
+            pass
+    return clean
+
+
+def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
+    tasks: list[dict] = []
+    by_label: dict[str, list] = {}
+    for action in graph.actions:
+        by_label.setdefault(action.label, []).append(action)
+    defaults: list[str] = []
+    for label in sorted(graph.targets):
+        target = graph.targets[label]
+        name = str(label)
+        actions = by_label.get(name, [])
+        if target.rule.default_target:
+            defaults.append(name)
+        tasks.append({"basename": name, "name": None,
+                      "doc": f"{target.rule.name} ({target.location})"})
+        for a in actions:
+            payload = a.to_dict()
+            file_deps = [p for p in a.inputs
+                         if p not in a.input_producers and not os.path.isabs(p)
+                         and (ws.root / p).is_file()]
+            tasks.append({
+                "basename": name, "name": a.name,
+                "doc": a.description,
+                "actions": [(execute_task, [payload, env])],
+                "file_dep": file_deps,
+                "targets": list(a.outputs),
+                "task_dep": list(a.producers),
+                "uptodate": [_uptodate(payload, env)],
+                "clean": [_clean(payload, env)],
+                "verbosity": 2,
+            })
+        if not actions:
+            # a target whose rule declared nothing (e.g. only forwards files) still has a task
+            tasks.append({"basename": name, "name": "noop", "actions": [], "uptodate": [True]})
+    tasks.append({"basename": "build", "doc": "build every default target",
+                  "actions": None, "task_dep": defaults})
+    return tasks
+
+
+class BuildReporter(ConsoleReporter):
+    """doit's console reporter plus our summary line and build-report.json."""
+
+    desc = "occlum-rules reporter"
+
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self.started = time.monotonic()
+        self.skipped: list[str] = []
+        self.seen = False
+        self.failed = False
+
+    def execute_task(self, task):
+        if task.actions and task.name in _STATE.get("actions", {}):
+            self.seen = True
+            self.write(f".  {task.name}\n")
+
+    def skip_uptodate(self, task):
+        if task.name in _STATE.get("actions", {}):
+            self.seen = True
+            self.skipped.append(task.name)
+
+    def add_failure(self, task, fail_info):
+        self.failed = True
+        if isinstance(fail_info, TaskFailed):
+            # our own failures are one clear line; doit's frame dump would only add noise
+            self.write(f"error: {fail_info.message}\n")
+        else:
+            super().add_failure(task, fail_info)
+
+    def complete_run(self):
+        if self.seen:
+            try:
+                self._write_report()
+            except OSError as exc:
+                self.write(f"warning: could not write build report: {exc}\n")
+        super().complete_run()
+
+    def _write_report(self) -> None:
+        env: BuildEnv = _STATE["env"]
+        actions: dict[str, dict] = _STATE["actions"]
+        run_dir = Path(env.state_dir) / "runs" / env.run_id
+        records: dict[str, dict] = {}
+        if run_dir.is_dir():
+            for f in sorted(run_dir.iterdir()):
+                try:
+                    rec = json.loads(f.read_text())
+                    records[rec["id"]] = rec
+                except (OSError, ValueError, KeyError):
+                    continue
+        for task_name in self.skipped:
+            if task_name not in records:
+                state = read_state(env, task_name) or {}
+                a = actions[task_name]
+                records[task_name] = {"id": task_name, "label": a["label"], "stage": a["kind"],
+                                      "outcome": "up_to_date", "seconds": 0.0,
+                                      "action_key": state.get("key")}
+        counts = {"actions_run": 0, "cache_hits_local": 0, "cache_hits_remote": 0, "up_to_date": 0}
+        names = {"run": "actions_run", "cache_hit_local": "cache_hits_local",
+                 "cache_hit_remote": "cache_hits_remote", "up_to_date": "up_to_date"}
+        for rec in records.values():
+            counts[names[rec["outcome"]]] += 1
+        elapsed = time.monotonic() - self.started
+        report = {**counts, "failed": self.failed, "seconds": round(elapsed, 3),
+                  "notes": _STATE.get("notes", []),
+                  "actions": sorted(records.values(), key=lambda r: r["id"])}
+        out = Path(env.out) / "build-report.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(".build-report.json.tmp")
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        self.write(f"occlum-rules: {counts['actions_run']} actions run, "
+                   f"{counts['cache_hits_local']} cache hits (local), "
+                   f"{counts['cache_hits_remote']} cache hits (remote), "
+                   f"{counts['up_to_date']} up to date in {elapsed:.2f}s"
+                   f"{' (FAILED)' if self.failed else ''}\n")
+
+
+def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
+    """What dodo.py calls: fill its globals with DOIT_CONFIG and task generators."""
+    try:
+        ws, graph = load_graph(start)
+        env = build_env(ws, os.environ.get("OCCLUM_RULES_RUN_ID"))
+        if _doit_command(sys.argv) in _RUN_COMMANDS:
+            _take_lock(ws)
+        tasks = make_tasks(ws, graph, env)
+        tc = graph.toolchains
+        if tc is not None:
+            for note in getattr(tc, "notes", []):
+                print(note, file=sys.stderr)
+    except UserError as exc:
+        if _debug():
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    _STATE["env"] = env
+    _STATE["actions"] = {a.id: a.to_dict() for a in graph.actions}
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def task_occlum_rules():
+        yield from tasks
+
+    dodo_globals["task_occlum_rules"] = task_occlum_rules
+    dodo_globals["DOIT_CONFIG"] = {
+        "default_tasks": ["build"],
+        "reporter": BuildReporter,
+        "dep_file": str(ws.state_dir / "doit.db"),
+        "backend": "sqlite3",
+        "verbosity": 1,
+    }

@@ -1,0 +1,432 @@
+"""Run one action: up to date, restored from a cache, or executed — in that order.
+
+This module is what every doit task calls. It keeps three promises:
+- nothing half-written counts: an action's state file is removed before its outputs change
+  and written only after they are complete, so an interrupted build re-runs the action;
+- a cache hit is verified blob by blob before anything is put in place;
+- outputs appear atomically (built in a scratch directory, then renamed), except for the
+  incremental stages that update their previous outputs in place (they keep their own state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import stat as statmod
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from occlum_rules.core.action import compute_key, key_material
+from occlum_rules.core.digests import DigestCache, tree_digest, tree_entries
+from occlum_rules.core.store import CorruptBlob, LocalStore, manifest_blobs
+from occlum_rules.errors import UserError
+
+_DIGESTS: dict[str, DigestCache] = {}
+_REMOTES: dict[str, Any] = {}
+
+
+@dataclass
+class BuildEnv:
+    """What every action of one build shares; plain data so it pickles."""
+
+    root: str
+    out: str
+    state_dir: str
+    cache_dir: str
+    run_id: str
+    source_date_epoch: int
+    remote_url: str | None = None
+    remote_upload: bool | None = None
+    path_env: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def digest_cache(env: BuildEnv) -> DigestCache:
+    cache = _DIGESTS.get(env.state_dir)
+    if cache is None:
+        cache = _DIGESTS[env.state_dir] = DigestCache(Path(env.state_dir) / "digests.marshal")
+    return cache
+
+
+def _remote(env: BuildEnv):
+    if env.state_dir in _REMOTES:
+        return _REMOTES[env.state_dir]
+    remote = None
+    try:
+        from occlum_rules.core.remote_cache import remote_from_config
+    except ImportError:
+        remote_from_config = None
+    if remote_from_config is not None:
+        remote = remote_from_config(env.remote_url, env.remote_upload)
+    _REMOTES[env.state_dir] = remote
+    return remote
+
+
+def _abs(env: BuildEnv, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(env.root, path)
+
+
+def state_path(env: BuildEnv, action_id: str) -> Path:
+    name = hashlib.sha256(action_id.encode()).hexdigest()[:32]
+    return Path(env.state_dir) / "actions" / f"{name}.json"
+
+
+def read_state(env: BuildEnv, action_id: str) -> dict | None:
+    try:
+        data = json.loads(state_path(env, action_id).read_bytes())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- keys
+
+def input_digests(action: dict, env: BuildEnv) -> list[tuple[str, str]]:
+    cache = digest_cache(env)
+    result: list[tuple[str, str]] = []
+    producer_states: dict[str, dict | None] = {}
+    for path in action["inputs"]:
+        producer = action["input_producers"].get(path)
+        digest = None
+        if producer is not None:
+            if producer not in producer_states:
+                producer_states[producer] = read_state(env, producer)
+            state = producer_states[producer]
+            if state:
+                for out in state["manifest"]["outputs"]:
+                    if out["path"] == path:
+                        digest = out["digest"]
+                        break
+        if digest is None:
+            full = _abs(env, path)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:
+                raise UserError(f"{action['label']}: input '{path}' does not exist") from None
+            if statmod.S_ISDIR(st.st_mode):
+                digest = "tree:" + tree_digest(tree_entries(Path(full), cache))
+            else:
+                digest = cache.digest(full, st)
+        result.append((path, digest))
+    return result
+
+
+def action_key(action: dict, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
+    digests = input_digests(action, env)
+    return compute_key(action, digests), digests
+
+
+# --------------------------------------------------------------------------- outputs
+
+def describe_outputs(action: dict, env: BuildEnv, where: dict[str, str] | None = None) -> dict:
+    """Build the output manifest (what the cache stores and what up-to-date checks compare)."""
+    cache = digest_cache(env)
+    outputs = []
+    for rel, kind in zip(action["outputs"], action["output_types"]):
+        full = (where or {}).get(rel) or _abs(env, rel)
+        if kind == "dir":
+            if not os.path.isdir(full):
+                raise UserError(f"{action['label']}: declared output directory '{rel}' was not created")
+            entries = tree_entries(Path(full), cache)
+            outputs.append({"path": rel, "type": "dir", "entries": entries,
+                            "digest": "tree:" + tree_digest(entries)})
+        else:
+            if os.path.islink(full) or not os.path.isfile(full):
+                raise UserError(f"{action['label']}: declared output '{rel}' was not created")
+            st = os.stat(full)
+            digest = cache.digest(full, st)
+            outputs.append({"path": rel, "type": "file", "mode": statmod.S_IMODE(st.st_mode),
+                            "size": st.st_size, "sha256": digest, "digest": digest})
+    return {"outputs": outputs}
+
+
+def _stamps(action: dict, env: BuildEnv) -> dict[str, list[int]]:
+    stamps: dict[str, list[int]] = {}
+    for rel, kind in zip(action["outputs"], action["output_types"]):
+        full = _abs(env, rel)
+        if kind == "dir":
+            for dirpath, dirnames, filenames in os.walk(full):
+                dirnames.sort()
+                for name in dirnames + sorted(filenames):
+                    p = os.path.join(dirpath, name)
+                    st = os.lstat(p)
+                    stamps[p[len(env.root) + 1:]] = [st.st_size, st.st_mtime_ns, st.st_mode]
+        else:
+            st = os.lstat(full)
+            stamps[rel] = [st.st_size, st.st_mtime_ns, st.st_mode]
+    return stamps
+
+
+def outputs_intact(action: dict, env: BuildEnv, state: dict) -> bool:
+    """Are the outputs exactly what the state says we left? (size, mtime, mode, set of paths)"""
+    try:
+        return _stamps(action, env) == state.get("stamps")
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _restore_tree(store: LocalStore, entries: list[dict], dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    dir_modes: list[tuple[Path, int]] = []
+    for e in entries:
+        target = dest / e["path"]
+        if e["type"] == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            dir_modes.append((target, e["mode"]))
+        elif e["type"] == "symlink":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(e["target"], target)
+        else:
+            store.restore(e["sha256"], target, e["mode"])
+    for path, mode in reversed(dir_modes):
+        os.chmod(path, mode)
+
+
+def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: dict) -> None:
+    """Put a cached result in place; all-or-nothing per output."""
+    scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
+    _remove(str(scratch))
+    staged: list[tuple[Path, str]] = []
+    try:
+        for out in manifest["outputs"]:
+            tmp = scratch / out["path"]
+            if out["type"] == "dir":
+                _restore_tree(store, out["entries"], tmp)
+            else:
+                store.restore(out["sha256"], tmp, out["mode"])
+            staged.append((tmp, _abs(env, out["path"])))
+        for tmp, final in staged:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            _remove(final)
+            os.replace(tmp, final)
+    finally:
+        _remove(str(scratch))
+
+
+def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict) -> None:
+    for out in manifest["outputs"]:
+        if out["type"] == "file":
+            store.put_file(Path(_abs(env, out["path"])), out["sha256"])
+        else:
+            base = Path(_abs(env, out["path"]))
+            for e in out["entries"]:
+                if e["type"] == "file":
+                    store.put_file(base / e["path"], e["sha256"])
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class StageContext:
+    """What a Python stage function receives. Paths are absolute."""
+
+    root: Path
+    label: str
+    inputs: list[Path]
+    outputs: list[Path]
+    params: dict[str, Any]
+    secrets: dict[str, Path]
+    source_date_epoch: int
+    digests: DigestCache
+    state_dir: Path
+
+    def log(self, message: str) -> None:
+        print(f"[{self.label}] {message}", file=sys.stderr)
+
+
+def _subprocess_env(action: dict, env: BuildEnv) -> dict[str, str]:
+    base = {
+        "PATH": env.path_env or os.environ.get("PATH", "/usr/bin:/bin"),
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(env.source_date_epoch),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+    base.update(action["env"])
+    return base
+
+
+def _substitute(arg: str, outputs: dict[str, str], root: str) -> str:
+    arg = arg.replace("${WORKSPACE}", root)
+    for i, path in enumerate(outputs.values()):
+        arg = arg.replace(f"${{OUT:{i}}}", path)
+    return arg
+
+
+def _trim(text: str, lines: int = 25) -> str:
+    rows = [r for r in text.strip().splitlines() if r.strip()]
+    if len(rows) > lines:
+        rows = rows[:lines] + [f"... ({len(rows) - lines} more lines)"]
+    return "\n".join(rows)
+
+
+def run_action(action: dict, env: BuildEnv) -> None:
+    root = env.root
+    if action["in_place"]:
+        where = {rel: _abs(env, rel) for rel in action["outputs"]}
+        scratch = None
+    else:
+        scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
+        _remove(str(scratch))
+        where = {rel: str(scratch / rel) for rel in action["outputs"]}
+        for rel, kind in zip(action["outputs"], action["output_types"]):
+            os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
+    try:
+        if action["argv"] is not None:
+            rel_where = {k: os.path.relpath(v, root) for k, v in where.items()}
+            argv = [_substitute(a, rel_where, root) for a in action["argv"]]
+            try:
+                proc = subprocess.run(argv, cwd=root, env=_subprocess_env(action, env),
+                                      capture_output=True, text=True, errors="replace")
+            except FileNotFoundError:
+                raise UserError(f"{action['label']}: {action['kind']}: tool not found: {argv[0]}") from None
+            if proc.returncode != 0:
+                detail = _trim(proc.stderr or proc.stdout)
+                raise UserError(f"{action['label']}: {action['kind']} failed (exit {proc.returncode}):"
+                                f"\n{detail}")
+        else:
+            module_name, func_name = action["func"].split(":")
+            func = getattr(importlib.import_module(module_name), func_name)
+            ctx = StageContext(
+                root=Path(root), label=action["label"],
+                inputs=[Path(_abs(env, p)) for p in action["inputs"]],
+                outputs=[Path(where[rel]) for rel in action["outputs"]],
+                params=action["params"],
+                secrets={k: Path(_abs(env, v)) for k, v in action["secrets"].items()},
+                source_date_epoch=env.source_date_epoch,
+                digests=digest_cache(env), state_dir=Path(env.state_dir))
+            func(ctx)
+        for rel, kind in zip(action["outputs"], action["output_types"]):
+            ok = os.path.isdir(where[rel]) if kind == "dir" else (
+                os.path.isfile(where[rel]) and not os.path.islink(where[rel]))
+            if not ok:
+                raise UserError(f"{action['label']}: {action['kind']} did not create its declared "
+                                f"output '{rel}'")
+        if scratch is not None:
+            for rel in action["outputs"]:
+                final = _abs(env, rel)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                _remove(final)
+                os.replace(where[rel], final)
+        return describe_outputs(action, env)
+    finally:
+        if scratch is not None:
+            _remove(str(scratch))
+
+
+def _journal(env: BuildEnv, action: dict, outcome: str, seconds: float, key: str) -> None:
+    record = {"id": action["id"], "label": action["label"], "stage": action["kind"],
+              "outcome": outcome, "seconds": round(seconds, 4), "action_key": key}
+    name = hashlib.sha256(action["id"].encode()).hexdigest()[:32]
+    _write_json_atomic(Path(env.state_dir) / "runs" / env.run_id / f"{name}.json", record)
+
+
+def is_up_to_date(action: dict, env: BuildEnv) -> bool:
+    """doit's `uptodate` hook: same key as last time and outputs untouched."""
+    try:
+        state = read_state(env, action["id"])
+        if not state:
+            return False
+        key, _ = action_key(action, env)
+        return state.get("key") == key and outputs_intact(action, env, state)
+    except (UserError, OSError):
+        return False
+
+
+def execute(action: dict, env: BuildEnv) -> str:
+    """Bring one action's outputs up to date; return the outcome."""
+    started = time.monotonic()
+    key, digests = action_key(action, env)
+    spath = state_path(env, action["id"])
+    state = read_state(env, action["id"])
+    if state and state.get("key") == key and outputs_intact(action, env, state):
+        _journal(env, action, "up_to_date", time.monotonic() - started, key)
+        return "up_to_date"
+    # From here on the outputs may change: forget that they were ever complete.
+    if spath.exists():
+        spath.unlink()
+    store = LocalStore(Path(env.cache_dir))
+    outcome = None
+    manifest = None
+    if action["cacheable"]:
+        cached = store.get_action(key)
+        if cached is not None:
+            try:
+                restore_outputs(action, env, store, cached)
+                outcome, manifest = "cache_hit_local", cached
+            except (CorruptBlob, FileNotFoundError) as exc:
+                print(f"warning: {action['label']}: {exc}; rebuilding", file=sys.stderr)
+        if outcome is None:
+            remote = _remote(env)
+            if remote is not None:
+                manifest = _fetch_remote(remote, store, key)
+                if manifest is not None:
+                    try:
+                        restore_outputs(action, env, store, manifest)
+                        outcome = "cache_hit_remote"
+                    except (CorruptBlob, FileNotFoundError):
+                        manifest = None
+    if outcome is None:
+        manifest = run_action(action, env)
+        outcome = "run"
+        if action["cacheable"]:
+            stored = {"outputs": manifest["outputs"], "label": action["label"], "kind": action["kind"]}
+            store_outputs(store, env, stored)
+            store.put_action(key, stored)
+            remote = _remote(env)
+            if remote is not None and getattr(remote, "upload", False):
+                _upload_remote(remote, store, key, stored)
+    state = {"key": key, "manifest": {"outputs": manifest["outputs"]},
+             "stamps": _stamps(action, env),
+             "material": key_material(action, digests)}
+    _write_json_atomic(spath, state)
+    digest_cache(env).save()
+    _journal(env, action, outcome, time.monotonic() - started, key)
+    return outcome
+
+
+def _fetch_remote(remote, store: LocalStore, key: str) -> dict | None:
+    data = remote.get_action_result(key)
+    if data is None:
+        return None
+    try:
+        manifest = json.loads(data)
+        blobs = manifest_blobs(manifest)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    for digest in sorted(set(blobs)):
+        if store.has_blob(digest):
+            continue
+        if not remote.fetch_blob(digest, store.cas_path(digest)):
+            return None
+    store.put_action(key, manifest)
+    return manifest
+
+
+def _upload_remote(remote, store: LocalStore, key: str, manifest: dict) -> None:
+    for digest in sorted(set(manifest_blobs(manifest))):
+        remote.put_blob(digest, store.cas_path(digest))
+    data = store.action_bytes(key)
+    if data is not None:
+        remote.put_action_result(key, data)

@@ -1,0 +1,753 @@
+"""Client for the Bazel HTTP remote-cache protocol (``/cas/<sha256>``, ``/ac/<key>``).
+
+Any server speaking that protocol works: nginx with WebDAV PUT, bazel-remote (with
+``--disable_http_ac_validation``, since our action entries are not REAPI protobufs), or an
+S3/GCS proxy. The remote is an accelerator, never a dependency: every failure turns into a
+cache miss, and a remote that keeps failing is switched off for the rest of the process
+with a single warning, so a dead or slow server costs a bounded few seconds, not a build.
+
+Bytes coming back are never trusted: a blob is hashed while it streams to a temporary
+file next to its destination and renamed into place only when its sha256 matches.
+
+Only the standard library is used (``http.client``): one keep-alive connection per thread,
+separate connect and read timeouts, a few retries with exponential backoff on connection
+errors and 5xx, none on 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from occlum_rules.core.credentials import RemoteCredentials, credentials_from_env, redact_url
+from occlum_rules.errors import UserError
+
+ENV_URL = "OCCLUM_RULES_REMOTE_CACHE"
+ENV_UPLOAD = "OCCLUM_RULES_REMOTE_UPLOAD"
+ENV_TIMEOUT = "OCCLUM_RULES_REMOTE_TIMEOUT"
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 5.0
+DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF = 0.1
+DEFAULT_MAX_FAILURES = 3
+DEFAULT_FAILURE_BUDGET = 5.0
+DEFAULT_MAX_ACTION_RESULT = 64 * 1024 * 1024
+
+_CHUNK = 256 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_MAX_MISMATCH_LINES = 5
+
+logger = logging.getLogger("occlum_rules.remote_cache")
+
+try:  # the package version for the User-Agent, without making it a hard dependency
+    from importlib.metadata import version as _dist_version
+
+    _USER_AGENT = f"occlum-rules/{_dist_version('occlum-rules')}"
+except Exception:  # noqa: BLE001 - not installed as a distribution
+    _USER_AGENT = "occlum-rules"
+
+
+@dataclass
+class RemoteCacheStats:
+    """What the remote did for this build; printed at the end and kept for ``cache stats``."""
+
+    hits: int = 0
+    misses: int = 0
+    uploads: int = 0
+    upload_skips: int = 0  # blobs the remote already had (HEAD said so)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    errors: int = 0
+    digest_mismatches: int = 0
+    disabled: bool = False
+    uploads_disabled: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One human line, e.g. for the end of ``doit build``."""
+        state = " (switched off after failures)" if self.disabled else ""
+        return (
+            f"remote cache: {self.hits} hits, {self.misses} misses, {self.uploads} uploads "
+            f"({self.upload_skips} already present), {_human(self.bytes_down)} down, "
+            f"{_human(self.bytes_up)} up, {self.errors} errors, "
+            f"{self.digest_mismatches} digest mismatches{state}"
+        )
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+class _Failed:
+    """Sentinel: the exchange failed (already counted); the caller reports a miss."""
+
+
+_FAILED = _Failed()
+
+
+class _RetryableStatus(Exception):
+    """A 5xx (or 408/429) answer: the server is there but not well; worth another try."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"HTTP {status} {reason}".strip())
+        self.status = status
+
+
+class _RejectedStatus(Exception):
+    """A 4xx answer other than 404: retrying the same request cannot help."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"HTTP {status} {reason}".strip())
+        self.status = status
+
+
+class _LocalIOError(Exception):
+    """Wraps an OSError from a *local* file so it is not mistaken for a network failure."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _TimeoutConnectionMixin:
+    """Use one timeout for connecting and another for each read afterwards."""
+
+    read_timeout: float
+    sock: socket.socket | None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]  # uses self.timeout, the connect timeout
+        assert self.sock is not None
+        self.sock.settimeout(self.read_timeout)
+
+
+class _HTTPConnection(_TimeoutConnectionMixin, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TimeoutConnectionMixin, http.client.HTTPSConnection):
+    pass
+
+
+# Request Timeout and Too Many Requests: the server asks us to come back, like a 5xx.
+_RETRYABLE_4XX = (408, 429)
+
+_STALE_CONNECTION_ERRORS = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_hex64(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise ValueError(f"{what} must be 64 lowercase hex digits (sha256), got {value!r}")
+    return value
+
+
+class RemoteCache:
+    """A Bazel-protocol HTTP cache, safe to share between threads.
+
+    ``connect_timeout`` and ``read_timeout`` bound each network wait. A failed attempt
+    (connection error, timeout, 5xx) is retried ``retries`` times with exponential backoff
+    starting at ``backoff`` seconds. After ``max_failures`` failed attempts in a row, or
+    once failed attempts (plus their backoff) have cost ``failure_budget`` seconds in this
+    process, the remote is switched off: one warning, and every later call is a miss
+    without touching the network. Waits are clipped to what is left of the budget, so a
+    dead or silent server costs at most about ``failure_budget`` seconds per process.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        upload: bool = True,
+        credentials: RemoteCredentials | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        failure_budget: float = DEFAULT_FAILURE_BUDGET,
+        max_action_result_size: int = DEFAULT_MAX_ACTION_RESULT,
+        warn: Callable[[str], None] | None = None,
+        where: str = "remote cache URL",
+    ):
+        self.display_url = redact_url(base_url)
+        parts = self._parse_url(base_url, where)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._query = f"?{parts.query}" if parts.query else ""
+        self.upload_enabled = bool(upload)
+        self._credentials = credentials
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.retries = max(0, int(retries))
+        self.backoff = float(backoff)
+        self.max_failures = max(1, int(max_failures))
+        self.failure_budget = float(failure_budget)
+        self.max_action_result_size = int(max_action_result_size)
+        self._warn_fn = warn or logger.warning
+
+        self.stats = RemoteCacheStats()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._consecutive_failures = 0
+        self._failure_seconds = 0.0
+        self._mismatch_lines = 0
+        self._ssl_context = ssl.create_default_context() if self._tls else None
+
+        if credentials is not None and not self._tls and not _is_loopback(self._host):
+            self._warn(
+                f"remote cache {self.display_url}: {credentials.describe()} is sent over plain "
+                "http; use an https URL so it cannot be read on the way"
+            )
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def disabled(self) -> bool:
+        return self.stats.disabled
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the remote holds the blob (HEAD). Failures answer False."""
+        _check_hex64(digest, "blob digest")
+        if self.disabled:
+            return False
+        return self._head(f"/cas/{digest}") is True
+
+    def fetch_blob(self, digest: str, dest_path: str | os.PathLike[str]) -> bool:
+        """Download blob ``digest`` to ``dest_path``; True only if it arrived intact.
+
+        The bytes go to a temporary file in the destination directory and are renamed
+        into place after their sha256 matched, so ``dest_path`` never holds a partial or
+        wrong blob. Any failure or mismatch is a miss (False).
+        """
+        _check_hex64(digest, "blob digest")
+        if self.disabled:
+            self._count(misses=1)
+            return False
+        dest = Path(dest_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "w+b") as tmp:
+                outcome = self._exchange(
+                    "GET", f"/cas/{digest}", handle=lambda r: self._receive_blob(r, tmp, digest)
+                )
+            if outcome is True:
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, dest)
+                self._count(hits=1)
+                return True
+            if outcome == "mismatch":
+                self._report_mismatch(digest)
+            self._count(misses=1)
+            return False
+        finally:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+
+    def put_blob(self, digest: str, path: str | os.PathLike[str]) -> bool:
+        """Upload the file at ``path`` as blob ``digest`` unless the remote has it already.
+
+        True when the remote holds the blob afterwards. The caller guarantees that the
+        file's sha256 is ``digest`` (readers verify it anyway). Does nothing and answers
+        False when uploads are off.
+        """
+        _check_hex64(digest, "blob digest")
+        if not self._uploads_allowed():
+            return False
+        present = self._head(f"/cas/{digest}")
+        if present is _FAILED:
+            return False
+        if present:
+            self._count(upload_skips=1)
+            return True
+        with open(path, "rb") as body:
+            size = os.fstat(body.fileno()).st_size
+            ok = self._put(f"/cas/{digest}", body, size)
+        return ok
+
+    def get_action_result(self, key: str) -> bytes | None:
+        """The action entry stored under ``key``, or None on a miss or any failure."""
+        _check_hex64(key, "action key")
+        if self.disabled:
+            self._count(misses=1)
+            return None
+        outcome = self._exchange("GET", f"/ac/{key}", handle=self._receive_small)
+        if isinstance(outcome, bytes):
+            self._count(hits=1)
+            return outcome
+        self._count(misses=1)
+        return None
+
+    def put_action_result(self, key: str, data: bytes) -> bool:
+        """Store the action entry ``data`` under ``key``; True if the remote accepted it."""
+        _check_hex64(key, "action key")
+        if not self._uploads_allowed():
+            return False
+        return self._put(f"/ac/{key}", bytes(data), len(data))
+
+    def close(self) -> None:
+        """Close every connection this client opened (from any thread)."""
+        with self._lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            conn.close()
+
+    def __enter__(self) -> RemoteCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "disabled" if self.disabled else "enabled"
+        return f"RemoteCache({self.display_url!r}, upload={self.upload_enabled}, {state})"
+
+    # ------------------------------------------------------------- per operation
+
+    def _uploads_allowed(self) -> bool:
+        return self.upload_enabled and not self.disabled and not self.stats.uploads_disabled
+
+    def _head(self, path: str) -> bool | _Failed:
+        def handle(resp: http.client.HTTPResponse) -> bool:
+            resp.read()
+            if resp.status == 200:
+                return True
+            if resp.status == 404:
+                return False
+            raise _RejectedStatus(resp.status, resp.reason)
+
+        return self._exchange("HEAD", path, handle=handle)
+
+    def _put(self, path: str, body: IO[bytes] | bytes, size: int) -> bool:
+        def handle(resp: http.client.HTTPResponse) -> bool:
+            resp.read()
+            if 200 <= resp.status < 300:
+                return True
+            raise _RejectedStatus(resp.status, resp.reason)
+
+        outcome = self._exchange("PUT", path, handle=handle, body=body, size=size)
+        if outcome is True:
+            self._count(uploads=1, bytes_up=size)
+            return True
+        return False
+
+    def _receive_blob(self, resp: http.client.HTTPResponse, tmp: IO[bytes], digest: str) -> Any:
+        if resp.status == 404:
+            resp.read()
+            return False
+        if resp.status != 200:
+            resp.read()
+            raise _RejectedStatus(resp.status, resp.reason)
+        try:  # a retry starts the file over
+            tmp.seek(0)
+            tmp.truncate()
+        except OSError as exc:
+            raise _LocalIOError(exc) from exc
+        hasher = hashlib.sha256()
+        received = 0
+        while True:
+            chunk = resp.read(_CHUNK)
+            if not chunk:
+                break
+            received += len(chunk)
+            hasher.update(chunk)
+            try:
+                tmp.write(chunk)
+            except OSError as exc:
+                raise _LocalIOError(exc) from exc
+        self._count(bytes_down=received)
+        try:
+            tmp.flush()
+        except OSError as exc:
+            raise _LocalIOError(exc) from exc
+        return True if hasher.hexdigest() == digest else "mismatch"
+
+    def _receive_small(self, resp: http.client.HTTPResponse) -> bytes | bool:
+        if resp.status == 404:
+            resp.read()
+            return False
+        if resp.status != 200:
+            resp.read()
+            raise _RejectedStatus(resp.status, resp.reason)
+        length = resp.getheader("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_action_result_size:
+            resp.close()  # do not read a huge body into memory; the connection is dropped
+            self._drop_connection()
+            self._count(errors=1)
+            self._warn(
+                f"remote cache {self.display_url}: action entry of {length} bytes exceeds the "
+                f"{self.max_action_result_size}-byte limit; treated as a miss"
+            )
+            return False
+        data = resp.read(self.max_action_result_size + 1)
+        if len(data) > self.max_action_result_size:
+            resp.close()
+            self._drop_connection()
+            self._count(errors=1)
+            return False
+        self._count(bytes_down=len(data))
+        return data
+
+    # ------------------------------------------------------------ the exchange
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        handle: Callable[[http.client.HTTPResponse], Any],
+        body: IO[bytes] | bytes | None = None,
+        size: int | None = None,
+    ) -> Any:
+        """One request with retries; the handler's answer, or ``_FAILED``.
+
+        Every failed attempt is counted against the failure limits; reaching one switches
+        the remote off. A keep-alive connection the server closed while idle is retried
+        at once on a fresh one without counting, because nothing went wrong.
+        """
+        target = self._prefix + path + self._query
+        headers = {"User-Agent": _USER_AGENT}
+        if self._credentials is not None:
+            headers["Authorization"] = self._credentials.authorization_header()
+        if method == "PUT":
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(size if size is not None else 0)
+        attempt = 0
+        stale_retry_used = False
+        while True:
+            if self.disabled:
+                return _FAILED
+            remaining = self._budget_left()
+            if remaining <= 0:
+                self._disable("the failure time budget is spent")
+                return _FAILED
+            started = time.monotonic()
+            reused = False
+            try:
+                conn, reused = self._connection(remaining)
+                if body is not None and not isinstance(body, bytes):
+                    try:
+                        body.seek(0)
+                    except OSError as exc:
+                        raise _LocalIOError(exc) from exc
+                conn.request(method, target, body=body, headers=headers)
+                resp = conn.getresponse()
+                if resp.status >= 500 or resp.status in _RETRYABLE_4XX:
+                    resp.read()
+                    raise _RetryableStatus(resp.status, resp.reason)
+                if resp.status in (401, 403):
+                    resp.read()
+                    return self._refused(method, path, resp.status, resp.reason)
+                result = handle(resp)
+                if resp.will_close:
+                    self._drop_connection()
+            except _LocalIOError as exc:
+                self._drop_connection()
+                raise exc.error from None
+            except _RejectedStatus as exc:
+                self._record_failure(time.monotonic() - started, self._explain(method, path, exc))
+                if method == "PUT":
+                    self._disable_uploads(self._explain(method, path, exc))
+                return _FAILED
+            except (OSError, http.client.HTTPException, _RetryableStatus) as exc:
+                self._drop_connection()
+                if reused and isinstance(exc, _STALE_CONNECTION_ERRORS) and not stale_retry_used:
+                    stale_retry_used = True
+                    continue
+                self._record_failure(time.monotonic() - started, self._explain(method, path, exc))
+                if attempt >= self.retries or self.disabled:
+                    return _FAILED
+                pause = min(self.backoff * (2**attempt), max(0.0, self._budget_left()))
+                time.sleep(pause)
+                self._spend(pause)
+                attempt += 1
+                continue
+            self._record_success()
+            return result
+
+    def _explain(self, method: str, path: str, exc: BaseException) -> str:
+        kind = path.split("/")[1]
+        if isinstance(exc, _RetryableStatus | _RejectedStatus):
+            text = str(exc)
+        elif isinstance(exc, TimeoutError | socket.timeout):
+            text = "timed out"
+        else:
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return f"{method} /{kind}/…: {text}"
+
+    def _refused(self, method: str, path: str, status: int, reason: str) -> _Failed:
+        """401/403: credentials missing or wrong. Retrying cannot help."""
+        who = self._credentials.describe() if self._credentials else "no credentials"
+        hint = (
+            f"(sent {who}; set OCCLUM_RULES_REMOTE_USER + OCCLUM_RULES_REMOTE_PASSWORD or "
+            "OCCLUM_RULES_REMOTE_TOKEN)"
+        )
+        self._count(errors=1)
+        if method == "PUT":
+            self._disable_uploads(f"the server refused the upload with HTTP {status} (sent {who})")
+        else:
+            self._disable(f"the server refused access with HTTP {status} {reason} {hint}")
+        return _FAILED
+
+    # --------------------------------------------------------- connections
+
+    def _connection(self, budget_left: float) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection (opened if needed) and whether it served before."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        connect_timeout = min(self.connect_timeout, budget_left)
+        read_timeout = min(self.read_timeout, budget_left)
+        if conn is None:
+            if self._tls:
+                conn = _HTTPSConnection(
+                    self._host,
+                    self._port,
+                    timeout=connect_timeout,
+                    context=self._ssl_context,
+                    blocksize=_CHUNK,
+                )
+            else:
+                conn = _HTTPConnection(
+                    self._host, self._port, timeout=connect_timeout, blocksize=_CHUNK
+                )
+            conn.read_timeout = read_timeout
+            conn.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.add(conn)
+            return conn, False
+        conn.timeout = connect_timeout
+        conn.read_timeout = read_timeout  # type: ignore[attr-defined]
+        if conn.sock is None:
+            conn.connect()
+            with self._lock:
+                self._connections.add(conn)
+            return conn, False
+        conn.sock.settimeout(read_timeout)
+        return conn, True
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    # ------------------------------------------------- failure accounting
+
+    def _budget_left(self) -> float:
+        with self._lock:
+            return self.failure_budget - self._failure_seconds
+
+    def _spend(self, seconds: float) -> None:
+        with self._lock:
+            self._failure_seconds += seconds
+
+    def _record_success(self) -> None:
+        with self._lock:
+            self._consecutive_failures = 0
+
+    def _record_failure(self, seconds: float, reason: str) -> None:
+        with self._lock:
+            self.stats.errors += 1
+            self._consecutive_failures += 1
+            self._failure_seconds += seconds
+            failures = self._consecutive_failures
+            over_budget = self._failure_seconds >= self.failure_budget
+        if failures >= self.max_failures:
+            self._disable(f"{failures} failed requests in a row (last: {reason})")
+        elif over_budget:
+            self._disable(
+                f"failed requests took {self.failure_budget:g} s in total (last: {reason})"
+            )
+
+    def _disable(self, why: str) -> None:
+        with self._lock:
+            if self.stats.disabled:
+                return
+            self.stats.disabled = True
+        self._warn(
+            f"remote cache {self.display_url} switched off for the rest of this build: {why}; "
+            "continuing with the local cache"
+        )
+        self.close()
+
+    def _disable_uploads(self, why: str) -> None:
+        with self._lock:
+            if self.stats.uploads_disabled:
+                return
+            self.stats.uploads_disabled = True
+        hint = ""
+        if "/ac/" in why and "HTTP 400" in why:
+            hint = (
+                " (bazel-remote validates /ac/ entries as protobuf ActionResults unless it runs "
+                "with --disable_http_ac_validation)"
+            )
+        self._warn(
+            f"remote cache {self.display_url}: uploads switched off for the rest of this build: "
+            f"{why}{hint}; downloads continue"
+        )
+
+    def _report_mismatch(self, digest: str) -> None:
+        with self._lock:
+            self.stats.digest_mismatches += 1
+            self._mismatch_lines += 1
+            line = self._mismatch_lines
+        if line <= _MAX_MISMATCH_LINES:
+            more = " (further mismatches are only counted)" if line == _MAX_MISMATCH_LINES else ""
+            self._warn(
+                f"remote cache {self.display_url}: blob {digest} arrived with a different "
+                f"sha256; not used{more}"
+            )
+
+    def _count(self, **amounts: int) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self.stats, name, getattr(self.stats, name) + amount)
+
+    def _warn(self, message: str) -> None:
+        self._warn_fn(message)
+
+    @staticmethod
+    def _parse_url(url: str, where: str) -> Any:
+        shown = redact_url(url)
+        try:
+            parts = urlsplit(url.strip())
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise UserError(f"not a valid URL: {shown}", where=where) from None
+        if parts.scheme not in ("http", "https"):
+            raise UserError(
+                f"remote cache URL must start with http:// or https://, got {shown}", where=where
+            )
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise UserError(
+                f"remote cache URL must not contain credentials ({shown}); set "
+                "OCCLUM_RULES_REMOTE_USER and OCCLUM_RULES_REMOTE_PASSWORD, or "
+                "OCCLUM_RULES_REMOTE_TOKEN, in the environment instead",
+                where=where,
+            )
+        if not parts.hostname:
+            raise UserError(f"remote cache URL has no host: {shown}", where=where)
+        if parts.fragment:
+            raise UserError(f"remote cache URL must not have a #fragment: {shown}", where=where)
+        return parts
+
+
+# --------------------------------------------------------------------- configuration
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env_bool(environ: Mapping[str, str], name: str) -> bool | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise UserError(f"expected 1 or 0 (true/false), got {raw!r}", where=name)
+
+
+def _env_seconds(environ: Mapping[str, str], name: str) -> float | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise UserError(f"expected a positive number of seconds, got {raw!r}", where=name)
+    return value
+
+
+def remote_from_config(
+    remote_url: str | None,
+    upload: bool | None,
+    environ: Mapping[str, str] = os.environ,
+    **options: Any,
+) -> RemoteCache | None:
+    """The remote cache this build should use, or None.
+
+    ``remote_url`` and ``upload`` are WORKSPACE.yaml's ``cache.remote`` and
+    ``cache.upload``. The environment wins over them: ``OCCLUM_RULES_REMOTE_CACHE`` (set but
+    empty, or ``off``, switches the remote off), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0`` and
+    ``OCCLUM_RULES_REMOTE_TIMEOUT`` (seconds, for both connect and read). Credentials come
+    only from the environment. Uploads are off unless one of them turns them on, so a job
+    that was merely given the URL (a pull request, a laptop) reads but never writes.
+    ``options`` go to :class:`RemoteCache`.
+    """
+    url = remote_url
+    where = "WORKSPACE.yaml: cache.remote"
+    if ENV_URL in environ:
+        url = environ[ENV_URL].strip()
+        where = ENV_URL
+        if url.lower() in ("", "off", "none"):
+            return None
+    if url is not None and not isinstance(url, str):
+        raise UserError(f"expected a URL string, got {type(url).__name__}", where=where)
+    if not url or not url.strip():
+        return None
+    env_upload = _env_bool(environ, ENV_UPLOAD)
+    if env_upload is not None:
+        upload_on = env_upload
+    elif upload is None:
+        upload_on = False
+    elif isinstance(upload, bool):
+        upload_on = upload
+    else:
+        raise UserError(
+            f"expected true or false, got {upload!r}", where="WORKSPACE.yaml: cache.upload"
+        )
+    timeout = _env_seconds(environ, ENV_TIMEOUT)
+    if timeout is not None:
+        options.setdefault("connect_timeout", timeout)
+        options.setdefault("read_timeout", timeout)
+    credentials = credentials_from_env(environ)
+    return RemoteCache(
+        url.strip(), upload=upload_on, credentials=credentials, where=where, **options
+    )

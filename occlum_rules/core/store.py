@@ -1,0 +1,170 @@
+"""The local content-addressed store: ``ac/<action key>`` → output manifest, ``cas/<sha256>`` → blob.
+
+The layout mirrors the Bazel HTTP cache so the same keys work against a remote. Blobs are
+written to a temporary name and renamed into place, so concurrent builds sharing one store
+never see half a blob; every restore re-hashes what it copies, so a corrupted blob is never
+used (it is deleted and the action re-runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from occlum_rules.core.digests import CHUNK
+
+
+class CorruptBlob(Exception):
+    """A blob's bytes no longer match its name."""
+
+
+class LocalStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.corrupt_found = 0
+
+    # -- paths
+    def cas_path(self, digest: str) -> Path:
+        return self.root / "cas" / digest[:2] / digest
+
+    def ac_path(self, key: str) -> Path:
+        return self.root / "ac" / key[:2] / key
+
+    def _tmp_near(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+
+    # -- blobs
+    def has_blob(self, digest: str) -> bool:
+        return self.cas_path(digest).is_file()
+
+    def put_file(self, src: Path, digest: str) -> bool:
+        """Store ``src`` under ``digest``; returns False when it was already there."""
+        dest = self.cas_path(digest)
+        if dest.is_file():
+            return False
+        tmp = self._tmp_near(dest)
+        try:
+            h = hashlib.sha256()
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+            if h.hexdigest() != digest:
+                raise CorruptBlob(f"{src} changed while it was being stored")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return True
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        dest = self.cas_path(digest)
+        if not dest.is_file():
+            tmp = self._tmp_near(dest)
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        return digest
+
+    def restore(self, digest: str, dest: Path, mode: int) -> None:
+        """Copy a blob to ``dest`` (atomically), verifying its digest on the way.
+
+        Raises CorruptBlob (after deleting the bad blob) or FileNotFoundError.
+        """
+        src = self.cas_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.restore.{os.getpid()}.tmp")
+        try:
+            h = hashlib.sha256()
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+            if h.hexdigest() != digest:
+                self.corrupt_found += 1
+                try:
+                    src.unlink()
+                except OSError:
+                    pass
+                raise CorruptBlob(f"cache blob {digest[:12]}… is corrupted; it was removed")
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    # -- action results
+    def get_action(self, key: str) -> dict | None:
+        path = self.ac_path(key)
+        try:
+            data = json.loads(path.read_bytes())
+            if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
+                raise ValueError("not an output manifest")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self.corrupt_found += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        try:
+            os.utime(path)  # least-recently-used order for `cache gc`
+        except OSError:
+            pass
+        return data
+
+    def put_action(self, key: str, manifest: dict) -> None:
+        path = self.ac_path(key)
+        tmp = self._tmp_near(path)
+        tmp.write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
+        os.replace(tmp, path)
+
+    def action_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.ac_path(key).read_bytes()
+        except OSError:
+            return None
+
+    # -- maintenance helpers used by `occlum-rules cache`
+    def iter_blobs(self):
+        cas = self.root / "cas"
+        if not cas.is_dir():
+            return
+        for sub in sorted(cas.iterdir()):
+            if sub.is_dir():
+                for blob in sorted(sub.iterdir()):
+                    if not blob.name.startswith("."):
+                        yield blob
+
+    def iter_actions(self):
+        ac = self.root / "ac"
+        if not ac.is_dir():
+            return
+        for sub in sorted(ac.iterdir()):
+            if sub.is_dir():
+                for entry in sorted(sub.iterdir()):
+                    if not entry.name.startswith("."):
+                        yield entry
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def manifest_blobs(manifest: dict) -> list[str]:
+    """Every blob digest an output manifest needs."""
+    digests: list[str] = []
+    for out in manifest.get("outputs", []):
+        if out.get("type") == "file":
+            digests.append(out["sha256"])
+        for e in out.get("entries", []) or []:
+            if e.get("type") == "file":
+                digests.append(e["sha256"])
+    return digests

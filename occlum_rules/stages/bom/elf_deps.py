@@ -1,0 +1,572 @@
+"""ELF dependency discovery without running anything (what copy_bom's ``autodep`` does).
+
+copy_bom runs ``LD_LIBRARY_PATH=<config> <occlum loader> --list FILE`` and copies what the
+loader prints. We read the ELF files with pyelftools instead and emulate the loader's search
+(glibc or musl, chosen by the interpreter's name): DT_NEEDED breadth-first, DT_RPATH along the
+loading chain unless DT_RUNPATH is present, LD_LIBRARY_PATH from the loader config, DT_RUNPATH,
+``/etc/ld.so.cache``, then the default dirs. We produce the *path string the loader would print*
+because copy_bom decides where a library lands in the image by comparing that string's
+directory with the config's library dirs (glibc libraries go next to Occlum's loader).
+
+Unlike ``ld.so --list`` this keeps going past a missing library, so the caller learns every
+missing name and which object needed it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
+from occlum_rules.errors import UserError
+
+from .paths import rust_join
+
+DEFAULT_LOADER_CONFIG_PATH = "/opt/occlum/etc/template/occlum_elf_loader.config"
+
+# Occlum's etc/template/occlum_elf_loader.config (used when no config file exists).
+DEFAULT_LOADER_CONFIG_TEXT = (
+    "/opt/occlum/glibc/lib/ld-linux-x86-64.so.2 /opt/occlum/glibc/lib:/usr/lib/x86_64-linux-gnu:"
+    "/lib/x86_64-linux-gnu:/lib64:/lib:/usr/local/lib:/opt/occlum/toolchains/grpc_ratls/glibc:"
+    "/opt/occlum/toolchains/dcap_lib/glibc\n"
+    "/lib/ld-musl-x86_64.so.1 /opt/occlum/toolchains/gcc/x86_64-linux-musl/lib:"
+    "/opt/occlum/toolchains/grpc_ratls/musl:/opt/occlum/toolchains/dcap_lib/musl\n"
+)
+
+GLIBC_SYSTEM_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib")
+GLIBC_DST_LIB = "lib/x86_64-linux-gnu"
+GLIBC_DST_PLATFORM = "x86_64"
+LD_SO_CACHE = "/etc/ld.so.cache"
+MUSL_PATH_FILE = "/etc/ld-musl-x86_64.path"
+MUSL_DEFAULT_SYS_PATH = "/lib:/usr/local/lib:/usr/lib"
+MUSL_RESERVED = ("c", "pthread", "rt", "m", "dl", "util", "xnet")
+
+ET_EXEC, ET_DYN = "ET_EXEC", "ET_DYN"
+
+
+# --------------------------------------------------------------------------- loader config
+
+
+@dataclass(frozen=True)
+class LoaderEntry:
+    loader: str  # Occlum's loader path on the host, e.g. /opt/occlum/glibc/lib/ld-linux-x86-64.so.2
+    ld_library_path: str  # the raw LD_LIBRARY_PATH value
+    lib_dirs: tuple[str, ...]  # its non-empty items: libraries found there go next to the loader
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    entries: tuple[LoaderEntry, ...]
+    path: str | None  # the file it came from; None = built-in default (or no config at all)
+
+    def by_name(self, interp: str) -> LoaderEntry | None:
+        """Config entry whose loader has the same file name as ``interp``; last line wins."""
+        name = interp.rstrip("/").rsplit("/", 1)[-1]
+        found = None
+        for entry in self.entries:
+            if entry.loader.rstrip("/").rsplit("/", 1)[-1] == name:
+                found = entry
+        return found
+
+    def by_loader(self, loader: str) -> LoaderEntry | None:
+        found = None
+        for entry in self.entries:
+            if entry.loader == loader:
+                found = entry
+        return found
+
+
+def parse_loader_config(text: str, path: str | None) -> LoaderConfig:
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split(" ")
+        if len(fields) < 2:
+            raise UserError("expected '<loader path> <LD_LIBRARY_PATH>' on each line",
+                            where=f"{path or '<built-in loader config>'}:{lineno}")
+        dirs = tuple(d for d in fields[1].split(":") if d)
+        entries.append(LoaderEntry(fields[0], fields[1], dirs))
+    return LoaderConfig(tuple(entries), path)
+
+
+def load_loader_config(path: str | os.PathLike[str] | None = None) -> LoaderConfig:
+    """The config at ``path``; else ``$OCCLUM_HOME``'s or /opt/occlum's; else the built-in copy."""
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read loader config: {exc.strerror}", where=str(path)) from None
+        return parse_loader_config(text, str(path))
+    candidates = []
+    home = os.environ.get("OCCLUM_HOME")
+    if home:
+        candidates.append(os.path.join(home, "etc/template/occlum_elf_loader.config"))
+    candidates.append(DEFAULT_LOADER_CONFIG_PATH)
+    for cand in candidates:
+        if os.path.isfile(cand):
+            return load_loader_config(cand)
+    return parse_loader_config(DEFAULT_LOADER_CONFIG_TEXT, None)
+
+
+# --------------------------------------------------------------------------- ELF reading
+
+
+@dataclass(frozen=True)
+class ElfInfo:
+    etype: str
+    elfclass: int
+    machine: str
+    interp: str | None
+    needed: tuple[str, ...]
+    rpath: tuple[str, ...] | None
+    runpath: tuple[str, ...] | None
+    soname: str | None
+
+
+_ELF_CACHE: dict[tuple[int, int, int, int], ElfInfo | None] = {}
+
+
+def read_elf(path: str) -> ElfInfo | None:
+    """Parse the ELF bits the loader looks at; None for anything that is not a readable ELF."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _ELF_CACHE:
+        return _ELF_CACHE[key]
+    info = None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"\x7fELF":
+                _ELF_CACHE[key] = None
+                return None
+            fh.seek(0)
+            info = _parse_elf(ELFFile(fh))
+    except (OSError, ELFError, ValueError, struct.error, UnicodeDecodeError, AttributeError, KeyError):
+        info = None
+    _ELF_CACHE[key] = info
+    return info
+
+
+def _split_path_list(value: str) -> tuple[str, ...]:
+    return tuple(value.split(":"))
+
+
+def _parse_elf(elf: ELFFile) -> ElfInfo:
+    interp = None
+    needed: list[str] = []
+    rpath = runpath = None
+    soname = None
+    for seg in elf.iter_segments():
+        ptype = seg["p_type"]
+        if ptype == "PT_INTERP":
+            interp = seg.get_interp_name().rstrip("\x00")
+        elif ptype == "PT_DYNAMIC":
+            pass
+    dyn = None
+    for sec in elf.iter_sections():
+        if isinstance(sec, DynamicSection):
+            dyn = sec
+            break
+    if dyn is None:
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_DYNAMIC":
+                dyn = seg
+                break
+    if dyn is not None:
+        for tag in dyn.iter_tags():
+            d_tag = tag.entry.d_tag
+            if d_tag == "DT_NEEDED":
+                needed.append(tag.needed)
+            elif d_tag == "DT_RPATH":
+                rpath = _split_path_list(tag.rpath)
+            elif d_tag == "DT_RUNPATH":
+                runpath = _split_path_list(tag.runpath)
+            elif d_tag == "DT_SONAME":
+                soname = tag.soname
+    return ElfInfo(
+        etype=elf["e_type"],
+        elfclass=elf.elfclass,
+        machine=elf["e_machine"],
+        interp=interp,
+        needed=tuple(needed),
+        rpath=rpath,
+        runpath=runpath,
+        soname=soname,
+    )
+
+
+def elf_needed(path: str) -> list[str] | None:
+    """DT_NEEDED of an ELF file (None when not an ELF)."""
+    info = read_elf(path)
+    return None if info is None else list(info.needed)
+
+
+# --------------------------------------------------------------------------- ld.so.cache
+
+
+_CACHE_MAGIC_NEW = b"glibc-ld.so.cache1.1"
+_CACHE_MAGIC_OLD = b"ld.so-1.7.0"
+_FLAG_ELF_LIBC6 = 0x0003
+_FLAG_X8664_LIB64 = 0x0300
+
+
+def read_ld_so_cache(path: str = LD_SO_CACHE) -> dict[str, str]:
+    """name -> path for x86-64 libc6 entries of glibc's cache (first entry per name wins)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return {}
+    off = 0
+    if data.startswith(_CACHE_MAGIC_OLD):
+        nlibs = struct.unpack_from("<I", data, 12)[0]
+        off = 16 + nlibs * 12
+        off = (off + 7) & ~7
+    if data[off : off + len(_CACHE_MAGIC_NEW)] != _CACHE_MAGIC_NEW:
+        return {}
+    base = off
+    nlibs, _len_strings = struct.unpack_from("<II", data, base + 20)
+    entries_at = base + 48
+    out: dict[str, str] = {}
+
+    def cstr(at: int) -> str:
+        end = data.find(b"\x00", at)
+        return data[at:end].decode("utf-8", "surrogateescape")
+
+    for i in range(nlibs):
+        flags, key, value, _osv, hwcap = struct.unpack_from("<iIIIQ", data, entries_at + i * 24)
+        if (flags & 0xFF) != _FLAG_ELF_LIBC6 or (flags & 0xFF00) != _FLAG_X8664_LIB64 or hwcap:
+            continue
+        # in the new format string offsets count from the start of the new header
+        name, target = cstr(base + key if base else key), cstr(base + value if base else value)
+        out.setdefault(name, target)
+    return out
+
+
+# --------------------------------------------------------------------------- file system view
+
+
+class HostFS:
+    """How the emulated loader sees files: path string -> host file to read, or None.
+
+    The plan swaps in an overlay that also serves the image being assembled, so ELF files
+    copied in a directory find their ``$ORIGIN``-relative libraries inside the image.
+    """
+
+    def file(self, path: str) -> str | None:
+        return path if os.path.isfile(path) else None
+
+    def identity(self, host_file: str) -> tuple[int, int]:
+        st = os.stat(host_file)
+        return (st.st_dev, st.st_ino)
+
+
+# --------------------------------------------------------------------------- loader emulation
+
+
+@dataclass
+class Resolved:
+    name: str  # the DT_NEEDED string, as the loader prints it on the left of "=>"
+    path: str  # what the loader prints on the right of "=>"
+    host_file: str  # the file to read (differs from path only for files inside the image)
+    needed_by: str
+
+
+@dataclass
+class Missing:
+    name: str
+    needed_by: str
+
+
+@dataclass
+class _Obj:
+    path: str
+    host_file: str
+    info: ElfInfo
+    names: set[str]
+    loader: _Obj | None
+
+
+def _origin(path: str) -> str:
+    full = path if path.startswith("/") else os.getcwd().rstrip("/") + "/" + path
+    head = full.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def _expand_dst(text: str, obj: _Obj) -> str:
+    for token, value in (("$ORIGIN", None), ("${ORIGIN}", None), ("$LIB", GLIBC_DST_LIB),
+                         ("${LIB}", GLIBC_DST_LIB), ("$PLATFORM", GLIBC_DST_PLATFORM),
+                         ("${PLATFORM}", GLIBC_DST_PLATFORM)):
+        if token in text:
+            text = text.replace(token, value if value is not None else _origin(obj.path))
+    return text
+
+
+class LoaderEmulator:
+    """``ld.so --list`` for one loader flavour, reading files through a :class:`HostFS`."""
+
+    def __init__(self, flavour: str, ld_library_path: str | None, fs: HostFS | None = None,
+                 ld_so_cache: Callable[[], dict[str, str]] | None = None):
+        self.flavour = flavour
+        self.env_dirs = tuple(ld_library_path.split(":")) if ld_library_path else ()
+        self.fs = fs or HostFS()
+        self._cache_loader = ld_so_cache or read_ld_so_cache
+        self._cache: dict[str, str] | None = None
+        self.host_files_read: set[str] = set()
+
+    # glibc ------------------------------------------------------------------
+    def _glibc_candidate(self, directory: str, name: str, want: ElfInfo) -> tuple[str, str] | None:
+        if not directory:
+            return None
+        directory = directory.rstrip("/") or "/"
+        path = (directory if directory != "/" else "") + "/" + name
+        host = self.fs.file(path)
+        if host is None:
+            return None
+        info = read_elf(host)
+        if info is None or info.elfclass != want.elfclass or info.machine != want.machine:
+            return None
+        return path, host
+
+    def _glibc_search(self, obj: _Obj, name: str, main: _Obj) -> tuple[str, str] | None:
+        dirs: list[str] = []
+        if obj.info.runpath is None:
+            chain = obj
+            seen_main = False
+            while chain is not None:
+                if chain.info.rpath is not None:
+                    dirs += [_expand_dst(d, chain) for d in chain.info.rpath]
+                seen_main |= chain is main
+                chain = chain.loader
+            if not seen_main and main.info.rpath is not None:
+                dirs += [_expand_dst(d, main) for d in main.info.rpath]
+        dirs += list(self.env_dirs)
+        if obj.info.runpath is not None:
+            dirs += [_expand_dst(d, obj) for d in obj.info.runpath]
+        for d in dirs:
+            hit = self._glibc_candidate(d, name, main.info)
+            if hit:
+                return hit
+        if self._cache is None:
+            self._cache = self._cache_loader()
+            self.host_files_read.add(LD_SO_CACHE)
+        cached = self._cache.get(name)
+        if cached:
+            host = self.fs.file(cached)
+            info = read_elf(host) if host else None
+            if info is not None and info.elfclass == main.info.elfclass and info.machine == main.info.machine:
+                return cached, host
+        for d in GLIBC_SYSTEM_DIRS:
+            hit = self._glibc_candidate(d, name, main.info)
+            if hit:
+                return hit
+        return None
+
+    # musl -------------------------------------------------------------------
+    def _musl_path_open(self, name: str, path_list: str) -> tuple[str, str] | None:
+        for d in path_list.replace("\n", ":").split(":"):
+            if d == "":
+                return None  # musl stops at an empty element
+            path = d + "/" + name
+            host = self.fs.file(path)
+            if host is not None:
+                return path, host
+        return None
+
+    def _musl_sys_path(self) -> str:
+        try:
+            text = Path(MUSL_PATH_FILE).read_text()
+            self.host_files_read.add(MUSL_PATH_FILE)
+            return text.strip("\n")
+        except OSError:
+            return MUSL_DEFAULT_SYS_PATH
+
+    def _musl_search(self, obj: _Obj, name: str) -> tuple[str, str] | None:
+        if self.env_dirs:
+            hit = self._musl_path_open(name, ":".join(self.env_dirs))
+            if hit:
+                return hit
+        chain: _Obj | None = obj
+        while chain is not None:
+            rp = chain.info.runpath if chain.info.runpath is not None else chain.info.rpath
+            if rp is not None:
+                hit = self._musl_path_open(name, ":".join(_expand_dst(d, chain) for d in rp))
+                if hit:
+                    return hit
+            chain = chain.loader
+        return self._musl_path_open(name, self._musl_sys_path())
+
+    # common -----------------------------------------------------------------
+    def list_deps(self, path: str, host_file: str, info: ElfInfo, loader_path: str,
+                  interp: str | None) -> tuple[list[Resolved], list[Missing]]:
+        """Objects the loader would load for ``path`` (excluding itself and the loader)."""
+        main = _Obj(path, host_file, info, {path}, None)
+        loaded: list[_Obj] = [main]
+        ids = set()
+        try:
+            ids.add(self.fs.identity(host_file))
+        except OSError:
+            pass
+        loader_names = {loader_path, loader_path.rsplit("/", 1)[-1]}
+        if interp:
+            loader_names |= {interp, interp.rsplit("/", 1)[-1]}
+        loader_host = self.fs.file(loader_path)
+        if loader_host:
+            linfo = read_elf(loader_host)
+            if linfo and linfo.soname:
+                loader_names.add(linfo.soname)
+        found: list[Resolved] = []
+        missing: list[Missing] = []
+        musl = self.flavour == "musl"
+        queue = [main]
+        while queue:
+            obj = queue.pop(0)
+            for name in obj.info.needed:
+                if musl and name.startswith("lib") and any(
+                    name[3:].startswith(r + ".") for r in MUSL_RESERVED
+                ):
+                    if not any(r.name == name and r.path == loader_path for r in found):
+                        found.append(Resolved(name, loader_path, loader_host or loader_path, obj.path))
+                    continue
+                if name in loader_names:
+                    continue
+                if any(name in o.names for o in loaded):
+                    continue
+                if "/" in name:
+                    cand = _expand_dst(name, obj)
+                    host = self.fs.file(cand)
+                    hit = (cand, host) if host else None
+                elif musl:
+                    hit = self._musl_search(obj, name)
+                else:
+                    hit = self._glibc_search(obj, name, main)
+                if hit is None:
+                    missing.append(Missing(name, obj.path))
+                    continue
+                dep_path, dep_host = hit
+                try:
+                    ident = self.fs.identity(dep_host)
+                except OSError:
+                    ident = None
+                if ident is not None and ident in ids:
+                    for o in loaded:
+                        if o.host_file == dep_host:
+                            o.names.add(name)
+                    continue
+                dep_info = read_elf(dep_host)
+                if dep_info is None:
+                    missing.append(Missing(name, obj.path))
+                    continue
+                if ident is not None:
+                    ids.add(ident)
+                names = {name, dep_path}
+                if dep_info.soname:
+                    names.add(dep_info.soname)
+                new = _Obj(dep_path, dep_host, dep_info, names, obj)
+                loaded.append(new)
+                queue.append(new)
+                found.append(Resolved(name, dep_path, dep_host, obj.path))
+        return found, missing
+
+
+# --------------------------------------------------------------------------- copy_bom's autodep
+
+
+@dataclass
+class Dependency:
+    src: str  # host path to copy (the path the loader printed)
+    dest: str  # absolute path inside the image
+    host_file: str  # file actually read (same as src for host files)
+
+
+@dataclass
+class AutodepResult:
+    loader: tuple[str, str] | None = None  # (occlum loader on the host, interpreter path in image)
+    deps: list[Dependency] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    host_files_read: set[str] = field(default_factory=set)
+
+
+def loader_pair(path: str, config: LoaderConfig, fs: HostFS | None = None) -> tuple[str, str] | None:
+    """(Occlum loader, interpreter) for an ELF with PT_INTERP, else None."""
+    host = (fs or HostFS()).file(path)
+    info = read_elf(host) if host else None
+    if info is None or info.etype not in (ET_EXEC, ET_DYN) or not info.interp:
+        return None
+    entry = config.by_name(info.interp)
+    return (entry.loader if entry else info.interp, info.interp)
+
+
+def infer_default_loader(paths: Iterable[str], config: LoaderConfig,
+                         fs: HostFS | None = None) -> tuple[str, str] | None:
+    """The single (loader, interp) pair shared by every ELF with an interpreter, if unique."""
+    pairs = {p for p in (loader_pair(x, config, fs) for x in paths) if p is not None}
+    return next(iter(pairs)) if len(pairs) == 1 else None
+
+
+def _to_absolute(elf_path: str, printed: str) -> str | None:
+    if printed.startswith("/"):
+        return printed
+    parent = elf_path.rsplit("/", 1)[0] if "/" in elf_path else "."
+    joined = rust_join(parent, printed)
+    return joined if joined.startswith("/") else None
+
+
+def find_dependencies(path: str, config: LoaderConfig,
+                      default_loader: tuple[str, str] | None = None,
+                      fs: HostFS | None = None, display: str | None = None) -> AutodepResult:
+    """copy_bom's ``find_dependent_shared_objects`` for one file, computed statically.
+
+    ``path`` is the file as the loader would be given it; ``display`` names it in warnings.
+    Returns the loader pair and every library with its destination in the image.
+    """
+    fs = fs or HostFS()
+    shown = display or path
+    res = AutodepResult()
+    host = fs.file(path)
+    info = read_elf(host) if host else None
+    if info is None or info.etype not in (ET_EXEC, ET_DYN):
+        return res
+    if info.interp:
+        entry = config.by_name(info.interp)
+        pair = (entry.loader if entry else info.interp, info.interp)
+    elif default_loader is not None:
+        pair = default_loader
+    else:
+        if info.needed:
+            res.warnings.append(
+                f"cannot autodep for file {shown}. No dynamic loader can be found or inferred.")
+        return res
+    res.loader = pair
+    occlum_loader, interp = pair
+    entry = config.by_loader(occlum_loader)
+    flavour = "musl" if "musl" in occlum_loader.rsplit("/", 1)[-1] or "musl" in interp else "glibc"
+    emu = LoaderEmulator(flavour, entry.ld_library_path if entry else None, fs)
+    found, missing = emu.list_deps(path, host, info, occlum_loader, interp)
+    res.host_files_read |= emu.host_files_read
+    res.missing = missing
+    loader_dir = occlum_loader.rsplit("/", 1)[0] or "/"
+    seen = set()
+    for dep in found:
+        absolute = _to_absolute(path, dep.path)
+        if absolute is None:
+            continue
+        if entry is not None and (absolute.rsplit("/", 1)[0] or "/") in entry.lib_dirs:
+            dest = rust_join(loader_dir, dep.name)
+        else:
+            dest = absolute
+        if (absolute, dest) in seen or (absolute, dest) == (occlum_loader, interp):
+            continue
+        seen.add((absolute, dest))
+        res.deps.append(Dependency(absolute, dest, dep.host_file))
+    return res

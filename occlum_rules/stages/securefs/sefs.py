@@ -1,0 +1,484 @@
+"""SEFS images: pack a directory (``sefs-cli zip``), verify and unpack one (``unzip``).
+
+A full pack writes a fresh ``__ROOT`` beside the old one and swaps it in; an incremental
+pack (integrity-only, with a valid state file) edits ``__ROOT`` in place after deleting
+the state, so an interrupted pack is never mistaken for a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from occlum_rules.errors import UserError
+from occlum_rules.stages.securefs import incremental
+from occlum_rules.stages.securefs.pfs import (
+    IntegrityError,
+    ProtectedFileReader,
+    write_protected,
+)
+from occlum_rules.stages.securefs.primitives import RandomSource
+from occlum_rules.stages.securefs.progress import Progress
+from occlum_rules.stages.securefs.sefs_format import (
+    KIND_DIR,
+    KIND_FILE,
+    KIND_NAMES,
+    KIND_SYMLINK,
+    METADATA_NAME,
+    ROOT_ID,
+    dir_entries,
+    inode_file_name,
+    inode_record,
+    metadata_content,
+    parse_dir_entries,
+    parse_metadata,
+)
+from occlum_rules.stages.securefs.tree import Node, scan_tree, tree_from_manifest
+
+
+def mac_text(mac: bytes) -> str:
+    """``xx-xx-…`` (47 chars), as sefs-cli writes ROOT_MAC and show-mac prints it (minus ``\\n``)."""
+    return "-".join(f"{b:02x}" for b in mac)
+
+
+def parse_mac_text(text: str) -> bytes:
+    pieces = text.strip().split("-")
+    try:
+        if len(pieces) == 16 and all(len(p) == 2 for p in pieces):
+            return bytes(int(p, 16) for p in pieces)
+    except ValueError:
+        pass
+    raise UserError("malformed MAC: expected 16 hex bytes joined by '-'")
+
+
+@dataclass(frozen=True)
+class PackResult:
+    mac_text: str
+    rewritten: int  # inode files whose content was MACed anew
+    reused: int  # inode files kept, or renamed/copied with only node 0 rewritten
+    inodes: int = 0
+    bytes: int = 0  # user bytes MACed in this run
+    incremental: bool = False
+    reason: str = ""  # why a full pack was done
+
+    @property
+    def root_mac(self) -> bytes:
+        return parse_mac_text(self.mac_text)
+
+
+def _content_bytes(node: Node) -> bytes | None:
+    """In-memory content of symlinks and directories (files are streamed from disk)."""
+    if node.kind == KIND_SYMLINK:
+        return node.target
+    if node.kind == KIND_DIR:
+        parent = node.parent if node.id != ROOT_ID else ROOT_ID
+        return dir_entries(node.id, parent, [(c.id, c.name, c.kind) for c in node.children])
+    return None
+
+
+def _open_new(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+
+def _write_inode(
+    out_path: str,
+    node: Node,
+    src_dir: str,
+    content: bytes | None,
+    key: bytes | None,
+    rng: RandomSource | None,
+    want_hash: bool,
+) -> tuple[bytes, bytes | None]:
+    """Write one inode's protected file; (mac, sha256 of file bytes if computed)."""
+    name = inode_file_name(node.id)
+    fd = _open_new(out_path)
+    try:
+        if content is not None:
+            return write_protected(fd, name, io.BytesIO(content), len(content), key=key, rng=rng), None
+        src_path = os.path.join(src_dir, node.rel)
+        try:
+            src = open(src_path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise UserError("file vanished while the image was packed", src_path) from None
+        with src:
+            size = os.fstat(src.fileno()).st_size
+            if size != node.size:
+                raise UserError(
+                    f"file size {size} differs from the expected {node.size} "
+                    "(changed during the build, or a stale image manifest)",
+                    src_path,
+                )
+            h = hashlib.sha256() if want_hash else None
+            mac = write_protected(
+                fd, name, src, size, key=key, rng=rng,
+                on_data=h.update if h is not None else None, where=src_path,
+            )
+            return mac, (h.digest() if h is not None else None)
+    finally:
+        os.close(fd)
+
+
+def _hash_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def pack_image(
+    src_dir: str | os.PathLike,
+    dst_root_dir: str | os.PathLike,
+    *,
+    key: bytes | None = None,
+    state_path: str | os.PathLike | None = None,
+    manifest: list[dict] | None = None,
+    progress: bool | None = None,
+    summary: bool = False,
+    rng: RandomSource | None = None,
+    label: str = "sefs pack",
+) -> PackResult:
+    """Pack ``src_dir`` into the SEFS image directory ``dst_root_dir`` (the ``__ROOT``).
+
+    With ``state_path``, the previous pack's state (if intact and matching) is used to
+    rewrite only what changed, and a new state is saved; ``manifest`` (list of
+    ``{path,type,mode,size,sha256,target}``) replaces the directory walk and hashing.
+    ``progress``: None = live on a TTY for big images, True/False to force. Returns the
+    root MAC text and how many inode files were rewritten or reused.
+    """
+    src = os.fspath(src_dir)
+    dst = os.path.abspath(os.fspath(dst_root_dir))
+    if key is not None and len(key) != 16:
+        raise UserError("an image key is 16 bytes")
+    if manifest is not None:
+        if not os.path.isdir(src):
+            raise UserError("image directory does not exist", src)
+        nodes = tree_from_manifest(manifest)
+    else:
+        nodes = scan_tree(src)
+    want_state = state_path is not None and key is None
+
+    state, reason = None, "full pack requested"
+    if state_path is not None and key is not None:
+        reason = "encrypted images are always packed in full"
+    elif want_state and os.path.isdir(dst):
+        state, reason = incremental.load_state(state_path, dst)
+    elif want_state:
+        reason = "no previous image"
+    # From here on the old state no longer describes __ROOT.
+    incremental.discard_state(state_path)
+
+    # Content identity of every inode (needed to match against the old state).
+    content: dict[int, bytes | None] = {}
+    digests: dict[int, bytes] = {}
+    for n in nodes:
+        c = _content_bytes(n)
+        content[n.id] = c
+        if state is None:
+            continue
+        if c is not None:
+            digests[n.id] = hashlib.sha256(c).digest()
+        elif n.sha256 is not None:
+            digests[n.id] = n.sha256
+        else:
+            old = state.by_path.get(n.rel)
+            if old is not None and old.kind == KIND_FILE and old.stat_key == n.stat_key:
+                digests[n.id] = old.content  # mtime/ctime/size/inode unchanged: same bytes
+            else:
+                digests[n.id] = _hash_file(os.path.join(src, n.rel))
+                n.sha256 = digests[n.id]
+
+    ids = [n.id for n in nodes]
+    plan = incremental.make_plan(state, digests, ids)
+    by_id = {n.id: n for n in nodes}
+    total_bytes = sum(by_id[i].size for i in plan.write if by_id[i].kind == KIND_FILE)
+    prog = Progress(label, len(plan.write), total_bytes, live=progress, summary=summary)
+
+    if state is None:
+        parent = os.path.dirname(dst)
+        os.makedirs(parent, exist_ok=True)
+        work = f"{dst}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        os.mkdir(work)
+    else:
+        work = dst
+    macs: dict[int, bytes] = dict(plan.keep)
+    try:
+        if state is not None:
+            old_path = lambda j: os.path.join(dst, inode_file_name(j))  # noqa: E731
+            new_path = lambda i: os.path.join(dst, inode_file_name(i) + ".new")  # noqa: E731
+            for i, j in plan.copy.items():
+                shutil.copyfile(old_path(j), new_path(i))
+                macs[i] = incremental.rename_protected(new_path(i), inode_file_name(i))
+            for i, j in plan.move.items():
+                os.rename(old_path(j), new_path(i))
+                macs[i] = incremental.rename_protected(new_path(i), inode_file_name(i))
+            for j in plan.delete:
+                os.unlink(old_path(j))
+        for i in plan.write:
+            n = by_id[i]
+            target = os.path.join(work, inode_file_name(i))
+            out = target + ".new" if state is not None else target
+            need_hash = want_state and n.kind == KIND_FILE and n.sha256 is None
+            mac, digest = _write_inode(out, n, src, content[i], key, rng, need_hash)
+            macs[i] = mac
+            if digest is not None:
+                n.sha256 = digest
+            prog.advance(1, n.size if n.kind == KIND_FILE else 0)
+        if state is not None:
+            for i in list(plan.copy) + list(plan.move) + plan.write:
+                os.replace(os.path.join(dst, inode_file_name(i) + ".new"),
+                           os.path.join(dst, inode_file_name(i)))
+
+        records = {
+            n.id: inode_record(
+                n.id, n.kind, n.mode, 0 if n.kind == KIND_DIR else n.size, n.nlinks,
+                len(n.children) + 2 if n.kind == KIND_DIR else 0, macs[n.id],
+            )
+            for n in nodes
+        }
+        meta = metadata_content(records)
+        meta_tmp = os.path.join(work, METADATA_NAME + ".new")
+        fd = _open_new(meta_tmp)
+        try:
+            root_mac = write_protected(fd, METADATA_NAME, io.BytesIO(meta), len(meta), key=key, rng=rng)
+        finally:
+            os.close(fd)
+        os.replace(meta_tmp, os.path.join(work, METADATA_NAME))
+
+        if state is None:
+            _swap_in(work, dst)
+    except BaseException:
+        if state is None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    if want_state:
+        entries = []
+        for n in nodes:
+            if n.kind == KIND_FILE:
+                digest = n.sha256 if n.sha256 is not None else digests.get(n.id)
+            else:
+                digest = digests.get(n.id) or hashlib.sha256(content[n.id]).digest()
+            if digest is None:
+                continue
+            entries.append(incremental.StateEntry(
+                n.id, n.rel, n.kind, n.mode, n.size, digest, macs[n.id], n.stat_key))
+        if len(entries) == len(nodes):
+            incremental.save_state(state_path, incremental.PackState(root_mac, entries))
+    reused = len(plan.keep) + len(plan.move) + len(plan.copy)
+    prog.finish("incremental" if state is not None else "")
+    return PackResult(
+        mac_text=mac_text(root_mac),
+        rewritten=len(plan.write),
+        reused=reused,
+        inodes=len(nodes),
+        bytes=prog.bytes,
+        incremental=state is not None,
+        reason="" if state is not None else reason,
+    )
+
+
+def _swap_in(work: str, dst: str) -> None:
+    """Replace ``dst`` by the finished ``work`` directory (old one removed afterwards)."""
+    if os.path.lexists(dst):
+        old = f"{dst}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dst, old)
+        os.rename(work, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(work, dst)
+
+
+# --------------------------------------------------------------------------- verify/unpack
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    path: str
+    type: str  # file | dir | symlink
+    mode: int
+    size: int
+    sha256: str | None = None  # files
+    target: str | None = None  # symlinks
+
+
+def _walk_image(
+    root_dir: str,
+    key: bytes | None,
+    expected_mac: bytes | None,
+    on_entry: Callable[[str, int, int, ProtectedFileReader | bytes], None],
+) -> bytes:
+    """Verify every MAC and the structure of an image, reporting entries in tree order."""
+    meta_path = os.path.join(root_dir, METADATA_NAME)
+    if not os.path.isdir(root_dir):
+        raise UserError("SEFS image directory does not exist", root_dir)
+    with ProtectedFileReader(meta_path, key=key, expected_name=METADATA_NAME) as r:
+        meta = r.read_all()
+        root_mac = r.header.mac
+    if expected_mac is not None and root_mac != expected_mac:
+        raise IntegrityError(
+            f"root MAC is {mac_text(root_mac)}, expected {mac_text(expected_mac)}", root_dir
+        )
+    try:
+        _groups, records = parse_metadata(meta)
+    except ValueError as exc:
+        raise IntegrityError(f"bad metadata: {exc}", meta_path) from None
+    names = set(os.listdir(root_dir))
+    expected_names = {inode_file_name(i) for i in records} | {METADATA_NAME}
+    if names != expected_names:
+        extra = sorted(names - expected_names)[:3]
+        missing = sorted(expected_names - names)[:3]
+        raise IntegrityError(f"image files differ from metadata (extra {extra}, missing {missing})", root_dir)
+    for i, rec in records.items():
+        size, kind, mode, nlinks, blocks, uid, gid, pad, times, fname, _mac = rec
+        if kind not in KIND_NAMES or mode & ~0o777 or uid or gid or pad or times != bytes(48):
+            raise IntegrityError(f"inode {i} has unexpected fields", meta_path)
+        if fname != i.to_bytes(16, "little"):
+            raise IntegrityError(f"inode {i} names the wrong file", meta_path)
+    if ROOT_ID not in records or records[ROOT_ID][1] != KIND_DIR:
+        raise IntegrityError("no root directory", meta_path)
+    seen: set[int] = set()
+
+    def open_inode(i: int) -> ProtectedFileReader:
+        rd = ProtectedFileReader(
+            os.path.join(root_dir, inode_file_name(i)), key=key, expected_name=inode_file_name(i)
+        )
+        if rd.header.mac != records[i][10]:
+            rd.close()
+            raise IntegrityError(f"inode {i}: file MAC does not match its inode record", root_dir)
+        return rd
+
+    def visit(i: int, parent: int, rel: str) -> None:
+        seen.add(i)
+        size, kind, mode, nlinks, blocks = records[i][:5]
+        with open_inode(i) as rd:
+            if kind == KIND_DIR:
+                data = rd.read_all()
+                try:
+                    ents = parse_dir_entries(data)
+                except ValueError as exc:
+                    raise IntegrityError(f"directory {rel or '/'}: {exc}", root_dir) from None
+                if (
+                    size != 0 or len(ents) != blocks or len(ents) < 2
+                    or ents[0] != (i, b".", KIND_DIR) or ents[1] != (parent, b"..", KIND_DIR)
+                ):
+                    raise IntegrityError(f"directory {rel or '/'} is malformed", root_dir)
+                on_entry(rel, KIND_DIR, mode, b"")
+            else:
+                if rd.header.size != size or nlinks != 1 or blocks != 0:
+                    raise IntegrityError(f"inode {i} size/links disagree with its record", root_dir)
+                on_entry(rel, kind, mode, rd)
+                return
+        subdirs = 0
+        names_seen = set()
+        for cid, cname, ckind in ents[2:]:
+            if cid in seen or cid not in records or records[cid][1] != ckind:
+                raise IntegrityError(f"directory {rel or '/'}: bad entry {cname!r}", root_dir)
+            if cname in names_seen or b"/" in cname or cname in (b".", b"..") or not cname:
+                raise IntegrityError(f"directory {rel or '/'}: bad name {cname!r}", root_dir)
+            names_seen.add(cname)
+            try:
+                cname_s = cname.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IntegrityError(f"directory {rel or '/'}: non-UTF-8 name", root_dir) from None
+            subdirs += ckind == KIND_DIR
+            visit(cid, i, f"{rel}/{cname_s}" if rel else cname_s)
+        if nlinks != 2 + subdirs:
+            raise IntegrityError(f"directory {rel or '/'}: wrong link count", root_dir)
+
+    visit(ROOT_ID, ROOT_ID, "")
+    if seen != set(records):
+        raise IntegrityError(f"{len(set(records) - seen)} inode(s) not reachable from the root", root_dir)
+    return root_mac
+
+
+def verify_image(
+    root_dir: str | os.PathLike,
+    key: bytes | None = None,
+    *,
+    expected_mac: bytes | str | None = None,
+) -> list[TreeEntry]:
+    """Check every MAC of an image; return its tree (root excluded) in SEFS order."""
+    if isinstance(expected_mac, str):
+        expected_mac = parse_mac_text(expected_mac)
+    out: list[TreeEntry] = []
+
+    def on_entry(rel, kind, mode, body):
+        if not rel:
+            return
+        if kind == KIND_FILE:
+            h = hashlib.sha256()
+            n = 0
+            for chunk in body.chunks():
+                h.update(chunk)
+                n += len(chunk)
+            out.append(TreeEntry(rel, "file", mode, n, sha256=h.hexdigest()))
+        elif kind == KIND_SYMLINK:
+            t = body.read_all()
+            out.append(TreeEntry(rel, "symlink", mode, len(t), target=os.fsdecode(t)))
+        else:
+            out.append(TreeEntry(rel, "dir", mode, 0))
+
+    _walk_image(os.fspath(root_dir), key, expected_mac, on_entry)
+    return out
+
+
+def unpack_image(
+    root_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    key: bytes | None = None,
+    *,
+    expected_mac: bytes | str | None = None,
+) -> bytes:
+    """``sefs-cli unzip``: verify the image and recreate its tree under a new ``out_dir``.
+
+    Files are written as they are verified; if verification fails the partial output is
+    removed, so a tree that exists was entirely authenticated. Returns the root MAC.
+    """
+    if isinstance(expected_mac, str):
+        expected_mac = parse_mac_text(expected_mac)
+    out = os.fspath(out_dir)
+    try:
+        os.mkdir(out)
+    except FileExistsError:
+        raise UserError("unzip target already exists", out) from None
+    dir_modes: list[tuple[str, int]] = []
+
+    def on_entry(rel, kind, mode, body):
+        path = os.path.join(out, rel) if rel else out
+        if kind == KIND_DIR:
+            if rel:
+                os.mkdir(path)
+            dir_modes.append((path, mode))
+        elif kind == KIND_FILE:
+            with open(path, "wb") as f:
+                for chunk in body.chunks():
+                    f.write(chunk)
+            os.chmod(path, mode)
+        else:
+            os.symlink(body.read_all(), path)
+
+    try:
+        mac = _walk_image(os.fspath(root_dir), key, expected_mac, on_entry)
+    except BaseException:
+        _rmtree_writable(out)
+        raise
+    for path, mode in reversed(dir_modes):
+        if path != out:
+            os.chmod(path, mode)
+    return mac
+
+
+def _rmtree_writable(path: str) -> None:
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
