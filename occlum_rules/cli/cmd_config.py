@@ -13,8 +13,8 @@ from pathlib import Path
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.config.explain import explain_text
-from occlum_rules.stages.config.generate import SGX_MODES, resolve
 from occlum_rules.stages.config.mounts import check_root_mount
+from occlum_rules.stages.config.pipeline import SGX_MODES, resolve
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="action", metavar="{check,explain}", required=True)
     _add_common(sub.add_parser("check", help="validate only (exit 1 with the first problem)"))
-    _add_common(sub.add_parser("explain", help="print heap, user space, TCS and reserved memory, and why"))
+    _add_common(
+        sub.add_parser("explain", help="print heap, user space, TCS and reserved memory, and why")
+    )
     return parser
 
 

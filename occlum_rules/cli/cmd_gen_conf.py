@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from occlum_rules.errors import UserError
-from occlum_rules.stages.config.generate import SGX_MODES, generate_config
+from occlum_rules.stages.config.json_source import parse_json_text
 from occlum_rules.stages.config.output_files import write_config_outputs
+from occlum_rules.stages.config.pipeline import SGX_MODES, generate_config
+from occlum_rules.stages.config.schema import read_config
 
 EDMM_ENV = "INSTANCE_IS_FOR_EDMM_PLATFORM"
 
@@ -24,15 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="occlum-rules gen-conf",
         allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Generate Enclave.xml and .Occlum_sys.json from Occlum.json, byte-identical to "
             "Occlum's gen_internal_conf. The EDMM layout is used when the environment has "
             f"{EDMM_ENV}=YES (exactly) or Occlum.json sets feature.enable_edmm."
         ),
         epilog=(
-            "example: INSTANCE_IS_FOR_EDMM_PLATFORM=NO occlum-rules gen-conf --user_json Occlum.json "
-            "gen_conf --user_fs_mac \"$(cat build/mount/.ROOT_MAC)\" --init_fs_mac "
-            "\"$(cat build/initfs/.ROOT_MAC)\" --sdk_xml build/Enclave.xml --output_json build/.Occlum_sys.json"
+            "example:\n  INSTANCE_IS_FOR_EDMM_PLATFORM=NO occlum-rules gen-conf --user_json Occlum.json gen_conf \\\n"
+            '    --user_fs_mac "$(cat build/mount/.ROOT_MAC)" --init_fs_mac "$(cat build/initfs/.ROOT_MAC)" \\\n'
+            "    --sdk_xml build/Enclave.xml --output_json build/.Occlum_sys.json"
         ),
     )
     parser.add_argument("--user_json", required=True, metavar="FILE", help="the user's Occlum.json")
@@ -47,9 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="gen_conf", required=True)
     gen = sub.add_parser("gen_conf", help="generate the image config", allow_abbrev=False)
-    gen.add_argument("--user_fs_mac", required=True, metavar="MAC", help="MAC of the root (user) SEFS image")
-    gen.add_argument("--init_fs_mac", required=True, metavar="MAC", help="MAC of the init SEFS image")
-    gen.add_argument("--output_json", required=True, metavar="FILE", help=".Occlum_sys.json to write")
+    gen.add_argument(
+        "--user_fs_mac", required=True, metavar="MAC", help="MAC of the root (user) SEFS image"
+    )
+    gen.add_argument(
+        "--init_fs_mac", required=True, metavar="MAC", help="MAC of the init SEFS image"
+    )
+    gen.add_argument(
+        "--output_json", required=True, metavar="FILE", help=".Occlum_sys.json to write"
+    )
     gen.add_argument("--sdk_xml", required=True, metavar="FILE", help="Enclave.xml to write")
     return parser
 
@@ -65,8 +74,11 @@ def main(argv: list[str]) -> int:
     user_json = Path(args.user_json)
     if not user_json.is_file():
         raise UserError("file not found", f"--user_json {user_json}")
+    data = user_json.read_bytes()
     platform = os.environ.get(EDMM_ENV)
     if platform is None:
+        # Like the real tool, a broken Occlum.json is reported before the missing variable.
+        read_config(parse_json_text(data, str(user_json)), source=str(user_json))
         raise UserError(
             f"the environment variable {EDMM_ENV} is not set; set it to YES for an EDMM platform "
             "(HW mode with ENABLE_EDMM) or NO otherwise",
@@ -74,7 +86,7 @@ def main(argv: list[str]) -> int:
         )
     edmm = platform == "YES"
     out = generate_config(
-        user_json.read_bytes(),
+        data,
         args.user_fs_mac,
         args.init_fs_mac,
         edmm=edmm,

@@ -125,6 +125,29 @@ def input_digests(action: dict, env: BuildEnv) -> list[tuple[str, str]]:
     return result
 
 
+def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
+    cache = digest_cache(env)
+    result = []
+    for p in paths:
+        full = _abs(env, p)
+        rel = os.path.relpath(full, env.root)
+        key_path = rel if not rel.startswith("..") else full
+        result.append([key_path, cache.digest(full)])
+    return result
+
+
+def dynamic_unchanged(recorded: list, env: BuildEnv) -> bool:
+    """Do the inputs an action discovered last time still have the same content?"""
+    cache = digest_cache(env)
+    for path, digest in recorded or []:
+        try:
+            if cache.digest(_abs(env, path)) != digest:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def action_key(action: dict, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
     digests = input_digests(action, env)
     return compute_key(action, digests), digests
@@ -250,6 +273,13 @@ class StageContext:
     source_date_epoch: int
     digests: DigestCache
     state_dir: Path
+    discovered: list[str] = field(default_factory=list)
+
+    def add_inputs(self, paths) -> None:
+        """Declare inputs found while running (host files a BOM copies, libraries it pulls
+        in). They are re-checked on every later build and guard cache hits."""
+        for p in paths:
+            self.discovered.append(os.fspath(p))
 
     def log(self, message: str) -> None:
         print(f"[{self.label}] {message}", file=sys.stderr)
@@ -292,6 +322,7 @@ def run_action(action: dict, env: BuildEnv) -> None:
         where = {rel: str(scratch / rel) for rel in action["outputs"]}
         for rel, kind in zip(action["outputs"], action["output_types"]):
             os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
+    discovered: list[str] = []
     try:
         if action["argv"] is not None:
             rel_where = {k: os.path.relpath(v, root) for k, v in where.items()}
@@ -317,6 +348,7 @@ def run_action(action: dict, env: BuildEnv) -> None:
                 source_date_epoch=env.source_date_epoch,
                 digests=digest_cache(env), state_dir=Path(env.state_dir))
             func(ctx)
+            discovered = sorted(set(ctx.discovered))
         for rel, kind in zip(action["outputs"], action["output_types"]):
             ok = os.path.isdir(where[rel]) if kind == "dir" else (
                 os.path.isfile(where[rel]) and not os.path.islink(where[rel]))
@@ -329,10 +361,30 @@ def run_action(action: dict, env: BuildEnv) -> None:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 _remove(final)
                 os.replace(where[rel], final)
-        return describe_outputs(action, env)
+        manifest = describe_outputs(action, env)
+        manifest["dynamic"] = dynamic_digests(discovered, env)
+        return manifest
     finally:
         if scratch is not None:
             _remove(str(scratch))
+
+
+def _previous_path(env: BuildEnv, action_id: str) -> Path:
+    return state_path(env, action_id).with_suffix(".previous.json")
+
+
+def _previous_material(env: BuildEnv, action_id: str) -> dict | None:
+    try:
+        return json.loads(_previous_path(env, action_id).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_previous(env: BuildEnv, action_id: str, material: dict | None) -> None:
+    """Keep what the last complete build was made from, for `occlum-rules explain`, even if
+    this run is interrupted before it writes the new state."""
+    if material is not None:
+        _write_json_atomic(_previous_path(env, action_id), material)
 
 
 def _journal(env: BuildEnv, action: dict, outcome: str, seconds: float, key: str) -> None:
@@ -349,7 +401,8 @@ def is_up_to_date(action: dict, env: BuildEnv) -> bool:
         if not state:
             return False
         key, _ = action_key(action, env)
-        return state.get("key") == key and outputs_intact(action, env, state)
+        return (state.get("key") == key and outputs_intact(action, env, state)
+                and dynamic_unchanged(state.get("dynamic"), env))
     except (UserError, OSError):
         return False
 
@@ -360,9 +413,12 @@ def execute(action: dict, env: BuildEnv) -> str:
     key, digests = action_key(action, env)
     spath = state_path(env, action["id"])
     state = read_state(env, action["id"])
-    if state and state.get("key") == key and outputs_intact(action, env, state):
+    if state and state.get("key") == key and outputs_intact(action, env, state) \
+            and dynamic_unchanged(state.get("dynamic"), env):
         _journal(env, action, "up_to_date", time.monotonic() - started, key)
         return "up_to_date"
+    previous = (state or {}).get("material") or _previous_material(env, action["id"])
+    _remember_previous(env, action["id"], previous)
     # From here on the outputs may change: forget that they were ever complete.
     if spath.exists():
         spath.unlink()
@@ -371,6 +427,8 @@ def execute(action: dict, env: BuildEnv) -> str:
     manifest = None
     if action["cacheable"]:
         cached = store.get_action(key)
+        if cached is not None and not dynamic_unchanged(cached.get("dynamic"), env):
+            cached = None  # discovered host inputs differ here: the cached result does not apply
         if cached is not None:
             try:
                 restore_outputs(action, env, store, cached)
@@ -381,6 +439,8 @@ def execute(action: dict, env: BuildEnv) -> str:
             remote = _remote(env)
             if remote is not None:
                 manifest = _fetch_remote(remote, store, key)
+                if manifest is not None and not dynamic_unchanged(manifest.get("dynamic"), env):
+                    manifest = None
                 if manifest is not None:
                     try:
                         restore_outputs(action, env, store, manifest)
@@ -391,15 +451,17 @@ def execute(action: dict, env: BuildEnv) -> str:
         manifest = run_action(action, env)
         outcome = "run"
         if action["cacheable"]:
-            stored = {"outputs": manifest["outputs"], "label": action["label"], "kind": action["kind"]}
+            stored = {"outputs": manifest["outputs"], "label": action["label"],
+                      "kind": action["kind"], "dynamic": manifest.get("dynamic", [])}
             store_outputs(store, env, stored)
             store.put_action(key, stored)
             remote = _remote(env)
             if remote is not None and getattr(remote, "upload", False):
                 _upload_remote(remote, store, key, stored)
     state = {"key": key, "manifest": {"outputs": manifest["outputs"]},
+             "dynamic": manifest.get("dynamic", []),
              "stamps": _stamps(action, env),
-             "material": key_material(action, digests)}
+             "material": key_material(action, digests), "previous": previous}
     _write_json_atomic(spath, state)
     digest_cache(env).save()
     _journal(env, action, outcome, time.monotonic() - started, key)

@@ -636,3 +636,26 @@ def test_too_many_requests_is_retried(warnings_log: pytest.LogCaptureFixture) ->
         remote = RemoteCache(stub.url, retries=2, backoff=0.01)
         assert remote.get_action_result(key_of("k")) is None
         assert len(stub.requests) == 3 and remote.disabled
+
+
+def test_concurrent_failures_still_warn_once(
+    tmp_path: Path, warnings_log: pytest.LogCaptureFixture
+) -> None:
+    with StubServer(status=503, delay=0.05) as stub:
+        remote = RemoteCache(stub.url, backoff=0.01, max_failures=2)
+        barrier = threading.Barrier(8)
+
+        def worker(i: int) -> None:
+            barrier.wait()
+            for j in range(3):
+                remote.get_action_result(key_of(f"{i}-{j}"))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.monotonic() - started < 2.0
+    assert remote.disabled
+    assert len(remote_warnings(warnings_log)) == 1

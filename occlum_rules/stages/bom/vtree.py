@@ -102,9 +102,6 @@ class VTree:
             cur = child
         return [n for n, _ in stack], cur  # resolved to a directory (the root or via "..")
 
-    def _fix_stack(self, resolved: list[str]) -> list[str]:
-        return resolved
-
     def node(self, rel: str | list[str], follow_last: bool = True) -> VNode | None:
         parts = split(rel) if isinstance(rel, str) else rel
         try:
@@ -190,7 +187,7 @@ class VTree:
         existing = parent.children.get(parts[-1])
         if isinstance(existing, VDir):
             raise UserError(f"{what}: a directory is in the way", exit_code=code)
-        if node.origin == AUTO and existing is not None and existing.origin != AUTO:
+        if node.origin == AUTO and existing is not None and existing.origin == EXPLICIT:
             return None
         parent.children[parts[-1]] = node
         real_parent = self.resolve(parts[:-1]) or []

@@ -19,8 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from occlum_rules.stages.config.generate import as_tree, ms_buffer_for
 from occlum_rules.stages.config.mounts import mount_value
+from occlum_rules.stages.config.pipeline import as_tree, ms_buffer_for
 from occlum_rules.stages.config.schema import OcclumConfig, read_config
 
 
@@ -32,7 +32,9 @@ class ActionInputs:
 
     def config_key_bytes(self) -> bytes:
         """Stable bytes to hash into the config action's key."""
-        return json.dumps(self.config, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(
+            self.config, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
 
 
 def _relevant(config: OcclumConfig, ms_buffer: bool) -> dict[str, Any]:

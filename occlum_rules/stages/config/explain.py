@@ -7,7 +7,7 @@ the two user-space sizes that go to .Occlum_sys.json), ``NAME  VALUE  (HUMAN)  o
 
 from __future__ import annotations
 
-from occlum_rules.stages.config.generate import Resolution, disable_log
+from occlum_rules.stages.config.pipeline import Resolution, disable_log
 from occlum_rules.stages.config.resources import Resolved
 from occlum_rules.stages.config.sizes import human_size
 
@@ -59,5 +59,7 @@ def explain_text(res: Resolution, source: str = "Occlum.json") -> str:
     log_origin = (
         "metadata.disable_log" if meta.disable_log is not None else "default: !metadata.debuggable"
     )
-    out.append(f"  {'disable_log':<20} {str(disable_log(res.config)).lower():>12}  {'':<12}  {log_origin}")
+    out.append(
+        f"  {'disable_log':<20} {str(disable_log(res.config)).lower():>12}  {'':<12}  {log_origin}"
+    )
     return "\n".join(out) + "\n"

@@ -61,7 +61,7 @@ def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
     else:
         text = data
     if text.startswith("\ufeff"):
-        raise UserError("a UTF-8 byte-order mark is not allowed in JSON", f"{source}:1:1")
+        raise UserError("invalid JSON: a UTF-8 byte-order mark is not allowed", f"{source}:1:1")
     try:
         tree = json.loads(
             text,

@@ -46,7 +46,15 @@ from occlum_rules.stages.config.json_source import JsonObject, parse_json_text, 
 from occlum_rules.stages.config.schema import read_config
 from occlum_rules.stages.config.sizes import ALLOWED_SIZE_TEXT, SizeError, format_size, parse_size
 
-STRUCTURED_KEYS = ("resource_limits", "process", "entry_points", "env", "metadata", "mount", "feature")
+STRUCTURED_KEYS = (
+    "resource_limits",
+    "process",
+    "entry_points",
+    "env",
+    "metadata",
+    "mount",
+    "feature",
+)
 RESOURCE_SIZE_KEYS = frozenset(
     {
         "kernel_space_heap_size",
@@ -65,7 +73,11 @@ FREE_FORM_KEYS = frozenset({"env", "entry_points"})
 
 def default_occlum_json() -> dict[str, Any]:
     """A fresh copy of the Occlum.json that ``occlum init`` writes."""
-    text = importlib_resources.files("occlum_rules.templates").joinpath("occlum_default.json").read_text()
+    text = (
+        importlib_resources.files("occlum_rules.templates")
+        .joinpath("occlum_default.json")
+        .read_text()
+    )
     return json.loads(text)
 
 
@@ -112,7 +124,9 @@ def render_template(template_path: str | Path, variables: dict[str, Any]) -> str
     except jinja2.TemplateNotFound:
         raise UserError("template not found", str(template_path)) from None
     except jinja2.TemplateSyntaxError as exc:
-        raise UserError(f"template syntax error: {exc.message}", f"{template_path}:{exc.lineno}") from None
+        raise UserError(
+            f"template syntax error: {exc.message}", f"{template_path}:{exc.lineno}"
+        ) from None
     except jinja2.UndefinedError as exc:
         line = _template_line(exc, template_file)
         where = f"{template_path}:{line}" if line else str(template_path)
@@ -130,7 +144,9 @@ def _check_struct_duplicates(value: Any, path: str, source: str) -> None:
         for key, item in value:
             sub = f"{path}.{key}" if path else key
             if key in seen:
-                raise UserError("appears twice; Occlum rejects a repeated key here", f"{source}: {sub}")
+                raise UserError(
+                    "appears twice; Occlum rejects a repeated key here", f"{source}: {sub}"
+                )
             seen.add(key)
             if not (path == "" and key in FREE_FORM_KEYS):
                 _check_struct_duplicates(item, sub, source)
@@ -144,7 +160,9 @@ def _size_value(value: Any, path: str, where: str) -> str:
         try:
             return format_size(value)
         except ValueError:
-            raise UserError(f"{value} is not a byte count Occlum can express", f"{where}: {path}") from None
+            raise UserError(
+                f"{value} is not a byte count Occlum can express", f"{where}: {path}"
+            ) from None
     if isinstance(value, str):
         try:
             parse_size(value)
@@ -155,7 +173,8 @@ def _size_value(value: Any, path: str, where: str) -> str:
             ) from None
         return value
     raise UserError(
-        f"{value!r} is not allowed; expected bytes as an int or {ALLOWED_SIZE_TEXT}", f"{where}: {path}"
+        f"{value!r} is not allowed; expected bytes as an int or {ALLOWED_SIZE_TEXT}",
+        f"{where}: {path}",
     )
 
 
@@ -214,7 +233,11 @@ def _merge_mounts(base: list[Any], override: list[Any], where: str) -> list[Any]
                 f"{where}: mount[{i}]",
             )
         index = next(
-            (j for j, m in enumerate(out) if isinstance(m, dict) and m.get("target") == mount["target"]),
+            (
+                j
+                for j, m in enumerate(out)
+                if isinstance(m, dict) and m.get("target") == mount["target"]
+            ),
             None,
         )
         if "type" in mount and mount["type"] is None:
@@ -227,10 +250,14 @@ def _merge_mounts(base: list[Any], override: list[Any], where: str) -> list[Any]
     return out
 
 
-def merge_attrs(base: dict[str, Any], attrs: dict[str, Any], where: str = "attributes") -> dict[str, Any]:
+def merge_attrs(
+    base: dict[str, Any], attrs: dict[str, Any], where: str = "attributes"
+) -> dict[str, Any]:
     """Deep-merge structured attributes over a base Occlum.json (rules in the module doc)."""
     if not isinstance(attrs, dict):
-        raise UserError(f"expected a mapping of Occlum.json sections, got {type(attrs).__name__}", where)
+        raise UserError(
+            f"expected a mapping of Occlum.json sections, got {type(attrs).__name__}", where
+        )
     out = copy.deepcopy(base)
     for key in attrs:
         if key not in STRUCTURED_KEYS:

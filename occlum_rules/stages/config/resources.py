@@ -76,7 +76,11 @@ def _quote(text: str | None) -> str:
 
 
 def resolve_resources(
-    config: OcclumConfig, *, platform_edmm: bool, ms_buffer: bool = False, source: str = "Occlum.json"
+    config: OcclumConfig,
+    *,
+    platform_edmm: bool,
+    ms_buffer: bool = False,
+    source: str = "Occlum.json",
 ) -> EnclaveResources:
     """Apply gen_internal_conf's memory and thread rules; UserError on the first problem."""
     edmm, edmm_origin = edmm_mode(config, platform_edmm)
@@ -88,7 +92,9 @@ def resolve_resources(
     max_threads = rl.max_num_of_threads
     if edmm:
         if rl.init_num_of_threads is not None:
-            tcs_num = Resolved(rl.init_num_of_threads, "resource_limits.init_num_of_threads (EDMM, taken as is)")
+            tcs_num = Resolved(
+                rl.init_num_of_threads, "resource_limits.init_num_of_threads (EDMM, taken as is)"
+            )
         else:
             tcs_num = Resolved(
                 min(DEFAULT_TCS_INIT, max_threads),
@@ -99,7 +105,11 @@ def resolve_resources(
             f"EDMM: max(max_num_of_threads={max_threads}, {DEFAULT_TCS_MAX})",
         )
     else:
-        note = " (init_num_of_threads is ignored without EDMM)" if rl.init_num_of_threads is not None else ""
+        note = (
+            " (init_num_of_threads is ignored without EDMM)"
+            if rl.init_num_of_threads is not None
+            else ""
+        )
         tcs_num = Resolved(max_threads, f"resource_limits.max_num_of_threads{note}")
         tcs_max = Resolved(max_threads, "resource_limits.max_num_of_threads")
     if tcs_num.value > tcs_max.value:
@@ -111,8 +121,12 @@ def resolve_resources(
     tcs_min_pool = Resolved(tcs_num.value, "same as TCSNum")
 
     # Kernel stack
-    stack = size_field(rl.kernel_space_stack_size, "resource_limits.kernel_space_stack_size", source)
-    stack_r = Resolved(stack, f"resource_limits.kernel_space_stack_size {_quote(rl.kernel_space_stack_size)}")
+    stack = size_field(
+        rl.kernel_space_stack_size, "resource_limits.kernel_space_stack_size", source
+    )
+    stack_r = Resolved(
+        stack, f"resource_limits.kernel_space_stack_size {_quote(rl.kernel_space_stack_size)}"
+    )
 
     # Kernel heap
     heap = size_field(rl.kernel_space_heap_size, "resource_limits.kernel_space_heap_size", source)
@@ -122,10 +136,14 @@ def resolve_resources(
         heap_max_cfg = size_field(
             rl.kernel_space_heap_max_size, "resource_limits.kernel_space_heap_max_size", source
         )
-        hmax_src = f"resource_limits.kernel_space_heap_max_size {_quote(rl.kernel_space_heap_max_size)}"
+        hmax_src = (
+            f"resource_limits.kernel_space_heap_max_size {_quote(rl.kernel_space_heap_max_size)}"
+        )
     if heap_max_cfg is not None and edmm:
         heap_init = Resolved(heap, heap_src)
-        heap_max = Resolved(max(heap_max_cfg, DEFAULT_KERNEL_HEAP_MAX), f"EDMM: max({hmax_src}, 1GB)")
+        heap_max = Resolved(
+            max(heap_max_cfg, DEFAULT_KERNEL_HEAP_MAX), f"EDMM: max({hmax_src}, 1GB)"
+        )
     elif heap_max_cfg is not None:
         heap_init = Resolved(heap_max_cfg, f"{hmax_src} (non-EDMM: the max replaces {heap_src})")
         heap_max = Resolved(heap_max_cfg, hmax_src)
@@ -148,11 +166,15 @@ def resolve_resources(
     user_src = f"resource_limits.user_space_size {_quote(rl.user_space_size)}"
     user_max_cfg = None
     if rl.user_space_max_size is not None:
-        user_max_cfg = size_field(rl.user_space_max_size, "resource_limits.user_space_max_size", source)
+        user_max_cfg = size_field(
+            rl.user_space_max_size, "resource_limits.user_space_max_size", source
+        )
         umax_src = f"resource_limits.user_space_max_size {_quote(rl.user_space_max_size)}"
     user_init = Resolved(user, user_src)
     if user_max_cfg is not None and edmm:
-        user_max = Resolved(max(user_max_cfg, DEFAULT_USER_SPACE_MAX), f"EDMM: max({umax_src}, 16GB)")
+        user_max = Resolved(
+            max(user_max_cfg, DEFAULT_USER_SPACE_MAX), f"EDMM: max({umax_src}, 16GB)"
+        )
     elif user_max_cfg is not None:
         user_max = Resolved(user_max_cfg, umax_src)
     elif edmm:
@@ -186,8 +208,12 @@ def resolve_resources(
     marshal = None
     if ms_buffer:
         if rl.marshal_buffer_size is not None:
-            value = size_field(rl.marshal_buffer_size, "resource_limits.marshal_buffer_size", source)
-            marshal = Resolved(value, f"resource_limits.marshal_buffer_size {_quote(rl.marshal_buffer_size)}")
+            value = size_field(
+                rl.marshal_buffer_size, "resource_limits.marshal_buffer_size", source
+            )
+            marshal = Resolved(
+                value, f"resource_limits.marshal_buffer_size {_quote(rl.marshal_buffer_size)}"
+            )
         else:
             marshal = Resolved(DEFAULT_MARSHAL_BUFFER, "HYPER-mode default 1MB")
 

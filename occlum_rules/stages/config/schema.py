@@ -192,7 +192,9 @@ def _read_struct(
         sub = f"{path}.{key}" if path else key
         field = by_key.get(key)
         if field is None:
-            r.warn(sub, f"unknown key, ignored by Occlum (known keys of {what}: {', '.join(by_key)})")
+            r.warn(
+                sub, f"unknown key, ignored by Occlum (known keys of {what}: {', '.join(by_key)})"
+            )
             continue
         if field.attr in out and not field.repeatable:
             raise r.error(sub, "appears twice; Occlum rejects a repeated key here")
@@ -214,7 +216,9 @@ def _resource_limit_fields(ms_buffer: bool) -> tuple[Field, ...]:
         Field("init_num_of_threads", "init_num_of_threads", read_u32, False, True),
         Field("max_num_of_threads", "max_num_of_threads", read_u32),
         Field("kernel_space_heap_size", "kernel_space_heap_size", read_size_str),
-        Field("kernel_space_heap_max_size", "kernel_space_heap_max_size", read_size_str, False, True),
+        Field(
+            "kernel_space_heap_max_size", "kernel_space_heap_max_size", read_size_str, False, True
+        ),
         Field("kernel_space_stack_size", "kernel_space_stack_size", read_size_str),
         Field("user_space_size", "user_space_size", read_size_str),
         Field("user_space_max_size", "user_space_max_size", read_size_str, False, True),
@@ -229,7 +233,14 @@ def read_resource_limits(value: Any, path: str, r: Reader) -> ResourceLimits:
     if not r.ms_buffer and isinstance(value, JsonObject):
         # Say why instead of the generic "unknown key" warning.
         fields += (
-            Field("marshal_buffer_size", "marshal_buffer_size", _ignored_msbuf, False, True, repeatable=True),
+            Field(
+                "marshal_buffer_size",
+                "marshal_buffer_size",
+                _ignored_msbuf,
+                False,
+                True,
+                repeatable=True,
+            ),
         )
     out = _read_struct(value, path, r, fields, "resource_limits")
     out.setdefault("marshal_buffer_size", None)

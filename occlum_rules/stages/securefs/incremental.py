@@ -54,10 +54,17 @@ class StateEntry:
     stat_key: tuple | None
 
 
+# A recorded stat key proves "unchanged" only for files whose last change was well before
+# the scan that recorded it: timestamps are coarse (kernel tick, or seconds on some file
+# systems), so a same-size rewrite right after a scan could keep every stat field equal.
+RACY_MARGIN_NS = 2_000_000_000
+
+
 @dataclass
 class PackState:
     root_mac: bytes
     entries: list[StateEntry]
+    scan_started_ns: int = 0
     by_id: dict[int, StateEntry] = field(init=False)
     by_path: dict[str, StateEntry] = field(init=False)
 
@@ -72,6 +79,7 @@ def _payload(state: PackState) -> dict:
         "version": STATE_VERSION,
         "mode": "integrity-only",
         "root_mac": state.root_mac.hex(),
+        "scan_started_ns": state.scan_started_ns,
         # one list per inode keeps the file small and quick to parse for 100k inodes
         "inodes": [
             [e.id, e.path, e.kind, e.mode, e.size, e.content.hex(), e.mac.hex(),
@@ -134,7 +142,9 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
             )
             for i, p, k, m, s, c, mac, sk in payload["inodes"]
         ]
-        state = PackState(bytes.fromhex(payload["root_mac"]), entries)
+        state = PackState(
+            bytes.fromhex(payload["root_mac"]), entries, int(payload["scan_started_ns"])
+        )
     except (KeyError, TypeError, ValueError):
         return None, "malformed pack state"
     # The state must describe exactly what is in __ROOT now.
@@ -151,6 +161,14 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
     except Exception:  # noqa: BLE001 - any problem reading it means "not reusable"
         return None, "previous image metadata unreadable"
     return state, ""
+
+
+def stat_proves_unchanged(state: PackState, old: StateEntry, stat_key: tuple | None) -> bool:
+    """True when the file's stat key equals the recorded one and was not racy then."""
+    if stat_key is None or old.stat_key != stat_key:
+        return False
+    _size, mtime_ns, ctime_ns = stat_key[:3]
+    return max(mtime_ns, ctime_ns) < state.scan_started_ns - RACY_MARGIN_NS
 
 
 def rename_protected(path: str, new_name: str) -> bytes:

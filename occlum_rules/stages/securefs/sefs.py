@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,6 +151,7 @@ def pack_image(
     """
     src = os.fspath(src_dir)
     dst = os.path.abspath(os.fspath(dst_root_dir))
+    scan_started_ns = time.time_ns()
     if key is not None and len(key) != 16:
         raise UserError("an image key is 16 bytes")
     if manifest is not None:
@@ -184,7 +186,9 @@ def pack_image(
             digests[n.id] = n.sha256
         else:
             old = state.by_path.get(n.rel)
-            if old is not None and old.kind == KIND_FILE and old.stat_key == n.stat_key:
+            if old is not None and old.kind == KIND_FILE and incremental.stat_proves_unchanged(
+                state, old, n.stat_key
+            ):
                 digests[n.id] = old.content  # mtime/ctime/size/inode unchanged: same bytes
             else:
                 digests[n.id] = _hash_file(os.path.join(src, n.rel))
@@ -267,7 +271,7 @@ def pack_image(
             entries.append(incremental.StateEntry(
                 n.id, n.rel, n.kind, n.mode, n.size, digest, macs[n.id], n.stat_key))
         if len(entries) == len(nodes):
-            incremental.save_state(state_path, incremental.PackState(root_mac, entries))
+            incremental.save_state(state_path, incremental.PackState(root_mac, entries, scan_started_ns))
     reused = len(plan.keep) + len(plan.move) + len(plan.copy)
     prog.finish("incremental" if state is not None else "")
     return PackResult(

@@ -191,16 +191,28 @@ def sign_enclave(enclave: Path, config_xml: Path | bytes | None, key_pem: Path |
     return _finish(m, css, out)
 
 
+@dataclass
+class GendataResult:
+    material: bytes  # 256 bytes: SIGSTRUCT header || body, to be signed externally
+    mrenclave: bytes
+    profile: str
+    log: list[str]
+
+
 def gendata(enclave: Path, config_xml: Path | bytes | None, out: Path | None, *,
             date: int | None = None, profile: str | None = None, resign: bool = False,
-            ignore_rel_error: bool = False, ignore_init_sec_error: bool = False) -> bytes:
-    """The 256-byte signing material (SIGSTRUCT header || body) of ``sgx_sign gendata``."""
+            ignore_rel_error: bool = False, ignore_init_sec_error: bool = False) -> GendataResult:
+    """The 256-byte signing material (SIGSTRUCT header || body) of ``sgx_sign gendata``.
+
+    Sign it with e.g. ``openssl dgst -sha256 -sign key.pem`` and pass the 384-byte result
+    to :func:`catsig`.
+    """
     m = measure_enclave(enclave, config_xml, profile=profile, resign=resign,
                         ignore_rel_error=ignore_rel_error, ignore_init_sec_error=ignore_init_sec_error)
     material = signing_material(_css_for(m, _date(date)))
     if out is not None:
         write_atomic(Path(out), material)
-    return material
+    return GendataResult(material, m.mrenclave, m.profile.name, m.log + ["Succeed."])
 
 
 def catsig(enclave: Path, config_xml: Path | bytes | None, public_key_pem: Path | bytes,
@@ -289,6 +301,6 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 # header/body slices are part of this module's vocabulary for callers comparing material
-__all__ = ["BODY", "HEADER", "Measured", "SignResult", "catsig", "gendata", "measure",
+__all__ = ["BODY", "HEADER", "GendataResult", "Measured", "SignResult", "catsig", "gendata", "measure",
            "measure_enclave", "public_key_fingerprint", "read_signed_info", "sign_enclave",
            "write_atomic"]

@@ -69,7 +69,9 @@ class Resolution:
 def ms_buffer_for(sgx_mode: str) -> bool:
     """Occlum builds gen_internal_conf with the ms_buffer feature only for SGX_MODE=HYPER."""
     if sgx_mode not in SGX_MODES:
-        raise UserError(f"{sgx_mode!r} is not an SGX mode; expected one of {', '.join(SGX_MODES)}", "sgx_mode")
+        raise UserError(
+            f"{sgx_mode!r} is not an SGX mode; expected one of {', '.join(SGX_MODES)}", "sgx_mode"
+        )
     return sgx_mode == "HYPER"
 
 
@@ -160,7 +162,9 @@ def sorted_value(value: Any) -> Any:
     return value
 
 
-def sys_json_values(res: Resolution, user_fs_mac: str, init_fs_mac: str, source: str) -> dict[str, Any]:
+def sys_json_values(
+    res: Resolution, user_fs_mac: str, init_fs_mac: str, source: str
+) -> dict[str, Any]:
     config = res.config
     return {
         "user_space_init_size": f"{res.resources.user_space_init.value}B",

@@ -1,0 +1,77 @@
+"""``occlum-rules measure``: MRENCLAVE (and for signed enclaves MRSIGNER etc.) of an enclave.
+
+Two forms today, both on a file:
+  * ``--enclave SO --config Enclave.xml``: compute MRENCLAVE of an (unsigned) enclave the
+    way sgx_sign would, without any key;
+  * ``--enclave SIGNED_SO``: read MRENCLAVE, MRSIGNER, attributes, ISVPRODID and ISVSVN
+    from the SIGSTRUCT in its metadata.
+Each form is one small function returning a dict, so other forms (e.g. a build label
+naming an occlum_instance) can reuse the same printing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from occlum_rules.errors import UserError
+from occlum_rules.stages.sign import signer
+from occlum_rules.stages.sign.profiles import PROFILES
+
+
+def measure_unsigned(enclave: Path, config: Path | None, profile: str | None = None) -> dict:
+    m = signer.measure_enclave(enclave, config, profile=profile, resign=True,
+                               ignore_rel_error=True, ignore_init_sec_error=True)
+    return {"mrenclave": m.mrenclave.hex(), "sdk_profile": m.profile.name}
+
+
+def measure_signed(enclave: Path) -> dict:
+    return signer.read_signed_info(enclave)
+
+
+def render(info: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(info, indent=2, sort_keys=True)
+    lines = [f"MRENCLAVE: {info['mrenclave']}"]
+    if "mrsigner" in info:
+        lines += [
+            f"MRSIGNER: {info['mrsigner']}",
+            f"ATTRIBUTES.FLAGS: {info['attributes']['flags']:#018x}",
+            f"ATTRIBUTES.XFRM: {info['attributes']['xfrm']:#018x}",
+            f"ISVPRODID: {info['isv_prod_id']}",
+            f"ISVSVN: {info['isv_svn']}",
+            f"MISCSELECT: {info['misc_select']:#010x}",
+            f"DEBUG: {'allowed' if info['debug_allowed'] else 'disabled'}",
+        ]
+    if "sdk_profile" in info:
+        lines.append(f"SDK profile: {info['sdk_profile']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="occlum-rules measure", allow_abbrev=False,
+        description="Print MRENCLAVE of an enclave under an Enclave.xml (no key needed), or "
+                    "MRENCLAVE/MRSIGNER/attributes/ISVPRODID/ISVSVN of a signed enclave.",
+    )
+    parser.add_argument("--enclave", required=True, type=Path, metavar="SO",
+                        help="enclave .so (unsigned with --config, or signed)")
+    parser.add_argument("--config", type=Path, metavar="Enclave.xml",
+                        help="compute MRENCLAVE under this config instead of reading a signature")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="SDK profile (default: from the enclave's g_global_data.sdk_version)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.enclave.is_file():
+        raise UserError("no such enclave file", str(args.enclave))
+    if args.config is not None:
+        info = measure_unsigned(args.enclave, args.config, args.profile)
+    else:
+        info = measure_signed(args.enclave)
+    print(render(info, args.format))
+    return 0

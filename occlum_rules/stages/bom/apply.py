@@ -1,0 +1,247 @@
+"""Make an image directory match a plan, touching only what differs.
+
+The plan already holds the final tree (for ``sync``) or the operations to replay on top of
+what is in the image (without ``sync``, copy_bom's behaviour: stale files survive). Files
+whose bytes already match are left alone, so their mtimes stay and downstream content-hash
+caches see no change. New bytes go to a temporary name in the same directory and are renamed
+into place. The walk never follows a symlink inside the image, so nothing outside the image
+root is ever written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from occlum_rules.errors import UserError
+
+from .elf_deps import read_elf
+from .plan import Plan, run_op
+from .schema import EXIT_COPY_FILE, EXIT_MKDIR_OR_COPY_DIR
+from .vtree import EXISTING, VDir, VFile, VLink, VTree
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class ApplyResult:
+    written: list[str] = field(default_factory=list)  # image paths (re)written or created
+    unchanged: list[str] = field(default_factory=list)  # files left alone (same bytes)
+    removed: list[str] = field(default_factory=list)  # paths deleted by --sync
+    manifest: list[dict] = field(default_factory=list)  # see manifest.image_manifest
+
+
+def scan_image(root: str | os.PathLike[str]) -> VTree:
+    """The current image as a model, so copy_bom's operations can be replayed on top of it."""
+    tree = VTree()
+    root_path = os.fspath(root)
+    if not os.path.isdir(root_path):
+        return tree
+    tree.root = VDir(stat.S_IMODE(os.stat(root_path).st_mode), EXISTING)
+
+    def rec(path: str, vdir: VDir) -> None:
+        with os.scandir(path) as it:
+            for de in it:
+                st = de.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    child = VDir(stat.S_IMODE(st.st_mode), EXISTING)
+                    vdir.children[de.name] = child
+                    rec(de.path, child)
+                elif stat.S_ISLNK(st.st_mode):
+                    vdir.children[de.name] = VLink(os.readlink(de.path), EXISTING)
+                else:
+                    vdir.children[de.name] = VFile(de.path, stat.S_IMODE(st.st_mode), EXISTING)
+
+    rec(root_path, tree.root)
+    return tree
+
+
+def desired_tree(plan: Plan, root: str | os.PathLike[str], sync: bool) -> VTree:
+    if sync:
+        return plan.tree
+    tree = scan_image(root)
+    for op in plan.ops:
+        run_op(tree, op)
+    return tree
+
+
+def _remove(path: str) -> None:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                if not os.path.islink(full):
+                    os.chmod(full, 0o700)
+        os.chmod(path, 0o700)
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _same_bytes(src: str, dst: str, size: int) -> tuple[bool, str]:
+    """Compare two files; returns (equal, sha256 of src)."""
+    h = hashlib.sha256()
+    same = True
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        while True:
+            x = a.read(_CHUNK)
+            if not x:
+                break
+            h.update(x)
+            if same and b.read(len(x)) != x:
+                same = False
+        if same and b.read(1):
+            same = False
+    return same, h.hexdigest()
+
+
+def _write_file(src: str, dst_dir: str, name: str, mode: int) -> str:
+    tmp = os.path.join(dst_dir, f".{name}.bomtmp.{os.getpid()}")
+    h = hashlib.sha256()
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            for chunk in iter(lambda: fin.read(_CHUNK), b""):
+                h.update(chunk)
+                fout.write(chunk)
+        st = os.stat(src)
+        os.chmod(tmp, mode)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, os.path.join(dst_dir, name))
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return h.hexdigest()
+
+
+class _Applier:
+    def __init__(self, root: str, sync: bool, result: ApplyResult):
+        self.root = root
+        self.sync = sync
+        self.result = result
+        self.dir_modes: list[tuple[str, int]] = []
+
+    def rel(self, path: str) -> str:
+        r = os.path.relpath(path, self.root)
+        return "." if r == "." else r
+
+    def entry(self, rel: str, **kw) -> None:
+        self.result.manifest.append({"path": rel, **kw})
+
+    def sync_dir(self, path: str, vdir: VDir) -> None:
+        st = os.stat(path)
+        if not st.st_mode & stat.S_IWUSR or not st.st_mode & stat.S_IXUSR:
+            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        self.dir_modes.append((path, vdir.mode))
+        self.entry(self.rel(path), type="dir", mode=vdir.mode)
+        existing = {}
+        with os.scandir(path) as it:
+            for de in it:
+                existing[de.name] = de.stat(follow_symlinks=False)
+        for name in sorted(vdir.children, key=os.fsencode):
+            child = vdir.children[name]
+            full = os.path.join(path, name)
+            st_child = existing.get(name)
+            if isinstance(child, VDir):
+                if st_child is not None and not stat.S_ISDIR(st_child.st_mode):
+                    os.unlink(full)
+                    st_child = None
+                if st_child is None:
+                    os.mkdir(full, 0o700)
+                    self.result.written.append(self.rel(full))
+                self.sync_dir(full, child)
+            elif isinstance(child, VLink):
+                if st_child is not None and stat.S_ISLNK(st_child.st_mode) and os.readlink(full) == child.target:
+                    pass
+                else:
+                    if st_child is not None and stat.S_ISDIR(st_child.st_mode):
+                        _remove(full)
+                    tmp = os.path.join(path, f".{name}.bomtmp.{os.getpid()}")
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
+                    os.symlink(child.target, tmp)
+                    os.replace(tmp, full)
+                    self.result.written.append(self.rel(full))
+                self.entry(self.rel(full), type="symlink", mode=0o777, target=child.target)
+            else:
+                self.sync_file(path, name, child, st_child)
+        if self.sync:
+            for name in sorted(set(existing) - set(vdir.children)):
+                full = os.path.join(path, name)
+                _remove(full)
+                self.result.removed.append(self.rel(full))
+
+    def sync_file(self, path: str, name: str, node: VFile, st: os.stat_result | None) -> None:
+        full = os.path.join(path, name)
+        rel = self.rel(full)
+        digest = None
+        if node.origin == EXISTING and os.path.abspath(node.src) == os.path.abspath(full):
+            digest = _hash_file(full)
+            self.result.unchanged.append(rel)
+        else:
+            try:
+                src_size = os.stat(node.src).st_size
+            except OSError as exc:
+                raise UserError(f"cannot read {node.src}: {exc.strerror}", exit_code=EXIT_COPY_FILE) from None
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == src_size:
+                same, digest = _same_bytes(node.src, full, src_size)
+                if same:
+                    if stat.S_IMODE(st.st_mode) != node.mode:
+                        os.chmod(full, node.mode)
+                    self.result.unchanged.append(rel)
+                else:
+                    digest = None
+            if digest is None:
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    _remove(full)
+                digest = _write_file(node.src, path, name, node.mode)
+                self.result.written.append(rel)
+        size = os.stat(full).st_size
+        item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
+        needed = _needed(full)
+        if needed is not None:
+            item["needed"] = needed
+        self.entry(rel, **item)
+
+
+def _needed(path: str) -> list[str] | None:
+    info = read_elf(path)
+    return None if info is None else list(info.needed)
+
+
+def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True) -> ApplyResult:
+    """Bring ``root`` to the planned state and return what changed plus the image manifest."""
+    root_s = os.fspath(root)
+    tree = desired_tree(plan, root_s, sync)
+    result = ApplyResult()
+    try:
+        if os.path.lexists(root_s) and not os.path.isdir(root_s):
+            raise UserError("image root exists and is not a directory", where=root_s,
+                            exit_code=EXIT_MKDIR_OR_COPY_DIR)
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+        applier = _Applier(root_s, sync, result)
+        applier.sync_dir(root_s, tree.root)
+        for path, mode in reversed(applier.dir_modes):
+            if stat.S_IMODE(os.stat(path).st_mode) != mode:
+                os.chmod(path, mode)
+    except OSError as exc:
+        raise UserError(f"cannot write the image: {exc}", where=root_s, exit_code=EXIT_COPY_FILE) from None
+    result.manifest.sort(key=lambda e: e["path"].encode())
+    for item in result.manifest:
+        if item["path"] == ".":
+            item["path"] = ""
+    result.manifest.sort(key=lambda e: e["path"].encode())
+    return result

@@ -1,0 +1,190 @@
+"""Incremental pack == full pack of the new tree, on random edit sequences."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from occlum_rules.stages.securefs.sefs import pack_image, verify_image
+
+from .helpers import listing_of, make_random_tree, random_content, same_dir_bytes
+
+
+def _entries(root: Path):
+    files, dirs, links = [], [], []
+    for dp, dn, fn in os.walk(root):
+        for n in dn:
+            (links if os.path.islink(os.path.join(dp, n)) else dirs).append(Path(dp, n))
+        for n in fn:
+            (links if os.path.islink(os.path.join(dp, n)) else files).append(Path(dp, n))
+    return sorted(files), sorted(dirs), sorted(links)
+
+
+def random_edit(root: Path, rng: random.Random) -> str:
+    files, dirs, links = _entries(root)
+    kind = rng.choice(["add", "add_dup", "modify", "delete", "rename", "chmod", "retarget", "mkdir", "rmdir"])
+    parent = rng.choice([root, *dirs])
+    new_name = parent / (rng.choice(["!", "0", "A", "m", "zz", "é"]) + str(rng.randrange(1000)))
+    if kind == "add" and not new_name.exists():
+        new_name.write_bytes(random_content(rng))
+    elif kind == "add_dup" and files and not new_name.exists():
+        shutil.copyfile(rng.choice(files), new_name)  # same content under another name
+    elif kind == "modify" and files:
+        f = rng.choice(files)
+        data = bytearray(f.read_bytes())
+        if data and rng.random() < 0.5:
+            data[rng.randrange(len(data))] ^= 0x55  # same size, same second
+        else:
+            data += b"more"
+        f.write_bytes(bytes(data))
+    elif kind == "delete" and files:
+        rng.choice(files).unlink()
+    elif kind == "rename" and (files or dirs) and not new_name.exists():
+        victim = rng.choice(files + dirs)
+        if not str(new_name).startswith(str(victim) + "/"):
+            victim.rename(new_name)
+    elif kind == "chmod" and files:
+        rng.choice(files).chmod(rng.choice([0o600, 0o644, 0o755, 0o400]))
+    elif kind == "retarget" and links:
+        link = rng.choice(links)
+        link.unlink()
+        link.symlink_to(rng.choice(["a", "b/c", "/abs", "é" * 3]))
+    elif kind == "mkdir" and not new_name.exists():
+        new_name.mkdir()
+    elif kind == "rmdir" and dirs:
+        shutil.rmtree(rng.choice(dirs))
+    return kind
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_equals_full_on_random_edits(tmp_path, seed):
+    rng = random.Random(seed)
+    src = tmp_path / "src"
+    make_random_tree(src, rng, files=30, big=seed == 0)
+    inc_root = tmp_path / "inc" / "__ROOT"
+    state = tmp_path / "inc" / "state.json"
+    first = pack_image(src, inc_root, state_path=state)
+    assert not first.incremental and state.exists()
+    reused_total = 0
+    for step in range(12):
+        kinds = [random_edit(src, rng) for _ in range(rng.randrange(1, 4))]
+        inc = pack_image(src, inc_root, state_path=state)
+        full_root = tmp_path / f"full{step}" / "__ROOT"
+        full = pack_image(src, full_root)
+        assert inc.incremental, inc.reason
+        assert inc.mac_text == full.mac_text, kinds
+        assert same_dir_bytes(inc_root, full_root), kinds
+        reused_total += inc.reused
+        shutil.rmtree(full_root.parent)
+    assert reused_total > 0
+    assert [(e.path, e.type) for e in verify_image(inc_root)] == [(p, t) for p, t, *_ in listing_of(src)]
+
+
+def test_one_changed_file_rewrites_one_inode(tmp_path):
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(9), files=30)
+    (src / "zzz_last").write_bytes(b"x" * 10000)
+    state = tmp_path / "state.json"
+    pack_image(src, tmp_path / "img", state_path=state)
+    (src / "zzz_last").write_bytes(b"y" * 10000)
+    res = pack_image(src, tmp_path / "img", state_path=state)
+    assert res.incremental and res.rewritten == 1 and res.reused == res.inodes - 1
+    # renaming the first entry shifts every id: data nodes are reused, only node 0 rewritten
+    first = sorted(os.listdir(src), key=lambda n: n.encode())[0]
+    os.rename(src / first, src / "~moved")
+    res = pack_image(src, tmp_path / "img", state_path=state)
+    assert res.incremental and res.rewritten <= 4, res
+    assert res.mac_text == pack_image(src, tmp_path / "full").mac_text
+
+
+def test_manifest_driven_incremental(tmp_path):
+    import hashlib
+
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(4), files=25)
+
+    def manifest():
+        out = []
+        for p, t, mode, size, extra in listing_of(src):
+            item = {"path": p, "type": t, "mode": mode, "size": size}
+            if t == "file":
+                item["sha256"] = extra
+            elif t == "symlink":
+                item["target"] = extra
+            out.append(item)
+        return out
+
+    state = tmp_path / "state.json"
+    a = pack_image(src, tmp_path / "img", state_path=state, manifest=manifest())
+    assert a.mac_text == pack_image(src, tmp_path / "full").mac_text
+    victim = next(src / p for p, t, *_ in listing_of(src) if t == "file")
+    victim.write_bytes(b"new content")
+    b = pack_image(src, tmp_path / "img", state_path=state, manifest=manifest())
+    assert b.incremental and b.rewritten >= 1
+    assert same_dir_bytes(tmp_path / "img", Path(pack_image(src, tmp_path / "full2") and tmp_path / "full2"))
+    assert hashlib.sha256(b"new content").hexdigest() in json.dumps(manifest())
+
+
+@pytest.mark.parametrize("damage", ["garbage", "checksum", "image_changed", "extra_file", "missing"])
+def test_bad_state_falls_back_to_full_pack(tmp_path, damage):
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(2), files=20)
+    root = tmp_path / "img" / "__ROOT"
+    state = tmp_path / "img" / "state.json"
+    pack_image(src, root, state_path=state)
+    (src / "new_file").write_bytes(b"n" * 5000)
+    if damage == "garbage":
+        state.write_text("{not json")
+    elif damage == "checksum":
+        data = json.loads(state.read_text())
+        data["inodes"][1][5] = "00" * 32  # claim different content, keep old checksum
+        state.write_text(json.dumps(data))
+    elif damage == "image_changed":
+        pack_image(src / "..", tmp_path / "other")  # some other image moved into place
+        shutil.rmtree(root)
+        shutil.copytree(tmp_path / "other", root)
+    elif damage == "extra_file":
+        (root / "stray").write_bytes(b"")
+    elif damage == "missing":
+        os.unlink(state)
+    res = pack_image(src, root, state_path=state)
+    assert not res.incremental and res.reason
+    assert same_dir_bytes(root, Path(pack_image(src, tmp_path / "ref") and tmp_path / "ref"))
+    assert pack_image(src, root, state_path=state).incremental  # state is good again
+
+
+def test_encrypted_images_are_always_packed_in_full(tmp_path):
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(8), files=10)
+    state = tmp_path / "state.json"
+    for _ in range(2):
+        res = pack_image(src, tmp_path / "img", key=bytes(16 * [3]), state_path=state)
+        assert not res.incremental and "encrypted" in res.reason
+    assert not state.exists()  # never keep plaintext hashes beside an encrypted image
+
+
+def test_interrupted_incremental_pack_is_not_trusted(tmp_path, monkeypatch):
+    from occlum_rules.stages.securefs import sefs
+
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(6), files=15)
+    state = tmp_path / "state.json"
+    pack_image(src, tmp_path / "img", state_path=state)
+    (src / "added").write_bytes(b"a" * 4000)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sefs, "metadata_content", boom)
+    with pytest.raises(KeyboardInterrupt):
+        pack_image(src, tmp_path / "img", state_path=state)
+    monkeypatch.undo()
+    assert not state.exists()
+    res = pack_image(src, tmp_path / "img", state_path=state)
+    assert not res.incremental
+    assert same_dir_bytes(tmp_path / "img", Path(pack_image(src, tmp_path / "ref") and tmp_path / "ref"))
