@@ -95,6 +95,6 @@ def main(argv: list[str]) -> int:
     )
     for warning in out.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"Build on platform {'WITH' if out.edmm else 'WITHOUT'} EDMM support")
     write_config_outputs(args.sdk_xml, args.output_json, out.enclave_xml, out.sys_json)
+    print(f"Build on platform {'WITH' if out.edmm else 'WITHOUT'} EDMM support")
     return 0

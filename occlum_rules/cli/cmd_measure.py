@@ -72,6 +72,12 @@ def main(argv: list[str]) -> int:
     if args.config is not None:
         info = measure_unsigned(args.enclave, args.config, args.profile)
     else:
-        info = measure_signed(args.enclave)
+        try:
+            info = measure_signed(args.enclave)
+        except UserError as exc:
+            if "not signed" in str(exc):
+                raise UserError(f"{exc.message}; pass --config Enclave.xml to compute its "
+                                "MRENCLAVE", exc.where) from None
+            raise
     print(render(info, args.format))
     return 0

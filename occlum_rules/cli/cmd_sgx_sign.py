@@ -12,10 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from occlum_rules.errors import UserError
 from occlum_rules.stages.sign import signer
 from occlum_rules.stages.sign.dump import dump_text, sigstruct_of
-from occlum_rules.stages.sign.enclave_xml import _parse_document, pretty_print
-from occlum_rules.stages.sign.errors import FORMAT_ERROR, SignError
+from occlum_rules.stages.sign.enclave_xml import render_enclave_xml
+from occlum_rules.stages.sign.errors import SignError
 from occlum_rules.stages.sign.profiles import PROFILES
 
 FAIL = 255
@@ -103,10 +104,7 @@ def _print_config(path: str | None) -> None:
         data = p.read_bytes()
     except OSError:
         raise SignError(f'Failed to open file "{path}".') from None
-    try:
-        sys.stdout.write(pretty_print(_parse_document(data)))
-    except Exception:
-        raise SignError(FORMAT_ERROR) from None
+    sys.stdout.write(render_enclave_xml(data))
     sys.stdout.flush()
 
 
@@ -139,12 +137,17 @@ def _run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
+    if argv in (["-help"], ["-version"]):  # sgx_sign's own spellings
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     _check_distinct(args, parser)
     try:
         log = _run(args)
-    except SignError as exc:
-        lines = list(exc.tool_lines)  # like sgx_sign: no file-name prefix
+    except UserError as exc:
+        # like sgx_sign: its own lines, no file-name prefix
+        lines = list(exc.tool_lines) if isinstance(exc, SignError) else [str(exc)]
+        lines = list(getattr(exc, "log_before", [])) + lines
         sys.stderr.write("".join(line + "\n" for line in lines))
         for name in ("out", "dumpfile", "cssfile"):
             path = getattr(args, name, None)

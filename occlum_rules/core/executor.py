@@ -167,8 +167,12 @@ def describe_outputs(action: dict, env: BuildEnv, where: dict[str, str] | None =
             entries = tree_entries(Path(full), cache)
             outputs.append({"path": rel, "type": "dir", "entries": entries,
                             "digest": "tree:" + tree_digest(entries)})
+        elif os.path.islink(full):
+            target = os.readlink(full)
+            outputs.append({"path": rel, "type": "symlink", "target": target,
+                            "digest": "link:" + target})
         else:
-            if os.path.islink(full) or not os.path.isfile(full):
+            if not os.path.isfile(full):
                 raise UserError(f"{action['label']}: declared output '{rel}' was not created")
             st = os.stat(full)
             digest = cache.digest(full, st)
@@ -236,6 +240,9 @@ def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: di
             tmp = scratch / out["path"]
             if out["type"] == "dir":
                 _restore_tree(store, out["entries"], tmp)
+            elif out["type"] == "symlink":
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(out["target"], tmp)
             else:
                 store.restore(out["sha256"], tmp, out["mode"])
             staged.append((tmp, _abs(env, out["path"])))
@@ -251,7 +258,7 @@ def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict) -> None:
     for out in manifest["outputs"]:
         if out["type"] == "file":
             store.put_file(Path(_abs(env, out["path"])), out["sha256"])
-        else:
+        elif out["type"] == "dir":
             base = Path(_abs(env, out["path"]))
             for e in out["entries"]:
                 if e["type"] == "file":
@@ -351,7 +358,7 @@ def run_action(action: dict, env: BuildEnv) -> None:
             discovered = sorted(set(ctx.discovered))
         for rel, kind in zip(action["outputs"], action["output_types"]):
             ok = os.path.isdir(where[rel]) if kind == "dir" else (
-                os.path.isfile(where[rel]) and not os.path.islink(where[rel]))
+                os.path.isfile(where[rel]) or os.path.islink(where[rel]))
             if not ok:
                 raise UserError(f"{action['label']}: {action['kind']} did not create its declared "
                                 f"output '{rel}'")

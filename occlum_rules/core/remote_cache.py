@@ -610,7 +610,9 @@ class RemoteCache:
             f"remote cache {self.display_url} switched off for the rest of this build: {why}; "
             "continuing with the local cache"
         )
-        self.close()
+        # Only this thread's connection: closing one another thread is using would make
+        # http.client fail there with something other than a network error.
+        self._drop_connection()
 
     def _disable_uploads(self, why: str) -> None:
         with self._lock:

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from occlum_rules.errors import UserError
 
-from .elf_deps import HostFS, LoaderConfig, find_dependencies, infer_default_loader, load_loader_config
+from .elf_deps import (
+    HostFS,
+    LoaderConfig,
+    find_dependencies,
+    infer_default_loader,
+    load_loader_config,
+)
 from .envexpand import expand
 from .hostwalk import walk_source
 from .paths import normalize_image_path, rust_file_name, rust_join, rust_parent
@@ -30,7 +36,7 @@ from .schema import (
     LStr,
     read_bom_file,
 )
-from .vtree import AUTO, EXPLICIT, Entry, VFile, VLink, VTree
+from .vtree import AUTO, EXPLICIT, Entry, VFile, VTree
 
 IMAGE_PREFIX = "/\x00image"  # how the loader emulation names files already in the image
 MAX_BOM_VISITS = 10000
@@ -620,12 +626,8 @@ def _check_missing(ctx: _Ctx, tree: VTree, missing: list[_Missing]) -> None:
     detail = "; ".join(
         f"{m.elf} needs {m.name}" + (f" (via {m.needed_by})" if m.needed_by != m.elf else "")
         for m in bad)
-    search = ""
-    entry = None
-    if ctx.config.entries:
-        entry = ctx.config.entries[0]
-    if entry is not None:
-        search = f"; searched the ELF's RPATH/RUNPATH, the loader config's LD_LIBRARY_PATH and the system dirs"
+    search = ("; searched RPATH/RUNPATH, the loader config's LD_LIBRARY_PATH, ld.so.cache and "
+              "the system dirs, and no file of that name is in the image")
     raise UserError(f"missing libraries: {detail}{search}", where=f"{first.bom}:{first.line}",
                     exit_code=EXIT_MISSING_LIBRARY)
 

@@ -101,15 +101,24 @@ def as_tree(occlum_json: Any, source: str = "Occlum.json") -> Any:
     raise TypeError(f"Occlum.json must be bytes, str or dict, not {type(occlum_json).__name__}")
 
 
-def _dict_to_tree(value: Any) -> Any:
-    """A plain dict (already parsed elsewhere) in the parser's shape."""
+def _dict_to_tree(value: Any, path: str = "") -> Any:
+    """A plain dict (already parsed elsewhere) in the parser's shape, JSON types only."""
     if isinstance(value, JsonObject):
         return value
     if isinstance(value, dict):
-        return JsonObject([(str(k), _dict_to_tree(v)) for k, v in value.items()])
+        pairs = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise UserError(f"key {k!r} is not a string", f"Occlum.json: {path or '(top)'}")
+            pairs.append((k, _dict_to_tree(v, f"{path}.{k}" if path else k)))
+        return JsonObject(pairs)
     if isinstance(value, list | tuple):
-        return [_dict_to_tree(v) for v in value]
-    return value
+        return [_dict_to_tree(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise UserError(f"{value} cannot be written as JSON", f"Occlum.json: {path}")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise UserError(f"{type(value).__name__} is not a JSON value", f"Occlum.json: {path}")
 
 
 def enclave_values(res: Resolution) -> EnclaveValues:
@@ -204,6 +213,13 @@ def generate_config(
     source: str = "Occlum.json",
 ) -> Generated:
     """:func:`generate` keeping the resolution and the warnings (fields Occlum ignores)."""
+    for flag, mac in (("--user_fs_mac", user_fs_mac), ("--init_fs_mac", init_fs_mac)):
+        if not isinstance(mac, str):
+            raise UserError(f"expected a string, got {type(mac).__name__}", flag)
+        try:
+            mac.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError("the MAC string is not valid UTF-8", flag) from None
     res = resolve(occlum_json, edmm=edmm, sgx_mode=sgx_mode, source=source)
     sys_values = sys_json_values(res, user_fs_mac, init_fs_mac, source)
     enclave_xml = render("Enclave.xml.j2", enclave=enclave_values(res))

@@ -23,7 +23,6 @@ PT_LOAD, PT_DYNAMIC, PT_TLS = 1, 2, 7
 PF_X, PF_W, PF_R = 1, 2, 4
 SI_R, SI_W, SI_X, SI_REG, SI_TCS = 0x1, 0x2, 0x4, 0x200, 0x100
 SHF_EXECINSTR = 0x4
-SHT_RELA, SHT_REL = 4, 9
 DT_NULL, DT_STRTAB, DT_SYMTAB, DT_RELA, DT_RELASZ = 0, 5, 6, 7, 8
 DT_REL, DT_TEXTREL, DT_PLTRELSZ, DT_JMPREL = 17, 22, 2, 23
 # R_X86_64_NONE, 64, GLOB_DAT, JUMP_SLOT, RELATIVE, DTPMOD64, DTPOFF64, TPOFF64
@@ -276,7 +275,7 @@ def _text_relocations(data: bytes, sections, by_name) -> list[int]:
         target = by_name(sec.name)
         start, end = target["sh_addr"], target["sh_addr"] + target["sh_size"]
         for rel in sections:
-            if rel["sh_type"] not in (SHT_RELA, SHT_REL) or not rel["sh_entsize"]:
+            if rel["sh_type"] not in ("SHT_RELA", "SHT_REL") or not rel["sh_entsize"]:
                 continue
             for i in range(rel["sh_size"] // rel["sh_entsize"]):
                 (r_offset,) = struct.unpack_from("<Q", data, rel["sh_offset"] + i * rel["sh_entsize"])

@@ -203,6 +203,14 @@ def pretty_print(nodes: list[_Node]) -> str:
     return "".join(printer.out)
 
 
+def render_enclave_xml(data: bytes) -> str:
+    """What sgx_sign prints to stdout for an Enclave.xml (before it validates anything)."""
+    try:
+        return pretty_print(_parse_document(data))
+    except expat.ExpatError as exc:
+        raise SignError(FORMAT_ERROR) from exc
+
+
 # ---------------------------------------------------------------------------------------
 # strtoull(text, &end, 0) with sgx_sign's checks around it.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from occlum_rules.errors import UserError
+from occlum_rules.stages.sign.errors import SignError
 
 # Enclave.xml elements every profile knows, in sgx_sign's table order.
 BASE_ELEMENTS: tuple[str, ...] = (
@@ -60,7 +60,7 @@ class SdkProfile:
 
     @property
     def version_string(self) -> str:
-        return "%d.%d.%d" % self.version
+        return ".".join(str(v) for v in self.version)
 
     @property
     def data_offset(self) -> int:
@@ -103,7 +103,7 @@ PROFILES: dict[str, SdkProfile] = {p.name: p for p in (INTEL_2_26, OCCLUM_2_20, 
 
 
 def _describe(word: int) -> str:
-    return "%d.%d.%d" % (word >> 32, (word >> 16) & 0xFFFF, word & 0xFFFF)
+    return f"{word >> 32}.{(word >> 16) & 0xFFFF}.{word & 0xFFFF}"
 
 
 def profile_for_sdk_version(word: int, where: str | None = None) -> SdkProfile:
@@ -114,10 +114,10 @@ def profile_for_sdk_version(word: int, where: str | None = None) -> SdkProfile:
     supported = ", ".join(
         f"{p.version_string} ({p.name})" for p in PROFILES.values()
     )
-    raise UserError(
+    raise SignError(
         f"g_global_data.sdk_version is {_describe(word)} (0x{word:016x}); "
         f"no SDK profile for it. Supported SDK versions: {supported}",
-        where,
+        where=where,
     )
 
 
@@ -125,6 +125,4 @@ def profile_by_name(name: str) -> SdkProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise UserError(
-            f"unknown SDK profile {name!r}; known: {', '.join(PROFILES)}"
-        ) from None
+        raise SignError(f"unknown SDK profile {name!r}; known: {', '.join(PROFILES)}") from None

@@ -31,6 +31,7 @@ from occlum_rules.stages.sign.sigstruct import (
     BODY,
     HEADER,
     OFF_HASH,
+    bcd_date,
     build_css,
     complete_css,
     date_from_environment,
@@ -132,15 +133,20 @@ def measure_enclave(enclave: Path | bytes, config_xml: Path | bytes | str | None
     config = parse_enclave_xml(xml, chosen, xml_where)
     log = [f"tcs_num {_signed32(config['TCSNum'])}, tcs_max_num {_signed32(config.tcs_max_num)}, "
            f"tcs_min_pool {_signed32(config['TCSMinPool'])}"]
-    plan = plan_metadata(config, elf, chosen)
-    log.append(GREEN + plan.info)
-    magic = struct.unpack_from("<Q", data, elf.meta_offset)[0]
-    if magic == MAGIC and not resign:
-        raise SignError("The enclave has been signed already.", where=where)
-    if elf.textrel_offsets:
-        log += [f"warning: TEXTRELs found at offset: {off:#x}" for off in elf.textrel_offsets]
-        if not ignore_rel_error:
-            raise SignError(*log[2:], "The enclave image has text relocations.", where=where)
+    try:
+        plan = plan_metadata(config, elf, chosen)
+        log.append(GREEN + plan.info)
+        magic = struct.unpack_from("<Q", data, elf.meta_offset)[0]
+        if magic == MAGIC and not resign:
+            raise SignError("The enclave has been signed already.", where=where)
+        if elf.textrel_offsets:
+            warnings = [f"warning: TEXTRELs found at offset: {off:#x}" for off in elf.textrel_offsets]
+            if not ignore_rel_error:
+                raise SignError(*warnings, "The enclave image has text relocations.", where=where)
+            log += warnings
+    except SignError as exc:
+        exc.log_before = log  # what sgx_sign printed before failing (the drop-in CLI shows it)
+        raise
     image = plan.patched_image(data)
     digest, required = M.mrenclave(image, elf, plan.layout.items, plan.blob,
                                    plan.attributes.ssa_frame_size, plan.layout.enclave_size)
@@ -169,8 +175,6 @@ def _finish(m: Measured, css: bytearray, out: Path | None) -> SignResult:
 
 def _date(date: int | None) -> int:
     """``date`` is a Unix timestamp (like SOURCE_DATE_EPOCH); None = environment/today."""
-    from occlum_rules.stages.sign.sigstruct import bcd_date
-
     return date_from_environment() if date is None else bcd_date(date)
 
 
