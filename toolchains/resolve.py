@@ -13,6 +13,10 @@ from pathlib import Path
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
+from occlum_rules.toolchains import occlum as occlum_install
+from occlum_rules.toolchains.occlum import OcclumInstall
+
+_NO_INSTALL = object()
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,37 @@ class Tool:
         return f"{self.kind}:{self.name}:{self.path}:{self.digest}:{self.version_digest}"
 
 
+@dataclass(frozen=True)
+class CargoToolchain:
+    """cargo plus the rustc it drives. Both fingerprints enter a cargo action's key: a new
+    rustc changes every binary even when the cargo binary stays the same (rustup proxies)."""
+
+    cargo: Tool            # what the chain chose (maybe a rustup proxy or occlum-cargo)
+    rustc: Tool            # the real compiler binary (behind any rustup proxy)
+    run_cargo: str         # the binary to execute: the real cargo behind a proxy, else cargo
+    real_cargo: Tool | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        parts = [self.cargo.fingerprint, self.rustc.fingerprint]
+        if self.real_cargo is not None:
+            parts.append(self.real_cargo.fingerprint)
+        return " | ".join(parts)
+
+    def env(self) -> dict[str, str]:
+        """Pin cargo to the rustc we fingerprinted, whatever PATH or a wrapper says."""
+        return {"RUSTC": self.rustc.path}
+
+
 @dataclass
 class Toolchains:
     ws: Workspace
     _tools: dict[tuple, Tool] = field(default_factory=dict)
     _probe_cache: dict | None = None
+    # One-time messages for the user (the doit bridge prints them once per build).
+    notes: list[str] = field(default_factory=list)
+    _occlum: object = None
+    _cargo: dict = field(default_factory=dict)
 
     # -- probing with a small persistent cache so null builds spawn no `--version` processes
     def _cache_file(self) -> Path:
@@ -93,6 +123,13 @@ class Toolchains:
         for d in os.environ.get("PATH", "").split(os.pathsep):
             if d:
                 dirs.append((d, "PATH"))
+        # Where the usual installers put these when they are not on PATH.
+        if name in ("cargo", "rustc"):
+            cargo_home = os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo")
+            dirs.append((os.path.join(cargo_home, "bin"), "rustup's default ($CARGO_HOME/bin)"))
+        elif name == "go":
+            for d in ("/usr/local/go/bin", "/usr/lib/go/bin"):
+                dirs.append((d, f"the usual Go install dir {d}"))
         return dirs
 
     def find(self, kind: str, chain: list[str], version_args: list[str] | None = None,
@@ -125,6 +162,7 @@ class Toolchains:
     def cc(self, chain: list[str] | None = None) -> Tool:
         use = chain or self.ws.toolchains.get("cc") or ["gcc"]
         why = "target attribute" if chain else "WORKSPACE.yaml toolchains.cc chain"
+        self._mention_occlum(use)
         return self.find("cc", use, why=why)
 
     def ar(self) -> Tool:
@@ -132,3 +170,208 @@ class Toolchains:
 
     def which(self, name: str) -> str | None:
         return shutil.which(name)
+
+    # ------------------------------------------------------------------ Occlum install
+    def occlum(self) -> OcclumInstall | None:
+        """The Occlum install the workspace points at, or None (noted once for the user)."""
+        if self._occlum is None:
+            home, why = self.occlum_home()
+            install = occlum_install.discover(home, why, digest=self._digest)
+            if install is None:
+                reason = occlum_install.why_not_install(home)
+                self.notes.append(
+                    f"occlum-rules: no Occlum install found at {home} ({why}; {reason}); "
+                    "using the built-in Python stages and host compilers")
+            self._occlum = install if install is not None else _NO_INSTALL
+        return None if self._occlum is _NO_INSTALL else self._occlum
+
+    def require_occlum(self, why: str) -> OcclumInstall:
+        """The install, or one clear error saying what needed it and where we looked."""
+        install = self.occlum()
+        if install is None:
+            home, source = self.occlum_home()
+            raise UserError(f"{why} needs an Occlum install, but {home} ({source}) "
+                            f"{occlum_install.why_not_install(home)}; set occlum.home in "
+                            "WORKSPACE.yaml or $OCCLUM_HOME, or use `stages: python`")
+        return install
+
+    def _digest(self, path: Path) -> str:
+        """sha256 of a file, remembered by (inode, size, mtime) so null builds hash nothing."""
+        st = os.stat(path)
+        key = f"digest {path}"
+        stamp = [st.st_ino, st.st_size, st.st_mtime_ns]
+        hit = self._probes().get(key)
+        if hit and hit.get("stamp") == stamp:
+            return hit["digest"]
+        digest = sha256_file(path)
+        self._probes()[key] = {"stamp": stamp, "digest": digest}
+        self._save_probes()
+        return digest
+
+    def _save_probes(self) -> None:
+        try:
+            self._cache_file().parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._cache_file().with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._probes(), indent=1, sort_keys=True))
+            os.replace(tmp, self._cache_file())
+        except OSError:
+            pass
+
+    def _mention_occlum(self, chain: list[str]) -> None:
+        if any(entry.startswith("occlum-") for entry in chain):
+            self.occlum()
+
+    # ------------------------------------------------------------------ locating
+    def locate(self, kind: str, chain: list[str], why: str = "") -> tuple[str, str, str]:
+        """(chain entry, path, source) of the first executable along ``chain``, unprobed."""
+        tried: list[str] = []
+        for entry in chain:
+            if "/" in entry:
+                p = entry if os.path.isabs(entry) else str(self.ws.root / entry)
+                candidates = [(p, why or "configured path")]
+            else:
+                candidates = [(os.path.join(d, entry), source)
+                              for d, source in self._search_dirs(entry)]
+            for path, source in candidates:
+                if os.path.isfile(path) and os.access(path, os.X_OK):
+                    return entry, os.path.abspath(path), f"{source}{'; ' + why if why else ''}"
+            tried.append(entry)
+        raise UserError(f"no {kind} toolchain found: tried {', '.join(tried)} "
+                        f"(set toolchains.{kind} in WORKSPACE.yaml or install one)")
+
+    def _tool_at(self, kind: str, name: str, path: str, source: str,
+                 version_args: list[str]) -> Tool:
+        version, digest, vdigest = self._probe(path, version_args)
+        return Tool(kind=kind, name=name, path=path, version=version, digest=digest,
+                    source=source, version_digest=vdigest)
+
+    # ------------------------------------------------------------------ Rust
+    def cargo(self, crate_dir: Path | None = None) -> CargoToolchain:
+        """cargo along WORKSPACE.yaml toolchains.cargo (occlum-cargo, cargo) and its rustc.
+
+        A rustup proxy is looked through: we fingerprint and run the toolchain's own binaries,
+        so `rustup update` changes the key and the fingerprint names what actually ran."""
+        chain = self.ws.toolchains.get("cargo") or ["cargo"]
+        cache_key = (tuple(chain), str(crate_dir or ""))
+        if cache_key in self._cargo:
+            return self._cargo[cache_key]
+        self._mention_occlum(chain)
+        name, path, source = self.locate("cargo", chain, "WORKSPACE.yaml toolchains.cargo chain")
+        cwd = str(crate_dir) if crate_dir else None
+        real_cargo = None
+        run_cargo = path
+        if _is_rustup_proxy(path):
+            sysroot = self._rust_sysroot(os.path.join(os.path.dirname(path), "rustc"), cwd)
+            real = os.path.join(sysroot, "bin", "cargo")
+            if not os.path.isfile(real):
+                raise UserError(f"cargo at {path} is a rustup proxy, but its toolchain "
+                                f"{sysroot} has no bin/cargo")
+            real_cargo = self._tool_at("cargo", "cargo", real, f"toolchain behind {path}", ["-vV"])
+            cargo = Tool(kind="cargo", name=name, path=path, version=real_cargo.version,
+                         digest=self._digest(Path(path)), source=source + " (rustup proxy)",
+                         version_digest=real_cargo.version_digest)
+            run_cargo = real
+        else:
+            cargo = self._tool_at("cargo", name, path, source, ["-vV"])
+        rustc = self._rustc(path, cwd)
+        result = CargoToolchain(cargo=cargo, rustc=rustc, run_cargo=run_cargo,
+                                real_cargo=real_cargo)
+        self._cargo[cache_key] = result
+        return result
+
+    def _rustc(self, cargo_path: str, cwd: str | None) -> Tool:
+        sibling = os.path.join(os.path.dirname(cargo_path), "rustc")
+        chain = [sibling] if os.path.isfile(sibling) else []
+        chain.append("rustc")
+        _, path, source = self.locate("rustc", chain, "the rustc beside cargo, else on PATH")
+        if _is_rustup_proxy(path):
+            sysroot = self._rust_sysroot(path, cwd)
+            real = os.path.join(sysroot, "bin", "rustc")
+            return self._tool_at("rustc", "rustc", real, f"toolchain behind {path}", ["-vV"])
+        return self._tool_at("rustc", "rustc", path, source, ["-vV"])
+
+    def _rust_sysroot(self, rustc_proxy: str, cwd: str | None) -> str:
+        try:
+            proc = subprocess.run([rustc_proxy, "--print", "sysroot"], capture_output=True,
+                                  text=True, timeout=60, cwd=cwd, errors="replace")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UserError(f"cannot run '{rustc_proxy} --print sysroot': {exc}") from None
+        sysroot = proc.stdout.strip()
+        if proc.returncode != 0 or not sysroot or not os.path.isdir(sysroot):
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"rustup could not name the active Rust toolchain "
+                            f"({rustc_proxy} --print sysroot: {detail[0]})")
+        return sysroot
+
+    # ------------------------------------------------------------------ Go
+    def go(self) -> Tool:
+        chain = self.ws.toolchains.get("go") or ["go"]
+        self._mention_occlum(chain)
+        return self.find("go", chain, ["version"], why="WORKSPACE.yaml toolchains.go chain")
+
+    # ------------------------------------------------------------------ reporting
+    def describe(self) -> str:
+        """What `occlum-rules toolchains` prints: each choice and where it came from."""
+        return _describe(self)
+
+
+def _is_rustup_proxy(path: str) -> bool:
+    return os.path.basename(os.path.realpath(path)) in ("rustup", "rustup-init")
+
+
+def _skipped(tool_name: str, chain: list[str]) -> str:
+    before = chain[:chain.index(tool_name)] if tool_name in chain else []
+    return f"; not found first: {', '.join(before)}" if before else ""
+
+
+def _describe(tc: Toolchains) -> str:
+    ws = tc.ws
+    lines = [f"workspace  {ws.root} ({ws.config_path.name if ws.config_path else 'WORKSPACE.yaml'})"]
+    home, why = tc.occlum_home()
+    install = tc.occlum()
+    if install is None:
+        lines.append(f"occlum     none: {home} ({why}) {occlum_install.why_not_install(home)}")
+        lines.append("           -> built-in Python stages, stand-in LibOS, host compilers")
+    else:
+        lines.append(f"occlum     {install.version} at {install.home} (from {why})")
+        rows = [("occlum", install.occlum), ("init", install.init),
+                ("occlum-gcc", install.occlum_gcc), ("occlum-g++", install.occlum_gxx),
+                ("occlum-cargo", install.occlum_cargo), ("occlum-go", install.occlum_go),
+                ("musl lib", install.musl_lib), ("musl loader", install.musl_loader),
+                ("glibc lib", install.glibc_lib), ("templates", install.template_dir),
+                ("SGX SDK", install.sgx_sdk)]
+        rows += [(f"libos {m}", p) for m, p in sorted(install.libos.items())]
+        rows += [(f"pal {m}", p) for m, p in sorted(install.pal.items())]
+        rows += [(name, p) for name, p in sorted(install.tools.items())]
+        for label, value in rows:
+            lines.append(f"  {label:<22} {value if value is not None else '(not found)'}")
+        if install.missing:
+            lines.append(f"  missing: {', '.join(install.missing)}")
+        lines.append(f"  fingerprint {install.fingerprint}")
+    stages_why = "WORKSPACE.yaml stages"
+    lines.append(f"stages     {ws.stages} ({stages_why})")
+
+    def show(kind: str, finder, chain: list[str]) -> None:
+        try:
+            tool = finder()
+        except UserError as exc:
+            lines.append(f"{kind:<10} not found: {exc}")
+            return
+        if isinstance(tool, CargoToolchain):
+            c = tool.cargo
+            lines.append(f"{kind:<10} {c.path}  [{c.version}]  from {c.source}{_skipped(c.name, chain)}")
+            if tool.run_cargo != c.path:
+                lines.append(f"  runs     {tool.run_cargo}")
+            r = tool.rustc
+            lines.append(f"  rustc    {r.path}  [{r.version}]  from {r.source}")
+            lines.append(f"  fingerprint {tool.fingerprint}")
+            return
+        lines.append(f"{kind:<10} {tool.path}  [{tool.version}]  from {tool.source}"
+                     f"{_skipped(tool.name, chain)}")
+        lines.append(f"  fingerprint {tool.fingerprint}")
+
+    show("cc", tc.cc, ws.toolchains.get("cc") or ["gcc"])
+    show("ar", tc.ar, ["ar"])
+    show("cargo", tc.cargo, ws.toolchains.get("cargo") or ["cargo"])
+    show("go", tc.go, ws.toolchains.get("go") or ["go"])
+    return "\n".join(lines)

@@ -57,7 +57,7 @@ class DigestCache:
         return self._entries
 
     def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
-        key = os.fspath(path)
+        key = str(os.fspath(path))
         if st is None:
             st = os.stat(key)
         stamp = _stamp(st)
@@ -73,7 +73,7 @@ class DigestCache:
 
     def remember(self, path: str | os.PathLike, digest: str) -> None:
         """Record a digest the caller just computed while writing the file."""
-        key = os.fspath(path)
+        key = str(os.fspath(path))
         try:
             st = os.stat(key)
         except OSError:

@@ -286,7 +286,7 @@ class StageContext:
         """Declare inputs found while running (host files a BOM copies, libraries it pulls
         in). They are re-checked on every later build and guard cache hits."""
         for p in paths:
-            self.discovered.append(os.fspath(p))
+            self.discovered.append(str(os.fspath(p)))
 
     def log(self, message: str) -> None:
         print(f"[{self.label}] {message}", file=sys.stderr)

@@ -27,6 +27,7 @@ import ssl
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,6 +232,7 @@ class RemoteCache:
         self._failure_seconds = 0.0
         self._mismatch_lines = 0
         self._ssl_context = ssl.create_default_context() if self._tls else None
+        _LIVE_CLIENTS.add(self)
 
         if credentials is not None and not self._tls and not _is_loopback(self._host):
             self._warn(
@@ -251,12 +253,13 @@ class RemoteCache:
             return False
         return self._head(f"/cas/{digest}") is True
 
-    def fetch_blob(self, digest: str, dest_path: str | os.PathLike[str]) -> bool:
+    def fetch_blob(self, digest: str, dest_path: str | os.PathLike[str], mode: int = 0o644) -> bool:
         """Download blob ``digest`` to ``dest_path``; True only if it arrived intact.
 
         The bytes go to a temporary file in the destination directory and are renamed
-        into place after their sha256 matched, so ``dest_path`` never holds a partial or
-        wrong blob. Any failure or mismatch is a miss (False).
+        into place (with permissions ``mode``) after their sha256 matched, so ``dest_path``
+        never holds a partial or wrong blob. Any failure or mismatch is a miss (False);
+        only a local I/O error (disk full, no permission) raises.
         """
         _check_hex64(digest, "blob digest")
         if self.disabled:
@@ -264,14 +267,14 @@ class RemoteCache:
             return False
         dest = Path(dest_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w+b") as tmp:
                 outcome = self._exchange(
                     "GET", f"/cas/{digest}", handle=lambda r: self._receive_blob(r, tmp, digest)
                 )
             if outcome is True:
-                os.chmod(tmp_name, 0o644)
+                os.chmod(tmp_name, mode)
                 os.replace(tmp_name, dest)
                 self._count(hits=1)
                 return True
@@ -331,6 +334,28 @@ class RemoteCache:
             self._connections.clear()
         for conn in connections:
             conn.close()
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child (``doit -P process``): never share the parent's sockets.
+
+        Two processes writing requests into one inherited keep-alive socket would mix
+        their bytes; the child closes its copies (the parent's stay open) and starts fresh.
+        A lock held by another parent thread at fork time would never be released here.
+        """
+        self._lock = threading.Lock()
+        connections, self._connections = self._connections, set()
+        self._local = threading.local()
+        for conn in connections:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing our copy of the fd only
+                pass
+
+    def __del__(self) -> None:  # a forgotten close() must not leak sockets
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown or half-built object
+            pass
 
     def __enter__(self) -> RemoteCache:
         return self
@@ -676,6 +701,18 @@ class RemoteCache:
         return parts
 
 
+_LIVE_CLIENTS: weakref.WeakSet[RemoteCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # --------------------------------------------------------------------- configuration
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -716,8 +753,8 @@ def remote_from_config(
     """The remote cache this build should use, or None.
 
     ``remote_url`` and ``upload`` are WORKSPACE.yaml's ``cache.remote`` and
-    ``cache.upload``. The environment wins over them: ``OCCLUM_RULES_REMOTE_CACHE`` (set but
-    empty, or ``off``, switches the remote off), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0`` and
+    ``cache.upload``. The environment wins over them: ``OCCLUM_RULES_REMOTE_CACHE`` (``off``
+    switches the remote off; empty counts as unset), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0`` and
     ``OCCLUM_RULES_REMOTE_TIMEOUT`` (seconds, for both connect and read). Credentials come
     only from the environment. Uploads are off unless one of them turns them on, so a job
     that was merely given the URL (a pull request, a laptop) reads but never writes.
@@ -725,10 +762,11 @@ def remote_from_config(
     """
     url = remote_url
     where = "WORKSPACE.yaml: cache.remote"
-    if ENV_URL in environ:
-        url = environ[ENV_URL].strip()
+    env_url = environ.get(ENV_URL, "").strip()
+    if env_url:  # empty counts as unset: CI templates expand missing variables to ""
+        url = env_url
         where = ENV_URL
-        if url.lower() in ("", "off", "none"):
+        if url.lower() in ("off", "none"):
             return None
     if url is not None and not isinstance(url, str):
         raise UserError(f"expected a URL string, got {type(url).__name__}", where=where)

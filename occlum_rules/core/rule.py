@@ -217,12 +217,20 @@ class RuleContext:
     def action_id(self, name: str) -> str:
         return f"{self.label}:{name}"
 
-    def declare_file(self, name: str, action: str, is_dir: bool = False) -> File:
-        """An output under ``out/bin/<package>/<target>/`` owned by action ``action``."""
-        if os.path.isabs(name) or ".." in name.split("/"):
+    def declare_file(self, name: str, action: str, is_dir: bool = False,
+                     private: bool = False) -> File:
+        """An output under ``out/bin/<package>/<target>/`` owned by action ``action``.
+
+        ``private`` outputs (intermediate files that are not part of what the target
+        presents, such as a stand-in runtime) go under ``out/private/`` instead.
+        """
+        if not name or os.path.isabs(name) or ".." in name.split("/"):
             raise UserError(f"output name '{name}' must stay inside the target's output directory",
                             where=self.location)
-        path = f"{self.package_out}/{self.label.name}/{name}" if name else f"{self.package_out}/{self.label.name}"
+        base = self.package_out
+        if private:
+            base = base.replace(f"{self.workspace.output_dir}/bin", f"{self.workspace.output_dir}/private", 1)
+        path = f"{base}/{self.label.name}/{name}"
         if path in self._declared:
             raise UserError(f"output '{path}' declared twice", where=self.location)
         self._declared.add(path)

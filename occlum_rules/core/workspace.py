@@ -43,7 +43,11 @@ SCHEMA = Schema({
     "signing": Field(Schema({
         "key": Field(str, "PEM signing key (RSA-3072, e=3), relative to the root"),
         "mode": Field(("online", "offline"), "sign in the build, or stop after gendata", "online"),
-        "command": Field(_STR_OR_LIST, "external signer: reads signing material on stdin? see README"),
+        "command": Field([str], "external signer command for two-step signing; {material} and "
+                         "{signature} are replaced by the file paths"),
+        "public_key": Field(str, "public key (PEM) matching the offline signer, for catsig"),
+        "signatures_dir": Field(str, "where offline signatures are looked for (default: next to "
+                                "the BUILD file)"),
     }), "enclave signing"),
     "cache": Field(Schema({
         "dir": Field(str, "local store (else $OCCLUM_RULES_CACHE, else the XDG cache dir)"),

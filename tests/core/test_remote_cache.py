@@ -177,8 +177,9 @@ def test_large_blob_streams_both_ways(nginx_cache: NginxCache, tmp_path: Path) -
     remote = RemoteCache(nginx_cache.url())
     assert remote.put_blob(digest, src)
     dest = tmp_path / "copy"
-    assert remote.fetch_blob(digest, dest)
+    assert remote.fetch_blob(digest, dest, mode=0o444)
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+    assert dest.stat().st_mode & 0o777 == 0o444
     remote.close()
 
 
@@ -224,6 +225,25 @@ def test_one_keep_alive_connection_serves_a_thread(nginx_cache: NginxCache) -> N
     assert len(entries) == 12
     assert len({e.connection for e in entries}) == 1
     assert [e.connection_requests for e in entries] == list(range(1, 13))
+
+
+def test_forked_child_does_not_share_the_parents_socket(nginx_cache: NginxCache) -> None:
+    remote = RemoteCache(nginx_cache.url())
+    assert remote.put_action_result(key_of("parent"), b"p")  # the parent's connection is open
+    pid = os.fork()
+    if pid == 0:  # the child: what doit -P process does with an inherited client
+        ok = remote.get_action_result(key_of("parent")) == b"p" and remote.put_action_result(
+            key_of("child"), b"c"
+        )
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert remote.get_action_result(key_of("child")) == b"c"  # the parent's socket still works
+    entries = nginx_cache.access_entries(at_least=4)
+    parent_conn = entries[0].connection
+    assert [e.connection == parent_conn for e in entries] == [True, False, False, True]
+    assert remote.stats.errors == 0
+    remote.close()
 
 
 def test_threads_each_reuse_their_own_connection(nginx_cache: NginxCache, tmp_path: Path) -> None:
@@ -296,6 +316,36 @@ def test_dead_server_switches_off_quickly_with_one_warning(
     assert len(lines) == 1
     assert "switched off" in lines[0] and "3 failed requests in a row" in lines[0]
     assert remote.stats.errors == 3  # nothing more was attempted
+
+
+def test_unanswered_connect_is_bounded_by_the_failure_budget(
+    warnings_log: pytest.LogCaptureFixture,
+) -> None:
+    # A listening socket whose backlog is full drops further SYNs, like a firewalled host.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.05)
+        try:
+            remote = RemoteCache(f"http://127.0.0.1:{port}/c", failure_budget=1.0)  # 5 s timeouts
+            started = time.monotonic()
+            for i in range(3):
+                assert remote.get_action_result(key_of(str(i))) is None
+            elapsed = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert 0.9 < elapsed < 1.6
+    assert remote.disabled
+    lines = remote_warnings(warnings_log)
+    assert len(lines) == 1 and "timed out" in lines[0]
 
 
 def test_http_500_is_retried_then_switched_off(
@@ -550,8 +600,11 @@ def test_environment_overrides_workspace_config() -> None:
 
     assert remote_from_config(None, upload=None, environ={}) is None
     assert remote_from_config("", upload=True, environ={}) is None
-    off = {"OCCLUM_RULES_REMOTE_CACHE": ""}
+    off = {"OCCLUM_RULES_REMOTE_CACHE": "off"}
     assert remote_from_config("http://ws.example/c", upload=True, environ=off) is None
+    empty = {"OCCLUM_RULES_REMOTE_CACHE": "", "OCCLUM_RULES_REMOTE_UPLOAD": ""}
+    kept = remote_from_config("http://ws.example/c", upload=True, environ=empty)
+    assert kept is not None and kept.display_url == "http://ws.example/c" and kept.upload_enabled
 
     ws = remote_from_config("http://ws.example/c", upload=False, environ={})
     assert ws is not None and ws.upload_enabled is False

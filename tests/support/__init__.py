@@ -1,1 +1,1 @@
-"""Helpers that run real servers for the tests (nginx, small HTTP stand-ins)."""
+"""Test helpers: real servers (nginx) and throw-away workspaces."""

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from occlum_rules.errors import UserError
@@ -162,37 +161,65 @@ def _split_path_list(value: str) -> tuple[str, ...]:
 
 
 def _parse_elf(elf: ELFFile) -> ElfInfo:
+    """Interpreter and dynamic tags from the program headers (what the loader itself reads).
+
+    pyelftools parses the headers; the dynamic array is decoded with ``struct`` because
+    pyelftools' DynamicSegment scans every section header to find the string table, which
+    dominated the run time on large binaries.
+    """
     interp = None
-    needed: list[str] = []
-    rpath = runpath = None
-    soname = None
+    dyn_seg = None
+    loads = []
     for seg in elf.iter_segments():
         ptype = seg["p_type"]
         if ptype == "PT_INTERP":
-            interp = seg.get_interp_name().rstrip("\x00")
+            interp = seg.data().split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
         elif ptype == "PT_DYNAMIC":
-            pass
-    dyn = None
-    for sec in elf.iter_sections():
-        if isinstance(sec, DynamicSection):
-            dyn = sec
-            break
-    if dyn is None:
-        for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_DYNAMIC":
-                dyn = seg
+            dyn_seg = seg
+        elif ptype == "PT_LOAD":
+            loads.append((seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]))
+    needed: list[str] = []
+    rpath = runpath = None
+    soname = None
+    if dyn_seg is not None:
+        fmt = ("<" if elf.little_endian else ">") + ("qQ" if elf.elfclass == 64 else "iI")
+        size = struct.calcsize(fmt)
+        raw = dyn_seg.data()
+        tags: list[tuple[int, int]] = []
+        for off in range(0, len(raw) - size + 1, size):
+            tag, val = struct.unpack_from(fmt, raw, off)
+            if tag == 0:
                 break
-    if dyn is not None:
-        for tag in dyn.iter_tags():
-            d_tag = tag.entry.d_tag
-            if d_tag == "DT_NEEDED":
-                needed.append(tag.needed)
-            elif d_tag == "DT_RPATH":
-                rpath = _split_path_list(tag.rpath)
-            elif d_tag == "DT_RUNPATH":
-                runpath = _split_path_list(tag.runpath)
-            elif d_tag == "DT_SONAME":
-                soname = tag.soname
+            tags.append((tag, val))
+        strtab = next((v for t, v in tags if t == 5), None)  # DT_STRTAB (a vaddr)
+        str_off = None
+        if strtab is not None:
+            for vaddr, offset, filesz in loads:
+                if vaddr <= strtab < vaddr + filesz:
+                    str_off = offset + (strtab - vaddr)
+                    break
+        stream = elf.stream
+
+        def string(at: int) -> str:
+            stream.seek(str_off + at)
+            buf = b""
+            while b"\x00" not in buf:
+                chunk = stream.read(256)
+                if not chunk:
+                    break
+                buf += chunk
+            return buf.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+        if str_off is not None:
+            for tag, val in tags:
+                if tag == 1:  # DT_NEEDED
+                    needed.append(string(val))
+                elif tag == 15:  # DT_RPATH
+                    rpath = _split_path_list(string(val))
+                elif tag == 29:  # DT_RUNPATH
+                    runpath = _split_path_list(string(val))
+                elif tag == 14:  # DT_SONAME
+                    soname = string(val)
     return ElfInfo(
         etype=elf["e_type"],
         elfclass=elf.elfclass,
@@ -220,12 +247,24 @@ _FLAG_ELF_LIBC6 = 0x0003
 _FLAG_X8664_LIB64 = 0x0300
 
 
+_LD_CACHE_MEMO: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
 def read_ld_so_cache(path: str = LD_SO_CACHE) -> dict[str, str]:
     """name -> path for x86-64 libc6 entries of glibc's cache (first entry per name wins)."""
     try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key in _LD_CACHE_MEMO:
+            return _LD_CACHE_MEMO[key]
         data = Path(path).read_bytes()
     except OSError:
         return {}
+    _LD_CACHE_MEMO[key] = _parse_ld_so_cache(data)
+    return _LD_CACHE_MEMO[key]
+
+
+def _parse_ld_so_cache(data: bytes) -> dict[str, str]:
     off = 0
     if data.startswith(_CACHE_MAGIC_OLD):
         nlibs = struct.unpack_from("<I", data, 12)[0]

@@ -137,92 +137,124 @@ class _KeySource:
         return out
 
 
-def _readinto_exact(readinto: Callable, mv: memoryview, what: str) -> int:
-    got = 0
-    while got < len(mv):
-        n = readinto(mv[got:])
-        if not n:
-            break
-        got += n
-    return got
+def _read_exact(read: Callable[[int], bytes], n: int, where: str | None) -> bytes:
+    data = read(n) if n else b""
+    if len(data) < n:
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = read(n - got)
+            if not more:
+                raise UserError("file shrank while it was being protected", where)
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
 
 
-def write_protected(
-    out_fd: int,
+class FdSink:
+    """Writes a protected file's pieces straight to a file descriptor."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def append(self, parts: list) -> None:
+        _writev_all(self.fd, parts)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        os.pwrite(self.fd, data, offset)
+
+
+def _seal_data(chunk: bytes, first: int, keys: _KeySource | None) -> tuple[bytes, list]:
+    """MHT data entries and on-disk pieces for data nodes ``first..`` holding ``chunk``."""
+    n = len(chunk)
+    full = n // NODE_SIZE
+    tail = n - full * NODE_SIZE
+    pad = bytes(NODE_SIZE - tail) if tail else b""
+    mv = memoryview(chunk)
+    if keys is None:
+        enc = _ZERO_AEAD.encrypt
+        tags = [enc(ZERO_IV, b"", mv[i : i + NODE_SIZE]) for i in range(0, full * NODE_SIZE, NODE_SIZE)]
+        if tail:
+            tags.append(enc(ZERO_IV, b"", chunk[full * NODE_SIZE :] + pad))
+        return b"".join(map(ZERO_KEY.__add__, tags)), [chunk, pad]
+    count = full + (1 if tail else 0)
+    # the SDK flushes the most recently used node first: highest data node draws first
+    phys_desc = [_data_phys(d) for d in range(first + count - 1, first - 1, -1)]
+    node_keys = keys.keys(phys_desc)[::-1]
+    cts = []
+    for i, k in enumerate(node_keys):
+        node = mv[i * NODE_SIZE : (i + 1) * NODE_SIZE] if i < full else chunk[full * NODE_SIZE :] + pad
+        cts.append(AESGCM(k).encrypt(ZERO_IV, node, None))
+    entries = b"".join(k + c[-16:] for k, c in zip(node_keys, cts, strict=True))
+    return entries, [b"".join(c[:-16] for c in cts)]
+
+
+def protect_stream(
+    sink,
     clean_name: str,
-    src,
+    read: Callable[[int], bytes],
     size: int,
     *,
     key: bytes | None = None,
     rng: RandomSource | None = None,
-    on_data: Callable[[memoryview], None] | None = None,
+    on_data: Callable[[bytes], None] | None = None,
     where: str | None = None,
 ) -> bytes:
-    """Write a protected file holding ``size`` bytes read from ``src`` to ``out_fd``.
+    """Protect ``size`` bytes from ``read(n)`` into ``sink``; returns the root MAC.
 
-    ``out_fd`` must be an empty file opened for writing (its offset is used for the
-    sequential part). ``src`` has ``readinto``; reading must give exactly ``size`` bytes
-    (a file that changes while it is packed is an error, not a silently wrong image).
-    ``on_data`` sees every source byte in order (used to hash while packing).
-    Returns the 16-byte root MAC (``meta_data_gmac``).
+    A file that fits in one MHT group (<= 396 KiB, nearly every file of an image) is read
+    once and written with a single ``append``; bigger ones stream group by group, with the
+    metadata node and the few MHT nodes that have children written last via ``pwrite``.
+    ``on_data`` sees every source byte in order (to hash while packing). Reading must give
+    exactly ``size`` bytes: a file that changes while it is packed is an error.
     """
     name_raw = _name_field(clean_name)
-    readinto = src.readinto
     keys = _KeySource(rng or urandom) if key is not None else None
-
-    head = bytearray(MD_USER_DATA_SIZE)
-    hv = memoryview(head)
-    n0 = min(size, MD_USER_DATA_SIZE)
-    if _readinto_exact(readinto, hv[:n0], "head") != n0:
-        raise UserError("file shrank while it was being protected", where)
-    if on_data is not None and n0:
-        on_data(hv[:n0])
-
     ndata = data_node_count(size)
     nmht = mht_node_count(size)
-    n_internal = -(-(nmht - 1) // CHILD_MHT_PER_MHT) if nmht > 1 else 0  # MHTs with children
+
+    if nmht <= 1:
+        data = _read_exact(read, size, where)
+        if on_data is not None and size:
+            on_data(data)
+        if read(1):
+            raise UserError("file grew while it was being protected", where)
+        head = data[:MD_USER_DATA_SIZE]
+        if not ndata:
+            node0, mac = _meta_node(name_raw, size, head, ZERO_KEY, bytes(16), keys, key)
+            sink.append([node0])
+            return mac
+        entries, payload = _seal_data(data[MD_USER_DATA_SIZE:], 0, keys)
+        mk, mt, mht = _seal_node(entries + bytes(NODE_SIZE - len(entries)), keys, 1)
+        node0, mac = _meta_node(name_raw, size, head, mk, mt, keys, key)
+        sink.append([node0, mht, *payload])
+        return mac
+
+    head = _read_exact(read, MD_USER_DATA_SIZE, where)
+    if on_data is not None:
+        on_data(head)
+    n_internal = -(-(nmht - 1) // CHILD_MHT_PER_MHT)  # MHT nodes that have children
     mht_entries: dict[int, tuple[bytes, bytes]] = {}  # mht number -> (key, tag)
     pending: dict[int, bytes] = {}  # internal mht -> its data-entry bytes
-    remaining = size - n0
-    enc = _ZERO_AEAD.encrypt
-    buf = bytearray(GROUP_BYTES)
-    mv = memoryview(buf)
-    if ndata:
-        os.lseek(out_fd, NODE_SIZE, os.SEEK_SET)
+    remaining = size - MD_USER_DATA_SIZE
+    sink.append([_ZERO_NODE])  # metadata node, written last
     for m in range(nmht):
         first = m * DATA_PER_MHT
-        count = min(DATA_PER_MHT, ndata - first)
-        want = min(remaining, count * NODE_SIZE)
-        if _readinto_exact(readinto, mv[:want], "data") != want:
-            raise UserError("file shrank while it was being protected", where)
+        want = min(remaining, GROUP_BYTES)
+        chunk = _read_exact(read, want, where)
         remaining -= want
-        length = count * NODE_SIZE
-        if want < length:
-            mv[want:length] = bytes(length - want)
-        view = mv[:length]
         if on_data is not None:
-            on_data(mv[:want])
-        if keys is None:
-            tags = [enc(ZERO_IV, b"", view[i : i + NODE_SIZE]) for i in range(0, length, NODE_SIZE)]
-            entries = b"".join(map(ZERO_KEY.__add__, tags))
-            payload = view
-        else:
-            phys_desc = [_data_phys(d) for d in range(first + count - 1, first - 1, -1)]
-            node_keys = keys.keys(phys_desc)[::-1]
-            cts = [
-                AESGCM(k).encrypt(ZERO_IV, view[i * NODE_SIZE : (i + 1) * NODE_SIZE], None)
-                for i, k in enumerate(node_keys)
-            ]
-            entries = b"".join(k + c[-16:] for k, c in zip(node_keys, cts, strict=True))
-            payload = b"".join(c[:-16] for c in cts)
+            on_data(chunk)
+        entries, payload = _seal_data(chunk, first, keys)
         if m < n_internal:
             pending[m] = entries
             mht_bytes = _ZERO_NODE
         else:
             k, t, mht_bytes = _seal_node(entries + bytes(NODE_SIZE - len(entries)), keys, _mht_phys(m))
             mht_entries[m] = (k, t)
-        _writev_all(out_fd, [mht_bytes, payload])
-    if remaining or readinto(bytearray(1)):
+        sink.append([mht_bytes, *payload])
+    if read(1):
         raise UserError("file grew while it was being protected", where)
 
     for m in range(n_internal - 1, -1, -1):
@@ -235,14 +267,28 @@ def write_protected(
             node[off : off + 32] = ck + ct
         k, t, on_disk = _seal_node(bytes(node), keys, _mht_phys(m))
         mht_entries[m] = (k, t)
-        os.pwrite(out_fd, on_disk, _mht_phys(m) * NODE_SIZE)
+        sink.pwrite(on_disk, _mht_phys(m) * NODE_SIZE)
+    mk, mt = mht_entries[0]
+    node0, mac = _meta_node(name_raw, size, head, mk, mt, keys, key)
+    sink.pwrite(node0, 0)
+    return mac
 
-    mht_key, mht_gmac = mht_entries.get(0, (ZERO_KEY, bytes(16)))
-    enc_part = (
-        _ENC_HEAD.pack(name_raw, size, b"", 0, mht_key, mht_gmac) + bytes(head)
+
+def _meta_node(
+    name_raw: bytes,
+    size: int,
+    head: bytes,
+    mht_key: bytes,
+    mht_gmac: bytes,
+    keys: _KeySource | None,
+    key: bytes | None,
+) -> tuple[bytes, bytes]:
+    """(metadata node bytes, root MAC)."""
+    enc_part = _ENC_HEAD.pack(name_raw, size, b"", 0, mht_key, mht_gmac) + head + bytes(
+        MD_USER_DATA_SIZE - len(head)
     )
     if keys is None:
-        mac = enc(ZERO_IV, b"", enc_part)
+        mac = _ZERO_AEAD.encrypt(ZERO_IV, b"", enc_part)
         key_id = bytes(32)
         on_disk = enc_part
     else:
@@ -251,8 +297,25 @@ def write_protected(
         sealed = AESGCM(meta_key).encrypt(ZERO_IV, enc_part, None)
         on_disk, mac = sealed[:-16], sealed[-16:]
     plain = _PLAIN.pack(FILE_ID, 1, 0, key_id, b"", 0, 1, b"", mac, 0, 1 if keys is None else 0)
-    os.pwrite(out_fd, plain + on_disk + _META_PAD, 0)
-    return mac
+    return plain + on_disk + _META_PAD, mac
+
+
+def write_protected(
+    out_fd: int,
+    clean_name: str,
+    src,
+    size: int,
+    *,
+    key: bytes | None = None,
+    rng: RandomSource | None = None,
+    on_data: Callable[[bytes], None] | None = None,
+    where: str | None = None,
+) -> bytes:
+    """Write a protected file holding ``size`` bytes read from ``src`` (has ``read``) to
+    ``out_fd`` (an empty file opened for writing, at offset 0); returns the root MAC."""
+    return protect_stream(
+        FdSink(out_fd), clean_name, src.read, size, key=key, rng=rng, on_data=on_data, where=where
+    )
 
 
 def _seal_node(node: bytes, keys: _KeySource | None, phys: int) -> tuple[bytes, bytes, bytes]:
@@ -265,8 +328,9 @@ def _seal_node(node: bytes, keys: _KeySource | None, phys: int) -> tuple[bytes, 
 
 
 def _writev_all(fd: int, parts: list) -> None:
+    parts = [p for p in parts if len(p)]
     total = sum(len(p) for p in parts)
-    n = os.writev(fd, parts)
+    n = os.writev(fd, parts) if parts else 0
     if n != total:  # rare short write: finish the rest plainly
         rest = b"".join(bytes(p) for p in parts)[n:]
         while rest:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs import incremental
 from occlum_rules.stages.securefs.pfs import (
+    FdSink,
     IntegrityError,
     ProtectedFileReader,
+    protect_stream,
     write_protected,
 )
 from occlum_rules.stages.securefs.primitives import RandomSource
@@ -93,33 +95,34 @@ def _write_inode(
     content: bytes | None,
     key: bytes | None,
     rng: RandomSource | None,
-    want_hash: bool,
-) -> tuple[bytes, bytes | None]:
-    """Write one inode's protected file; (mac, sha256 of file bytes if computed)."""
+    hasher=None,
+) -> bytes:
+    """Write one inode's protected file; returns its MAC (``hasher`` sees the file bytes)."""
     name = inode_file_name(node.id)
-    fd = _open_new(out_path)
-    try:
-        if content is not None:
-            return write_protected(fd, name, io.BytesIO(content), len(content), key=key, rng=rng), None
-        src_path = os.path.join(src_dir, node.rel)
+    if content is not None:
+        out = _open_new(out_path)
         try:
-            src = open(src_path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise UserError("file vanished while the image was packed", src_path) from None
-        with src:
-            size = os.fstat(src.fileno()).st_size
-            if size != node.size:
-                raise UserError(
-                    f"file size {size} differs from the expected {node.size} "
-                    "(changed during the build, or a stale image manifest)",
-                    src_path,
-                )
-            h = hashlib.sha256() if want_hash else None
-            mac = write_protected(
-                fd, name, src, size, key=key, rng=rng,
-                on_data=h.update if h is not None else None, where=src_path,
+            return protect_stream(
+                FdSink(out), name, io.BytesIO(content).read, len(content), key=key, rng=rng
             )
-            return mac, (h.digest() if h is not None else None)
+        finally:
+            os.close(out)
+    src_path = os.path.join(src_dir, node.rel)
+    try:
+        fd = os.open(src_path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise UserError("file vanished while the image was packed", src_path) from None
+    try:
+        out = _open_new(out_path)
+        try:
+            # The size came from the scan (or manifest); protect_stream fails if the file
+            # now holds fewer or more bytes, so a change during the build cannot slip in.
+            return protect_stream(
+                FdSink(out), name, lambda n: os.read(fd, n), node.size, key=key, rng=rng,
+                on_data=hasher.update if hasher is not None else None, where=src_path,
+            )
+        finally:
+            os.close(out)
     finally:
         os.close(fd)
 
@@ -225,11 +228,12 @@ def pack_image(
             n = by_id[i]
             target = os.path.join(work, inode_file_name(i))
             out = target + ".new" if state is not None else target
-            need_hash = want_state and n.kind == KIND_FILE and n.sha256 is None
-            mac, digest = _write_inode(out, n, src, content[i], key, rng, need_hash)
-            macs[i] = mac
-            if digest is not None:
-                n.sha256 = digest
+            h = None
+            if want_state and n.kind == KIND_FILE and n.sha256 is None:
+                h = hashlib.sha256()
+            macs[i] = _write_inode(out, n, src, content[i], key, rng, h)
+            if h is not None:
+                n.sha256 = h.digest()
             prog.advance(1, n.size if n.kind == KIND_FILE else 0)
         if state is not None:
             for i in list(plan.copy) + list(plan.move) + plan.write:

@@ -214,3 +214,19 @@ def test_date_defaults_to_source_date_epoch_then_today(monkeypatch) -> None:
     r = signer.sign_enclave(d / "input.so", d / "Enclave.xml", d / "signing_key.pem", None)
     assert r.sigstruct[20:24] == int(today, 16).to_bytes(4, "little")
     assert r.mrenclave.hex() == (d / "mrenclave.hex").read_text().strip()
+
+
+def test_two_step_api_equals_one_step(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    d = case_dir("sign-occlum", "occ3_template_edmm")
+    material = signer.gendata(d / "input.so", d / "Enclave.xml", tmp_path / "m.bin", date=EPOCH)
+    assert len(material.material) == 256 and (tmp_path / "m.bin").read_bytes() == material.material
+    key = serialization.load_pem_private_key((d / "signing_key.pem").read_bytes(), None)
+    signature = key.sign(material.material, padding.PKCS1v15(), hashes.SHA256())  # the "HSM"
+    out = tmp_path / "s.so"
+    result = signer.catsig(d / "input.so", d / "Enclave.xml", d / "signing_key_pub.pem", signature,
+                           tmp_path / "m.bin", out)
+    assert out.read_bytes() == (d / "signed.so").read_bytes()
+    assert result.mrenclave == material.mrenclave

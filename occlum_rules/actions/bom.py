@@ -1,0 +1,38 @@
+"""The copy_bom action: BOM + rule outputs → image/ and its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from occlum_rules.core.executor import StageContext
+from occlum_rules.stages.bom import apply_plan, plan_bom, write_manifest
+
+
+def assemble(ctx: StageContext) -> None:
+    params = ctx.params
+    image, manifest_path = ctx.outputs
+    bom = ctx.root / params["bom"]
+    includes = [ctx.root / d for d in params["include_dirs"]]
+    extra = {image_dir: [str(ctx.root / p) for p in paths]
+             for image_dir, paths in params["extra_files"].items()}
+    loader = params.get("loader_config")
+    plan = plan_bom(bom, includes, loader, env=params.get("env", {}), extra_files=extra)
+    for warning in plan.warnings:
+        ctx.log(f"warning: {warning}")
+    ctx.add_inputs(p for p in plan.host_inputs if not _inside(p, ctx.root / params["out_dir"]))
+    image.mkdir(parents=True, exist_ok=True)
+    result = apply_plan(plan, image, sync=True)
+    if result.written or result.removed:
+        ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
+                f"{len(result.removed)} removed")
+    write_manifest(manifest_path, result.manifest)
+
+
+def _inside(path: str, directory) -> bool:
+    return os.path.abspath(path).startswith(os.fspath(directory) + os.sep)
+
+
+def load_manifest(path) -> list[dict]:
+    with open(path) as f:
+        return json.load(f)

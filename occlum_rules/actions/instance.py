@@ -1,0 +1,282 @@
+"""The actions of an Occlum instance build (what tools/occlum_build.mk does, one action per
+recipe): stand-in runtime, initfs, SEFS packs, configuration, config MAC, LibOS patch,
+signing and the final layout of links and status files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from occlum_rules.core.executor import StageContext
+from occlum_rules.errors import UserError
+
+HOSTS = b"127.0.0.1   localhost\n"
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _copy(src: Path, dst: Path, mode: int | None = None) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, mode if mode is not None else (os.stat(src).st_mode & 0o777))
+
+
+def image_config_json(encrypted: bool) -> bytes:
+    """What ``jq -n '{image_type: ...}'`` prints in occlum_build.mk."""
+    kind = "encrypted" if encrypted else "integrity-only"
+    return f'{{\n  "image_type": "{kind}"\n}}\n'.encode()
+
+
+# ----------------------------------------------------------------------------- stand-in
+
+def build_standin(ctx: StageContext) -> None:
+    from occlum_rules.standin.build import build_standin as compile_standin
+
+    libos, pal, init, run = ctx.outputs
+    with tempfile.TemporaryDirectory(dir=libos.parent.parent) as tmp:
+        files = compile_standin(Path(tmp), cc=ctx.params["cc"], sdk_minor=ctx.params["sdk_minor"])
+        for src, dst in ((files.libos, libos), (files.pal, pal), (files.init, init),
+                         (files.occlum_run, run)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
+# ----------------------------------------------------------------------------- initfs
+
+def assemble_initfs(ctx: StageContext) -> None:
+    """The default initfs of ``occlum init`` plus what occlum_build.mk adds at build time."""
+    initfs, image_config = ctx.outputs
+    p = ctx.params
+    for d in ("bin", "lib", "dev", "proc", "etc"):
+        (initfs / d).mkdir(parents=True, exist_ok=True)
+    _copy(ctx.root / p["init"] if not os.path.isabs(p["init"]) else Path(p["init"]),
+          initfs / "bin" / "init", 0o755)
+    for lib in p["libs"]:
+        src = Path(lib)
+        _copy(src.resolve(), initfs / "lib" / src.name, 0o755)
+        ctx.add_inputs([src.resolve()])
+    _write(initfs / "etc" / "hosts", HOSTS)
+    localtime = p.get("localtime")
+    if localtime and os.path.exists(localtime):
+        real = Path(localtime).resolve()
+        _copy(real, initfs / "etc" / "localtime", 0o644)
+        ctx.add_inputs([real])
+    config = image_config_json(p["encrypted"])
+    _write(image_config, config)
+    _write(initfs / "etc" / "image_config.json", config)
+    if p.get("init_ra_conf"):
+        _copy(ctx.root / p["init_ra_conf"], initfs / "etc" / "init_ra_conf.json", 0o644)
+    if p["buildin_image_key"]:
+        _copy(ctx.secrets["image_key"], initfs / "etc" / "image_key", 0o600)
+
+
+# ----------------------------------------------------------------------------- SEFS
+
+def pack(ctx: StageContext) -> None:
+    from occlum_rules.stages.securefs import load_image_key, pack_image
+
+    src = ctx.inputs[0]
+    root_dir, mac_file = ctx.outputs
+    manifest = None
+    if ctx.params.get("manifest"):
+        with open(ctx.root / ctx.params["manifest"]) as f:
+            manifest = json.load(f)
+    key = load_image_key(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
+    state = ctx.state_dir / "sefs" / ctx.params["state"]
+    state.parent.mkdir(parents=True, exist_ok=True)
+    result = pack_image(src, root_dir, key=key, state_path=state, manifest=manifest,
+                        label=f"{ctx.label}: pack {ctx.params['what']}")
+    _write(mac_file, result.mac_text.encode())
+    how = "incrementally" if result.incremental else f"in full ({result.reason})"
+    ctx.log(f"{ctx.params['what']}: packed {how}: {result.rewritten} inodes written, "
+            f"{result.reused} reused")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def occlum_json(ctx: StageContext) -> None:
+    from occlum_rules.stages.config import render_occlum_json
+
+    p = ctx.params
+    template = ctx.root / p["template"] if p.get("template") else None
+    data = render_occlum_json(template, p.get("variables") or {}, p.get("attrs") or None)
+    _write(ctx.outputs[0], data)
+
+
+def gen_config(ctx: StageContext) -> None:
+    from occlum_rules.stages.config import generate_config
+
+    occlum_json_path, image_mac, init_mac = ctx.inputs[:3]
+    enclave_xml, sys_json = ctx.outputs
+    generated = generate_config(occlum_json_path.read_bytes(), image_mac.read_text().strip(),
+                                init_mac.read_text().strip(), edmm=ctx.params["edmm"],
+                                sgx_mode=ctx.params["sgx_mode"], source=ctx.params["source"])
+    for warning in generated.warnings:
+        ctx.log(f"warning: {warning}")
+    _write(enclave_xml, generated.enclave_xml)
+    _write(sys_json, generated.sys_json)
+
+
+def protect(ctx: StageContext) -> None:
+    from occlum_rules.stages.securefs import protect_integrity
+
+    protect_integrity(ctx.inputs[0], ctx.outputs[0])
+
+
+def patch_libos(ctx: StageContext) -> None:
+    from occlum_rules.stages.securefs import read_protected_mac, show_mac_line
+    from occlum_rules.stages.securefs.builtin_config import patch_builtin_config_bytes
+
+    libos, protected = ctx.inputs[:2]
+    mac_line = show_mac_line(read_protected_mac(protected)).encode()
+    patched = patch_builtin_config_bytes(libos.read_bytes(), mac_line, where=str(libos))
+    _write(ctx.outputs[0], patched, 0o755)
+
+
+# ----------------------------------------------------------------------------- signing
+
+def _measurements(ctx: StageContext, signed: Path, libos: Path) -> dict:
+    from occlum_rules.core.digests import sha256_file
+    from occlum_rules.stages.securefs import mac_text, read_protected_mac
+    from occlum_rules.stages.sign import read_signed_info
+
+    info = read_signed_info(signed)
+    p = ctx.params
+    root_mac = (ctx.root / p["image_mac"]).read_text().strip()
+    init_mac = (ctx.root / p["init_mac"]).read_text().strip()
+    config_mac = mac_text(read_protected_mac(ctx.root / p["protected"]))
+    return {
+        "mrenclave": info["mrenclave"],
+        "mrsigner": info["mrsigner"],
+        "isv_prod_id": info["isv_prod_id"],
+        "isv_svn": info["isv_svn"],
+        "attributes": info["attributes"],
+        "debuggable": info.get("debug_allowed"),
+        "sgx_mode": p["sgx_mode"],
+        "edmm": p["edmm"],
+        "libos": p["libos_desc"],
+        "occlum_version": p["occlum_version"],
+        "root_fs_mac": root_mac,
+        "init_fs_mac": init_mac,
+        "config_mac": config_mac,
+        "inputs": {"root_fs_mac": root_mac, "init_fs_mac": init_mac, "config_mac": config_mac,
+                   "libos_unpatched_sha256": sha256_file(
+                       p["libos_path"] if os.path.isabs(p["libos_path"]) else ctx.root / p["libos_path"]),
+                   "enclave_xml_sha256": sha256_file(ctx.root / p["enclave_xml"]),
+                   "mrsigner": info["mrsigner"]},
+    }
+
+
+_CAUSES = [
+    ("root_fs_mac", "the image changed (root FS MAC)"),
+    ("init_fs_mac", "the initfs changed (init FS MAC)"),
+    ("enclave_xml_sha256", "enclave resources changed (Enclave.xml from Occlum.json)"),
+    ("config_mac", "the configuration changed (Occlum.json → .Occlum_sys.json)"),
+    ("libos_unpatched_sha256", "the LibOS changed"),
+]
+
+
+def _say_what_changed(ctx: StageContext, new: dict) -> None:
+    previous = ctx.root / ctx.params["final_measurements"]
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    if old.get("mrenclave") != new["mrenclave"]:
+        causes = [text for key, text in _CAUSES
+                  if old.get("inputs", {}).get(key) != new["inputs"][key]]
+        ctx.log(f"MRENCLAVE changed {old.get('mrenclave', '?')[:16]}… → {new['mrenclave'][:16]}…: "
+                + ("; ".join(causes) if causes else "no recorded input changed"))
+    if old.get("mrsigner") != new["mrsigner"]:
+        ctx.log(f"MRSIGNER changed: signed with a different key ({new['mrsigner'][:16]}…)")
+
+
+def sign(ctx: StageContext) -> None:
+    from occlum_rules.stages.sign import sign_enclave
+
+    libos, enclave_xml = ctx.inputs[:2]
+    signed, measurements = ctx.outputs
+    result = sign_enclave(libos, enclave_xml, ctx.secrets["key"], signed,
+                          date=ctx.source_date_epoch)
+    _finish_signing(ctx, signed, libos, measurements, result.mrenclave_hex)
+
+
+def _finish_signing(ctx: StageContext, signed: Path, libos: Path, measurements: Path,
+                    mrenclave: str) -> None:
+    data = _measurements(ctx, signed, libos)
+    if data["mrenclave"] != mrenclave:
+        raise UserError(f"{ctx.label}: the signed enclave's MRENCLAVE does not match the "
+                        "measurement (internal error)")
+    _say_what_changed(ctx, data)
+    _write(measurements, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def gendata(ctx: StageContext) -> None:
+    from occlum_rules.stages.sign import gendata as make_material
+
+    libos, enclave_xml = ctx.inputs[:2]
+    make_material(libos, enclave_xml, ctx.outputs[0], date=ctx.source_date_epoch)
+
+
+def catsig(ctx: StageContext) -> None:
+    """Second half of two-step signing: attach the signature made outside the build."""
+    from occlum_rules.stages.sign import catsig as attach
+
+    libos, enclave_xml, material, public_key = ctx.inputs[:4]
+    signature = ctx.root / ctx.params["signature"]
+    command = ctx.params.get("command")
+    if command and not signature.exists():
+        argv = [a.replace("{material}", str(material)).replace("{signature}", str(signature))
+                for a in command]
+        proc = subprocess.run(argv, cwd=ctx.root, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0:
+            raise UserError(f"{ctx.label}: the external signer failed (exit {proc.returncode}): "
+                            f"{(proc.stderr or proc.stdout).strip()[:400]}")
+    if not signature.exists():
+        raise UserError(
+            f"{ctx.label}: waiting for the enclave signature. Sign "
+            f"{os.path.relpath(material, ctx.root)} (256 bytes; RSA-3072, e=3, PKCS#1 v1.5 "
+            f"SHA-256, e.g. `openssl dgst -sha256 -sign KEY.pem -out {ctx.params['signature']} "
+            f"{os.path.relpath(material, ctx.root)}`) and save the 384-byte signature as "
+            f"{ctx.params['signature']}; then run `doit build` again")
+    ctx.add_inputs([signature])
+    signed, measurements = ctx.outputs
+    result = attach(libos, enclave_xml, public_key, signature, material, signed)
+    _finish_signing(ctx, signed, libos, measurements, result.mrenclave_hex)
+
+
+# ----------------------------------------------------------------------------- layout
+
+def layout(ctx: StageContext) -> None:
+    """Links, copies and status files that make the directory an Occlum instance.
+
+    ``run/`` (the application's persistent data) is created when missing and never
+    removed: ``occlum build`` wipes it on every build, which loses data.
+    """
+    p = ctx.params
+    outs = dict(zip(p["names"], ctx.outputs))
+    for name, spec in p["entries"].items():
+        path = outs[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if spec["kind"] == "symlink":
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.symlink(spec["target"], path)
+        elif spec["kind"] == "copy":
+            _copy(Path(spec["src"]) if os.path.isabs(spec["src"]) else ctx.root / spec["src"],
+                  path, spec.get("mode", 0o755))
+        else:
+            _write(path, spec["text"].encode())
+    instance = ctx.root / p["instance_dir"]
+    for d in ("run/mount/__ROOT", "run/initfs/__ROOT"):
+        (instance / d).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,76 @@
+"""``occlum_bom``: an Occlum image described by a copy_bom BOM plus this build's outputs.
+
+The BOM is Occlum's own YAML (``copy_bom`` format), so existing BOM files work unchanged;
+``deps`` places files built by other rules at image paths, with their shared-library
+dependencies discovered the same way. Every host file the BOM copies (including discovered
+libraries) becomes an input of the action, so upgrading a host library re-runs it.
+"""
+
+from __future__ import annotations
+
+from occlum_rules.core.analysis import source_files
+from occlum_rules.core.rule import (
+    LABEL_LIST_DICT,
+    SOURCE,
+    SOURCE_LIST,
+    STRING_DICT,
+    Attr,
+    Rule,
+    RuleContext,
+)
+
+
+def _loader_config(ctx: RuleContext, explicit) -> str | None:
+    if explicit is not None:
+        return explicit.path
+    occlum = getattr(ctx.toolchains, "occlum", None)
+    install = occlum() if callable(occlum) else None
+    if install is not None and getattr(install, "elf_loader_config", None):
+        return str(install.elf_loader_config)
+    return None  # the stage's built-in copy of Occlum's default
+
+
+def bom_impl(ctx: RuleContext) -> dict:
+    bom = ctx.attr["src"]
+    bom_file = source_files(bom)[0]
+    includes = source_files(ctx.attr["includes"])
+    include_dirs = sorted({f.path.rsplit("/", 1)[0] for f in includes})
+    extra: dict[str, list[str]] = {}
+    dep_files = []
+    for image_dir, refs in sorted(ctx.attr["deps"].items()):
+        files = source_files(refs)
+        if not image_dir.startswith("/") or ".." in image_dir.split("/"):
+            raise ctx.error(f"deps: image directory '{image_dir}' must be absolute inside the image "
+                            "(such as '/bin') and must not contain '..'")
+        extra[image_dir] = [f.path for f in files]
+        dep_files += files
+    loader = ctx.attr["loader_config"]
+    loader_path = _loader_config(ctx, source_files(loader)[0] if loader else None)
+    image = ctx.declare_file("image", action="image", is_dir=True)
+    manifest = ctx.declare_file("image.manifest.json", action="image")
+    ctx.actions.stage(
+        name="image", kind="copy_bom", func="occlum_rules.actions.bom:assemble",
+        inputs=[bom_file, *includes, *dep_files], outputs=[image, manifest],
+        params={"bom": bom_file.path, "include_dirs": include_dirs, "extra_files": extra,
+                "env": dict(ctx.attr["env"]), "loader_config": loader_path,
+                "out_dir": ctx.workspace.output_dir},
+        in_place=True, description=f"assemble image from {bom_file.path}")
+    return {"files": [image, manifest], "image": image, "image_manifest": manifest}
+
+
+occlum_bom = Rule(
+    name="occlum_bom",
+    attrs={
+        "src": Attr(SOURCE, mandatory=True, doc="the BOM file (copy_bom YAML)"),
+        "includes": Attr(SOURCE_LIST, default=list, doc="BOM files it includes"),
+        "deps": Attr(LABEL_LIST_DICT, default=dict,
+                     doc="image directory -> files or targets placed there, e.g. {'/bin': [':app']}"),
+        "env": Attr(STRING_DICT, default=dict,
+                    doc="variables for $VAR expansion in the BOM (the build's environment is not used)"),
+        "loader_config": Attr(SOURCE, default=None, doc="occlum_elf_loader.config to use"),
+    },
+    impl=bom_impl,
+    doc="An Occlum image assembled from a BOM.",
+)
+
+RULES = [occlum_bom]
