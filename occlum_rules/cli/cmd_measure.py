@@ -1,12 +1,12 @@
 """``occlum-rules measure``: MRENCLAVE (and for signed enclaves MRSIGNER etc.) of an enclave.
 
-Two forms today, both on a file:
+Three forms:
   * ``--enclave SO --config Enclave.xml``: compute MRENCLAVE of an (unsigned) enclave the
     way sgx_sign would, without any key;
   * ``--enclave SIGNED_SO``: read MRENCLAVE, MRSIGNER, attributes, ISVPRODID and ISVSVN
     from the SIGSTRUCT in its metadata.
-Each form is one small function returning a dict, so other forms (e.g. a build label
-naming an occlum_instance) can reuse the same printing.
+  * ``//pkg:instance``: the ``build/measurements.json`` of a built instance (MRENCLAVE,
+    MRSIGNER, ISVPRODID, ISVSVN, attributes, SGX mode, LibOS, the three MACs).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print MRENCLAVE of an enclave under an Enclave.xml (no key needed), or "
                     "MRENCLAVE/MRSIGNER/attributes/ISVPRODID/ISVSVN of a signed enclave.",
     )
-    parser.add_argument("--enclave", required=True, type=Path, metavar="SO",
+    parser.add_argument("label", nargs="?", help="an occlum_instance target, e.g. //app:instance")
+    parser.add_argument("--enclave", type=Path, metavar="SO",
                         help="enclave .so (unsigned with --config, or signed)")
     parser.add_argument("--config", type=Path, metavar="Enclave.xml",
                         help="compute MRENCLAVE under this config instead of reading a signature")
@@ -65,8 +66,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def measure_instance(label: str) -> dict:
+    from occlum_rules.cli.common import load
+
+    ws, graph = load()
+    target = next((t for t in graph.targets.values() if str(t.label) == label), None)
+    if target is None:
+        raise UserError(f"no target '{label}' (see `doit list`)")
+    instance = (target.providers or {}).get("instance")
+    if instance is None:
+        raise UserError(f"{label} is not an occlum_instance")
+    path = ws.root / instance["measurements"].path
+    if not path.is_file():
+        raise UserError(f"{label} is not built yet: run `doit {label}` first")
+    return json.loads(path.read_text())
+
+
+def render_instance(info: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(info, indent=2, sort_keys=True)
+    return "\n".join([
+        f"MRENCLAVE: {info['mrenclave']}",
+        f"MRSIGNER: {info['mrsigner']}",
+        f"ISVPRODID: {info['isv_prod_id']}",
+        f"ISVSVN: {info['isv_svn']}",
+        f"ATTRIBUTES.FLAGS: {info['attributes']['flags']:#018x}",
+        f"ATTRIBUTES.XFRM: {info['attributes']['xfrm']:#018x}",
+        f"DEBUG: {'allowed' if info.get('debuggable') else 'disabled'}",
+        f"SGX mode: {info['sgx_mode']}{' (EDMM)' if info.get('edmm') else ''}",
+        f"LibOS: {info['libos']}",
+        f"root FS MAC: {info['root_fs_mac']}",
+        f"init FS MAC: {info['init_fs_mac']}",
+        f"config MAC: {info['config_mac']}",
+    ])
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.label is not None:
+        if args.enclave is not None:
+            raise UserError("give either a label or --enclave, not both")
+        print(render_instance(measure_instance(args.label), args.format))
+        return 0
+    if args.enclave is None:
+        raise UserError("give an occlum_instance label or --enclave SO")
     if not args.enclave.is_file():
         raise UserError("no such enclave file", str(args.enclave))
     if args.config is not None:

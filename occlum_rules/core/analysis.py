@@ -205,6 +205,11 @@ class Graph:
         except UserError as exc:
             raise UserError(exc.message, where=target.location) from None
         if label not in self.targets:
+            if allow_file and label.package in self.packages:
+                path = f"{label.package}/{label.name}" if label.package else label.name
+                full = self.ws.root / path
+                if full.exists():  # a source file named by label, e.g. "//keys:dev.pem"
+                    return File(path=path, is_dir=full.is_dir())
             if label.package not in self.packages:
                 raise UserError(f"no package '{label.package}' for label '{ref}' (no "
                                 f"{self.ws.build_file} there)", where=target.location)

@@ -463,7 +463,7 @@ def execute(action: dict, env: BuildEnv) -> str:
             store_outputs(store, env, stored)
             store.put_action(key, stored)
             remote = _remote(env)
-            if remote is not None and getattr(remote, "upload", False):
+            if remote is not None and remote.upload_enabled:
                 _upload_remote(remote, store, key, stored)
     state = {"key": key, "manifest": {"outputs": manifest["outputs"]},
              "dynamic": manifest.get("dynamic", []),
@@ -487,7 +487,8 @@ def _fetch_remote(remote, store: LocalStore, key: str) -> dict | None:
     for digest in sorted(set(blobs)):
         if store.has_blob(digest):
             continue
-        if not remote.fetch_blob(digest, store.cas_path(digest)):
+        store.cas_path(digest).parent.mkdir(parents=True, exist_ok=True)
+        if not remote.fetch_blob(digest, store.cas_path(digest), mode=0o444):
             return None
     store.put_action(key, manifest)
     return manifest
@@ -495,7 +496,8 @@ def _fetch_remote(remote, store: LocalStore, key: str) -> dict | None:
 
 def _upload_remote(remote, store: LocalStore, key: str, manifest: dict) -> None:
     for digest in sorted(set(manifest_blobs(manifest))):
-        remote.put_blob(digest, store.cas_path(digest))
+        if not remote.put_blob(digest, store.cas_path(digest)):
+            return  # an action entry must never point at blobs the remote lacks
     data = store.action_bytes(key)
     if data is not None:
         remote.put_action_result(key, data)

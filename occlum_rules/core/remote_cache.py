@@ -747,7 +747,7 @@ def _env_seconds(environ: Mapping[str, str], name: str) -> float | None:
 def remote_from_config(
     remote_url: str | None,
     upload: bool | None,
-    environ: Mapping[str, str] = os.environ,
+    environ: Mapping[str, str] | None = None,
     **options: Any,
 ) -> RemoteCache | None:
     """The remote cache this build should use, or None.
@@ -760,6 +760,10 @@ def remote_from_config(
     that was merely given the URL (a pull request, a laptop) reads but never writes.
     ``options`` go to :class:`RemoteCache`.
     """
+    # (``environ`` defaults to None, not os.environ: a default shown by help() or a
+    # traceback would print the whole environment, credentials included.)
+    if environ is None:
+        environ = os.environ
     url = remote_url
     where = "WORKSPACE.yaml: cache.remote"
     env_url = environ.get(ENV_URL, "").strip()

@@ -104,11 +104,17 @@ def build_standin(
             f"unsupported SDK version 2.{sdk_minor} for the stand-in LibOS (supported: {supported})"
         )
     compiler = _resolve_compiler(cc)
+    _check_target(cc, compiler)
     src = Path(src_dir) if src_dir is not None else SOURCE_DIR
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    work = Path(tempfile.mkdtemp(prefix=".standin-build-", dir=out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".standin-build-", dir=out_dir))
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the stand-in output directory: {exc.strerror or exc}",
+            where=str(out_dir),
+        ) from exc
     try:
         for name in (*_C_SOURCES, _HEADER, _LINKER_SCRIPT):
             try:
@@ -212,6 +218,24 @@ def _resolve_compiler(cc: str) -> str:
             "(no Occlum install was found). Install gcc or point cc at a compiler."
         )
     return found
+
+
+def _check_target(cc: str, compiler: str) -> None:
+    """SGX enclaves are x86-64; a compiler for another target cannot make the stand-in."""
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        proc = subprocess.run(
+            [compiler, "-dumpmachine"], env=env, capture_output=True, text=True, errors="replace"
+        )
+    except OSError as exc:
+        raise UserError(f"cannot run C compiler {cc!r}: {exc.strerror or exc}") from exc
+    machine = proc.stdout.strip()
+    if proc.returncode != 0 or not machine.startswith("x86_64"):
+        found = machine or _trim(proc.stderr)
+        raise UserError(
+            f"C compiler {cc!r} does not target x86-64 (reports {found!r}); the stand-in LibOS "
+            "is an x86-64 SGX enclave ELF"
+        )
 
 
 def _run_compiler(cc: str, cmd: list[str], work: Path, what: str) -> None:

@@ -113,3 +113,15 @@ def test_toolchain_identity_names_compiler_and_linker(gcc: str) -> None:
     assert identity == toolchain_identity(gcc)
     with pytest.raises(UserError, match="no-such-cc"):
         toolchain_identity("no-such-cc")
+
+
+def test_compiler_for_another_target_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "aarch64-cc"
+    fake.write_text(
+        '#!/bin/sh\n[ "$1" = -dumpmachine ] && echo aarch64-linux-gnu && exit 0\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    with pytest.raises(UserError, match="does not target x86-64") as info:
+        build_standin(tmp_path / "out", cc=str(fake))
+    assert "aarch64-linux-gnu" in info.value.message
+    assert not (tmp_path / "out").exists()

@@ -222,9 +222,21 @@ def _needed(path: str) -> list[str] | None:
     return None if info is None else list(info.needed)
 
 
+def _refuse_to_sync_over_inputs(plan: Plan, root: str) -> None:
+    """--sync deletes what the plan does not produce: never let that hit the plan's own inputs."""
+    real_root = os.path.realpath(root)
+    for path in plan.host_inputs:
+        real = os.path.realpath(path)
+        if real == real_root or real.startswith(real_root.rstrip("/") + "/"):
+            raise UserError(f"refusing to sync the image: it contains input file {path}, which "
+                            "--sync would delete", where=root, exit_code=EXIT_MKDIR_OR_COPY_DIR)
+
+
 def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True) -> ApplyResult:
     """Bring ``root`` to the planned state and return what changed plus the image manifest."""
     root_s = os.fspath(root)
+    if sync:
+        _refuse_to_sync_over_inputs(plan, root_s)
     tree = desired_tree(plan, root_s, sync)
     result = ApplyResult()
     try:

@@ -567,6 +567,21 @@ def plan_bom(
     directory). With ``root`` and no ``source_dir`` they follow copy_bom exactly: against the
     parent of ``root``, and a bare ``from`` against the current directory.
     """
+    try:
+        return _plan_bom(bom_file, include_dirs, loader_config, env, extra_files, source_dir, root)
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename}: {exc.strerror}", exit_code=EXIT_FILE_NOT_FOUND) from None
+
+
+def _plan_bom(
+    bom_file: str | os.PathLike[str],
+    include_dirs: Sequence[str | os.PathLike[str]],
+    loader_config: str | os.PathLike[str] | LoaderConfig | None,
+    env: Mapping[str, str] | None,
+    extra_files: Mapping[str, Sequence[str | os.PathLike[str]]] | None,
+    source_dir: str | os.PathLike[str] | None,
+    root: str | None,
+) -> Plan:
     cwd = os.getcwd()
     config = loader_config if isinstance(loader_config, LoaderConfig) else load_loader_config(loader_config)
     bom_path = os.fspath(bom_file)
@@ -630,9 +645,3 @@ def _check_missing(ctx: _Ctx, tree: VTree, missing: list[_Missing]) -> None:
               "the system dirs, and no file of that name is in the image")
     raise UserError(f"missing libraries: {detail}{search}", where=f"{first.bom}:{first.line}",
                     exit_code=EXIT_MISSING_LIBRARY)
-
-
-def plan_paths_summary(plan: Plan) -> list[str]:
-    """Image paths the plan produces (sorted); handy for tests and debugging."""
-    return [p for p, _ in plan.tree.iter_nodes() if p]
-

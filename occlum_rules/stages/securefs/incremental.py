@@ -1,25 +1,33 @@
-"""State of the previous pack, and the plan that turns it into the new image.
+"""State of the previous pack, and how to turn the old ``__ROOT`` into the new one.
 
-The state file (JSON, written beside ``__ROOT`` after a successful pack and deleted before
-any change to ``__ROOT``) records, per inode: path, id, kind, mode, size, the SHA-256 of
-its *content* (file bytes, symlink target, or directory entries), its MAC, and the
-source file's stat key. Because the SEFS layer names an inode's protected file after
-its id, and in integrity-only mode the id enters a protected file only through the name
-inside its metadata node (node keys are zero, data is stored in clear), a file whose
-content is unchanged but whose id moved can be reused by renaming it and rewriting node 0
-— its data and MHT nodes are byte-identical. So an incremental pack re-MACs only content
-that changed, plus small metadata nodes, and the result equals a full pack byte for byte.
+The state file (written beside ``__ROOT`` after a successful pack, deleted before any
+change to ``__ROOT``) records, per inode in id order: path, kind, mode, size, the SHA-256
+of its *content* (file bytes, symlink target, or directory entries), its MAC and the
+source file's stat key — plus, for manifest-driven packs, the manifest's own columns.
+
+Why re-use is safe: the SEFS layer names an inode's protected file after its id, and in
+integrity-only mode the id enters that file only through the clean name inside its
+metadata node (node keys are zero, data is stored in clear). So a file whose content is
+unchanged but whose id moved is re-used by renaming it and rewriting node 0: its data and
+MHT nodes are byte-identical to what a full pack would write. The result always equals a
+full pack of the new tree; the tests compare the two on random edit sequences.
 
 Encrypted images are always packed in full: keeping plaintext hashes beside an encrypted
-image would let anyone with the output directory confirm guesses about its contents, and
-the output is random anyway (fresh nonces), so nothing downstream can be reused.
+image would let anyone holding the output directory confirm guesses about its contents,
+and the output is random anyway (fresh nonces), so nothing downstream could be re-used.
+
+The state is stored as a few flat columns (``marshal`` of lists and bytes, after a
+SHA-256 check of the whole file): loading 100k inodes then costs milliseconds, where a
+JSON list of records costs a large share of an incremental pack.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
+import marshal
 import os
+import sys
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,73 +42,77 @@ from occlum_rules.stages.securefs.pfs import (
     mac_of_protected,
 )
 from occlum_rules.stages.securefs.primitives import ZERO_IV, ZERO_KEY
-from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, inode_file_name
+from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, inode_file_name, inode_ids
 
-STATE_FORMAT = "occlum-rules/sefs-pack-state"
-STATE_VERSION = 1
-
-_ZERO_AEAD = AESGCM(ZERO_KEY)
-
-
-@dataclass
-class StateEntry:
-    id: int
-    path: str
-    kind: int
-    mode: int
-    size: int
-    content: bytes  # sha256 of the inode's PFS content
-    mac: bytes
-    stat_key: tuple | None
-
+STATE_MAGIC = b"occlum-rules/sefs-pack-state/2\n"
+MANIFEST_FIELDS = ("path", "type", "mode", "size", "sha256", "target")
 
 # A recorded stat key proves "unchanged" only for files whose last change was well before
 # the scan that recorded it: timestamps are coarse (kernel tick, or seconds on some file
 # systems), so a same-size rewrite right after a scan could keep every stat field equal.
 RACY_MARGIN_NS = 2_000_000_000
 
+_ZERO_AEAD = AESGCM(ZERO_KEY)
+
+
+def ids_for(count: int) -> list[int]:
+    return list(itertools.islice(inode_ids(), count))
+
 
 @dataclass
 class PackState:
+    """Columns in inode-id order (position p holds the p-th allocated id)."""
+
     root_mac: bytes
-    entries: list[StateEntry]
-    scan_started_ns: int = 0
-    by_id: dict[int, StateEntry] = field(init=False)
-    by_path: dict[str, StateEntry] = field(init=False)
+    scan_started_ns: int
+    paths: list[str]
+    kinds: bytes
+    modes: list[int]
+    sizes: list[int]
+    contents: list[str]  # hex sha256 of each inode's protected content
+    macs: bytes  # 16 bytes per inode
+    stats: list[int]  # 5 ints per inode: size, mtime_ns, ctime_ns, ino, dev (zeros: unknown)
+    manifest: dict | None = None  # manifest columns + "perm" (manifest index -> position)
+    _by_path: dict[str, int] | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        self.by_id = {e.id: e for e in self.entries}
-        self.by_path = {e.path: e for e in self.entries}
+    def __len__(self) -> int:
+        return len(self.paths)
 
+    @property
+    def by_path(self) -> dict[str, int]:
+        if self._by_path is None:
+            self._by_path = dict(zip(self.paths, range(len(self.paths)), strict=True))
+        return self._by_path
 
-def _payload(state: PackState) -> dict:
-    return {
-        "format": STATE_FORMAT,
-        "version": STATE_VERSION,
-        "mode": "integrity-only",
-        "root_mac": state.root_mac.hex(),
-        "scan_started_ns": state.scan_started_ns,
-        # one list per inode keeps the file small and quick to parse for 100k inodes
-        "inodes": [
-            [e.id, e.path, e.kind, e.mode, e.size, e.content.hex(), e.mac.hex(),
-             list(e.stat_key) if e.stat_key else None]
-            for e in state.entries
-        ],
-    }
+    def mac(self, pos: int) -> bytes:
+        return self.macs[16 * pos : 16 * pos + 16]
 
-
-def _checksum(payload: dict) -> str:
-    blob = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
+    def stat_key(self, pos: int) -> tuple:
+        return tuple(self.stats[5 * pos : 5 * pos + 5])
 
 
 def save_state(path: str | os.PathLike, state: PackState) -> None:
-    payload = _payload(state)
-    payload["checksum"] = _checksum(payload)
+    payload = marshal.dumps(
+        {
+            "python": list(sys.version_info[:2]),
+            "root_mac": state.root_mac,
+            "scan_started_ns": state.scan_started_ns,
+            "paths": state.paths,
+            "kinds": state.kinds,
+            "modes": state.modes,
+            "sizes": state.sizes,
+            "contents": state.contents,
+            "macs": state.macs,
+            "stats": state.stats,
+            "manifest": state.manifest,
+        },
+        4,
+    )
+    blob = STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
     dst = os.fspath(path)
     tmp = f"{dst}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, separators=(",", ":"), sort_keys=True)
+    with open(tmp, "wb") as f:
+        f.write(blob)
     os.replace(tmp, dst)
 
 
@@ -115,44 +127,44 @@ def discard_state(path: str | os.PathLike | None) -> None:
 def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None, str]:
     """(state, "") when the state file is intact and matches ``root_dir``; else (None, why).
 
-    Anything unexpected means "do a full pack": a wrong reuse would silently produce a wrong
-    image, while a needless full pack only costs time.
+    Anything unexpected means "do a full pack": a wrong re-use would silently produce a
+    wrong image, while a needless full pack only costs time.
     """
     try:
-        with open(path) as f:
-            payload = json.load(f)
+        with open(path, "rb") as f:
+            blob = f.read()
     except FileNotFoundError:
         return None, "no previous pack state"
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable pack state ({exc.__class__.__name__})"
+    except OSError as exc:
+        return None, f"unreadable pack state ({exc.strerror})"
+    head_len = len(STATE_MAGIC) + 65
+    if not blob.startswith(STATE_MAGIC) or len(blob) < head_len:
+        return None, "pack state from another version"
+    digest = blob[len(STATE_MAGIC) : head_len - 1]
+    payload = blob[head_len:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        return None, "pack state checksum mismatch"
     try:
-        if not isinstance(payload, dict):
-            return None, "malformed pack state"
-        claimed = payload.pop("checksum", None)
-        if payload.get("format") != STATE_FORMAT or payload.get("version") != STATE_VERSION:
-            return None, "pack state from another version"
-        if payload.get("mode") != "integrity-only":
-            return None, "pack state of an encrypted image"
-        if claimed != _checksum(payload):
-            return None, "pack state checksum mismatch"
-        entries = [
-            StateEntry(
-                int(i), str(p), int(k), int(m), int(s), bytes.fromhex(c), bytes.fromhex(mac),
-                tuple(sk) if sk else None,
-            )
-            for i, p, k, m, s, c, mac, sk in payload["inodes"]
-        ]
+        d = marshal.loads(payload)
+        if d["python"] != list(sys.version_info[:2]):
+            return None, "pack state written by another Python version"
         state = PackState(
-            bytes.fromhex(payload["root_mac"]), entries, int(payload["scan_started_ns"])
+            d["root_mac"], d["scan_started_ns"], d["paths"], d["kinds"], d["modes"],
+            d["sizes"], d["contents"], d["macs"], d["stats"], d["manifest"],
         )
-    except (KeyError, TypeError, ValueError):
+        n = len(state.paths)
+        if not (len(state.kinds) == len(state.modes) == len(state.sizes) == len(state.contents) == n
+                and len(state.macs) == 16 * n and len(state.stats) == 5 * n and n >= 1):
+            return None, "malformed pack state"
+    except (EOFError, ValueError, TypeError, KeyError):
         return None, "malformed pack state"
     # The state must describe exactly what is in __ROOT now.
     try:
         names = set(os.listdir(root_dir))
     except OSError:
         return None, "previous image is missing"
-    expected = {inode_file_name(e.id) for e in entries} | {METADATA_NAME}
+    expected = {inode_file_name(i) for i in ids_for(len(state))}
+    expected.add(METADATA_NAME)
     if names != expected:
         return None, "previous image does not match its pack state (files differ)"
     try:
@@ -163,12 +175,32 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
     return state, ""
 
 
-def stat_proves_unchanged(state: PackState, old: StateEntry, stat_key: tuple | None) -> bool:
+def stat_proves_unchanged(state: PackState, pos: int, stat_key: tuple | None) -> bool:
     """True when the file's stat key equals the recorded one and was not racy then."""
-    if stat_key is None or old.stat_key != stat_key:
+    if stat_key is None or state.stat_key(pos) != stat_key:
         return False
     _size, mtime_ns, ctime_ns = stat_key[:3]
     return max(mtime_ns, ctime_ns) < state.scan_started_ns - RACY_MARGIN_NS
+
+
+def manifest_columns(manifest: list) -> dict | None:
+    """The manifest as raw columns (None if it is not a list of dicts; full checks come later)."""
+    try:
+        return {f: [m.get(f) for m in manifest] for f in MANIFEST_FIELDS}
+    except AttributeError:
+        return None
+
+
+def changed_rows(new: dict, old: dict) -> list[int] | None:
+    """Manifest indices whose mode/size/sha256/target changed; None if paths or types did."""
+    if new["path"] != old["path"] or new["type"] != old["type"]:
+        return None
+    changed: set[int] = set()
+    for f in ("mode", "size", "sha256", "target"):
+        a, b = new[f], old[f]
+        if a != b:
+            changed.update(i for i in range(len(a)) if a[i] != b[i])
+    return sorted(changed)
 
 
 def rename_protected(path: str, new_name: str) -> bytes:
@@ -205,20 +237,22 @@ class Plan:
     delete: list[int] = field(default_factory=list)  # old ids no longer needed
 
 
-def make_plan(state: PackState | None, new_content: dict[int, bytes], new_ids: list[int]) -> Plan:
+def make_plan(state: PackState | None, new_content: dict[int, str], new_ids: list[int]) -> Plan:
     """Decide per inode how to get its protected file, re-using old ones by content."""
     plan = Plan()
     if state is None:
         plan.write = list(new_ids)
         return plan
-    by_content: dict[bytes, list[int]] = {}
-    for e in state.entries:
-        by_content.setdefault(e.content, []).append(e.id)
+    old_ids = ids_for(len(state))
+    old_pos = {i: p for p, i in enumerate(old_ids)}
+    by_content: dict[str, list[int]] = {}
+    for i, c in zip(old_ids, state.contents, strict=True):
+        by_content.setdefault(c, []).append(i)
     claimed: set[int] = set()
     for i in new_ids:
-        old = state.by_id.get(i)
-        if old is not None and old.content == new_content[i]:
-            plan.keep[i] = old.mac
+        p = old_pos.get(i)
+        if p is not None and state.contents[p] == new_content[i]:
+            plan.keep[i] = state.mac(p)
             claimed.add(i)
     pending = []
     for i in new_ids:
@@ -236,5 +270,5 @@ def make_plan(state: PackState | None, new_content: dict[int, bytes], new_ids: l
             pending.append((i, donors[0]))
     for i, j in pending:
         plan.copy[i] = j
-    plan.delete = [e.id for e in state.entries if e.id not in claimed]
+    plan.delete = [i for i in old_ids if i not in claimed]
     return plan

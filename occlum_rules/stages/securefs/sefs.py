@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import shutil
 import stat
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from occlum_rules.stages.securefs.pfs import (
 from occlum_rules.stages.securefs.primitives import RandomSource
 from occlum_rules.stages.securefs.progress import Progress
 from occlum_rules.stages.securefs.sefs_format import (
+    BLOCK_SIZE,
     KIND_DIR,
     KIND_FILE,
     KIND_NAMES,
@@ -127,9 +130,13 @@ def _write_inode(
         os.close(fd)
 
 
-def _hash_file(path: str) -> bytes:
+def _hash_file(path: str) -> str:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _sha_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def pack_image(
@@ -148,21 +155,18 @@ def pack_image(
 
     With ``state_path``, the previous pack's state (if intact and matching) is used to
     rewrite only what changed, and a new state is saved; ``manifest`` (list of
-    ``{path,type,mode,size,sha256,target}``) replaces the directory walk and hashing.
-    ``progress``: None = live on a TTY for big images, True/False to force. Returns the
-    root MAC text and how many inode files were rewritten or reused.
+    ``{path,type,mode,size,sha256,target}``, trusted to describe ``src_dir``) replaces the
+    directory walk and hashing. ``progress``: None = live on a TTY for big images,
+    True/False to force; ``summary`` prints one line at the end. Returns the root MAC text
+    and how many inode files were rewritten or re-used.
     """
     src = os.fspath(src_dir)
     dst = os.path.abspath(os.fspath(dst_root_dir))
-    scan_started_ns = time.time_ns()
+    started_ns = time.time_ns()
     if key is not None and len(key) != 16:
         raise UserError("an image key is 16 bytes")
-    if manifest is not None:
-        if not os.path.isdir(src):
-            raise UserError("image directory does not exist", src)
-        nodes = tree_from_manifest(manifest)
-    else:
-        nodes = scan_tree(src)
+    if not os.path.isdir(src):
+        raise UserError("image directory does not exist", src)
     want_state = state_path is not None and key is None
 
     state, reason = None, "full pack requested"
@@ -175,27 +179,28 @@ def pack_image(
     # From here on the old state no longer describes __ROOT.
     incremental.discard_state(state_path)
 
-    # Content identity of every inode (needed to match against the old state).
-    content: dict[int, bytes | None] = {}
-    digests: dict[int, bytes] = {}
-    for n in nodes:
-        c = _content_bytes(n)
-        content[n.id] = c
-        if state is None:
-            continue
-        if c is not None:
-            digests[n.id] = hashlib.sha256(c).digest()
-        elif n.sha256 is not None:
-            digests[n.id] = n.sha256
-        else:
-            old = state.by_path.get(n.rel)
-            if old is not None and old.kind == KIND_FILE and incremental.stat_proves_unchanged(
-                state, old, n.stat_key
-            ):
-                digests[n.id] = old.content  # mtime/ctime/size/inode unchanged: same bytes
-            else:
-                digests[n.id] = _hash_file(os.path.join(src, n.rel))
-                n.sha256 = digests[n.id]
+    if state is not None and manifest is not None:
+        done = _update_in_place(src, dst, state, manifest, state_path, progress, summary, label)
+        if done is not None:
+            return done
+
+    nodes = tree_from_manifest(manifest) if manifest is not None else scan_tree(src)
+    content: dict[int, bytes | None] = {n.id: _content_bytes(n) for n in nodes}
+    digests: dict[int, str] = {}
+    if want_state:
+        for n in nodes:
+            c = content[n.id]
+            if c is not None:
+                digests[n.id] = _sha_hex(c)
+            elif n.sha256 is not None:
+                digests[n.id] = n.sha256
+            elif state is not None:
+                pos = state.by_path.get(n.rel)
+                if (pos is not None and state.kinds[pos] == KIND_FILE
+                        and incremental.stat_proves_unchanged(state, pos, n.stat_key)):
+                    digests[n.id] = state.contents[pos]  # same stat key, not racy: same bytes
+                else:
+                    digests[n.id] = n.sha256 = _hash_file(os.path.join(src, n.rel))
 
     ids = [n.id for n in nodes]
     plan = incremental.make_plan(state, digests, ids)
@@ -204,8 +209,7 @@ def pack_image(
     prog = Progress(label, len(plan.write), total_bytes, live=progress, summary=summary)
 
     if state is None:
-        parent = os.path.dirname(dst)
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
         work = f"{dst}.tmp-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         os.mkdir(work)
@@ -228,15 +232,13 @@ def pack_image(
             n = by_id[i]
             target = os.path.join(work, inode_file_name(i))
             out = target + ".new" if state is not None else target
-            h = None
-            if want_state and n.kind == KIND_FILE and n.sha256 is None:
-                h = hashlib.sha256()
+            h = hashlib.sha256() if want_state and i not in digests else None
             macs[i] = _write_inode(out, n, src, content[i], key, rng, h)
             if h is not None:
-                n.sha256 = h.digest()
+                digests[i] = n.sha256 = h.hexdigest()
             prog.advance(1, n.size if n.kind == KIND_FILE else 0)
         if state is not None:
-            for i in list(plan.copy) + list(plan.move) + plan.write:
+            for i in itertools.chain(plan.copy, plan.move, plan.write):
                 os.replace(os.path.join(dst, inode_file_name(i) + ".new"),
                            os.path.join(dst, inode_file_name(i)))
 
@@ -247,15 +249,7 @@ def pack_image(
             )
             for n in nodes
         }
-        meta = metadata_content(records)
-        meta_tmp = os.path.join(work, METADATA_NAME + ".new")
-        fd = _open_new(meta_tmp)
-        try:
-            root_mac = write_protected(fd, METADATA_NAME, io.BytesIO(meta), len(meta), key=key, rng=rng)
-        finally:
-            os.close(fd)
-        os.replace(meta_tmp, os.path.join(work, METADATA_NAME))
-
+        root_mac = _write_metadata(work, metadata_content(records), key, rng)
         if state is None:
             _swap_in(work, dst)
     except BaseException:
@@ -264,28 +258,126 @@ def pack_image(
         raise
 
     if want_state:
-        entries = []
+        perm = None
+        if manifest is not None:
+            perm = [-1] * len(manifest)
+            for pos, n in enumerate(nodes):
+                if n.src_index >= 0:
+                    perm[n.src_index] = pos
+        stats: list[int] = []
         for n in nodes:
-            if n.kind == KIND_FILE:
-                digest = n.sha256 if n.sha256 is not None else digests.get(n.id)
-            else:
-                digest = digests.get(n.id) or hashlib.sha256(content[n.id]).digest()
-            if digest is None:
-                continue
-            entries.append(incremental.StateEntry(
-                n.id, n.rel, n.kind, n.mode, n.size, digest, macs[n.id], n.stat_key))
-        if len(entries) == len(nodes):
-            incremental.save_state(state_path, incremental.PackState(root_mac, entries, scan_started_ns))
-    reused = len(plan.keep) + len(plan.move) + len(plan.copy)
+            stats.extend(n.stat_key or (0, 0, 0, 0, 0))
+        cols = incremental.manifest_columns(manifest) if manifest is not None else None
+        if cols is not None:
+            cols["perm"] = perm
+        incremental.save_state(state_path, incremental.PackState(
+            root_mac, started_ns, [n.rel for n in nodes], bytes(n.kind for n in nodes),
+            [n.mode for n in nodes], [n.size for n in nodes], [digests[i] for i in ids],
+            b"".join(macs[i] for i in ids), stats, cols,
+        ))
     prog.finish("incremental" if state is not None else "")
     return PackResult(
         mac_text=mac_text(root_mac),
         rewritten=len(plan.write),
-        reused=reused,
+        reused=len(plan.keep) + len(plan.move) + len(plan.copy),
         inodes=len(nodes),
         bytes=prog.bytes,
         incremental=state is not None,
         reason="" if state is not None else reason,
+    )
+
+
+def _write_metadata(work: str, meta: bytes, key: bytes | None, rng: RandomSource | None) -> bytes:
+    tmp = os.path.join(work, METADATA_NAME + ".new")
+    fd = _open_new(tmp)
+    try:
+        root_mac = write_protected(fd, METADATA_NAME, io.BytesIO(meta), len(meta), key=key, rng=rng)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(work, METADATA_NAME))
+    return root_mac
+
+
+def _update_in_place(src, dst, state, manifest, state_path, progress, summary, label):
+    """Fast path: same manifest paths and types as last time, so every inode keeps its id.
+
+    Only the inodes whose manifest row changed are touched: files or symlinks with new
+    content are rewritten, and their records (size, mode, MAC) are patched into the old
+    metadata. Returns None when the structure changed (the caller plans in general).
+    """
+    cols = incremental.manifest_columns(manifest)
+    if cols is None or state.manifest is None:
+        return None
+    rows = incremental.changed_rows(cols, state.manifest)
+    if rows is None:
+        return None
+    perm = state.manifest["perm"]
+    ids = incremental.ids_for(len(state))
+    work = []
+    for j in rows:
+        pos = perm[j]
+        if pos < 0:
+            continue
+        item, kind = manifest[j], state.kinds[pos]
+        mode = item.get("mode", 0o755 if kind == KIND_DIR else 0o644)
+        if type(mode) is not int:
+            return None  # let the general path report it
+        if kind == KIND_FILE:
+            size, sha = item.get("size"), item.get("sha256")
+            if type(size) is not int or size < 0 or type(sha) is not str or len(sha) != 64:
+                return None
+            new = (size, sha) if (size, sha) != (state.sizes[pos], state.contents[pos]) else None
+        elif kind == KIND_SYMLINK:
+            target = item.get("target")
+            if not isinstance(target, str):
+                return None
+            raw = os.fsencode(target)
+            digest = _sha_hex(raw)
+            new = (len(raw), digest, raw) if digest != state.contents[pos] else None
+            mode = 0o777
+        else:
+            new = None
+        work.append((pos, mode & 0o777, new))
+    try:
+        with ProtectedFileReader(os.path.join(dst, METADATA_NAME), expected_name=METADATA_NAME) as r:
+            meta = bytearray(r.read_all())
+            if r.header.mac != state.root_mac:
+                return None
+    except UserError:
+        return None
+
+    rewrite = [(pos, new) for pos, _m, new in work if new is not None]
+    total = sum(new[0] for pos, new in rewrite if state.kinds[pos] == KIND_FILE)
+    prog = Progress(label, len(rewrite), total, live=progress, summary=summary)
+    macs = bytearray(state.macs)
+    for pos, new in rewrite:
+        i = ids[pos]
+        node = Node(i, state.paths[pos], b"", state.kinds[pos], 0, 0)
+        node.size = new[0]
+        out = os.path.join(dst, inode_file_name(i) + ".new")
+        body = new[2] if node.kind == KIND_SYMLINK else None
+        macs[16 * pos : 16 * pos + 16] = _write_inode(out, node, src, body, None, None, None)
+        state.sizes[pos], state.contents[pos] = new[0], new[1]
+        prog.advance(1, new[0] if node.kind == KIND_FILE else 0)
+    for pos, _new in rewrite:
+        name = inode_file_name(ids[pos])
+        os.replace(os.path.join(dst, name + ".new"), os.path.join(dst, name))
+    for pos, mode, _new in work:
+        state.modes[pos] = mode
+        off = ids[pos] * BLOCK_SIZE
+        if state.kinds[pos] != KIND_DIR:
+            struct.pack_into("<Q", meta, off, state.sizes[pos])
+        struct.pack_into("<H", meta, off + 12, mode)
+        meta[off + 96 : off + 112] = macs[16 * pos : 16 * pos + 16]
+    root_mac = _write_metadata(dst, bytes(meta), None, None)
+    state.root_mac, state.macs = root_mac, bytes(macs)
+    cols["perm"] = perm
+    state.manifest = cols
+    incremental.save_state(state_path, state)
+    prog.finish("incremental")
+    return PackResult(
+        mac_text=mac_text(root_mac), rewritten=len(rewrite), reused=len(state) - len(rewrite),
+        inodes=len(state), bytes=prog.bytes, incremental=True,
     )
 
 

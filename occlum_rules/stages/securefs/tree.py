@@ -4,13 +4,16 @@
 allocates an id when it creates an entry — so a subdirectory's subtree is numbered before
 its next sibling. Only regular files, directories and symlinks are stored (``lstat``);
 FIFOs, sockets and devices are skipped; hard links become independent inodes.
+
+That order is also the order of whole paths compared as byte strings with ``/`` mapped to
+NUL (a name never contains NUL), which lets a manifest be ordered with one sort.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
-from dataclasses import dataclass, field
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.sefs_format import (
@@ -24,27 +27,37 @@ from occlum_rules.stages.securefs.sefs_format import (
 )
 
 ROOT_MODE = 0o755
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(eq=False)
 class Node:
-    id: int
-    rel: str  # path relative to the image root, '/'-separated; '' for the root
-    name: bytes
-    kind: int
-    mode: int
-    size: int = 0  # file length or symlink target length
-    parent: int = ROOT_ID
-    target: bytes | None = None  # symlink target
-    sha256: bytes | None = None  # of the file bytes (files), when known
-    stat_key: tuple | None = None  # (size, mtime_ns, ctime_ns, ino, dev) of the source file
-    children: list[Node] = field(default_factory=list)
+    """One inode to be: where it comes from and what SEFS records about it."""
+
+    __slots__ = ("id", "rel", "name", "kind", "mode", "size", "parent", "target", "sha256",
+                 "stat_key", "children", "src_index")
+
+    def __init__(self, id: int, rel: str, name: bytes, kind: int, mode: int, parent: int):
+        self.id = id
+        self.rel = rel  # path relative to the image root, '/'-separated; '' for the root
+        self.name = name
+        self.kind = kind
+        self.mode = mode
+        self.size = 0  # file length or symlink target length
+        self.parent = parent
+        self.target: bytes | None = None  # symlink target
+        self.sha256: str | None = None  # hex digest of the file bytes, when known
+        self.stat_key: tuple | None = None  # (size, mtime_ns, ctime_ns, ino, dev) of the source
+        self.children: list[Node] | None = [] if kind == KIND_DIR else None
+        self.src_index = -1  # position in the manifest it came from
 
     @property
     def nlinks(self) -> int:
         if self.kind != KIND_DIR:
             return 1
         return 2 + sum(1 for c in self.children if c.kind == KIND_DIR)
+
+    def __repr__(self) -> str:
+        return f"Node({self.id}, {self.rel!r}, kind={self.kind})"
 
 
 def _check_name(name: str, where: str) -> bytes:
@@ -57,10 +70,6 @@ def _check_name(name: str, where: str) -> bytes:
     return raw
 
 
-def _stat_key(st: os.stat_result) -> tuple:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
-
 def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
     """Inodes of ``src_dir`` in id order (index i holds the i-th allocated id)."""
     root_path = os.fspath(src_dir)
@@ -71,8 +80,9 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
     if not stat.S_ISDIR(st.st_mode):
         raise UserError("image source is not a directory", root_path)
     ids = inode_ids()
-    root = Node(next(ids), "", b"", KIND_DIR, ROOT_MODE, parent=ROOT_ID)
+    root = Node(next(ids), "", b"", KIND_DIR, ROOT_MODE, ROOT_ID)
     nodes = [root]
+    S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = stat.S_IFMT(0o170000), stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 
     def walk(dir_path: str, dir_node: Node) -> None:
         try:
@@ -81,24 +91,25 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
         except PermissionError:
             raise UserError("cannot read directory (permission denied)", dir_path) from None
         entries.sort(key=lambda t: t[0])
+        prefix = dir_node.rel + "/" if dir_node.rel else ""
+        children = dir_node.children
         for raw, e in entries:
             st = e.stat(follow_symlinks=False)
-            mode = st.st_mode
-            rel = f"{dir_node.rel}/{e.name}" if dir_node.rel else e.name
-            if stat.S_ISREG(mode):
+            fmt = st.st_mode & S_IFMT
+            if fmt == S_IFREG:
                 kind = KIND_FILE
-            elif stat.S_ISDIR(mode):
+            elif fmt == S_IFDIR:
                 kind = KIND_DIR
-            elif stat.S_ISLNK(mode):
+            elif fmt == S_IFLNK:
                 kind = KIND_SYMLINK
             else:
                 continue  # fifo, socket, device: sefs-cli skips them silently
-            node = Node(next(ids), rel, raw, kind, mode & 0o777, parent=dir_node.id)
-            dir_node.children.append(node)
+            node = Node(next(ids), prefix + e.name, raw, kind, st.st_mode & 0o777, dir_node.id)
+            children.append(node)
             nodes.append(node)
             if kind == KIND_FILE:
                 node.size = st.st_size
-                node.stat_key = _stat_key(st)
+                node.stat_key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
             elif kind == KIND_SYMLINK:
                 node.target = os.fsencode(os.readlink(e.path))
                 node.size = len(node.target)
@@ -109,6 +120,20 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
     return nodes
 
 
+def _norm_path(item, i: int) -> tuple[str, str]:
+    try:
+        path = item["path"]
+        kind_name = item["type"]
+    except (KeyError, TypeError):
+        raise UserError("entry needs 'path' and 'type'", f"image manifest entry {i}") from None
+    if not isinstance(path, str):
+        raise UserError("'path' must be a string", f"image manifest entry {i}")
+    path = path.strip("/")
+    if path.startswith("./"):
+        path = path[2:]
+    return path, kind_name
+
+
 def tree_from_manifest(manifest: list[dict]) -> list[Node]:
     """Inodes from a precomputed image manifest (no disk access).
 
@@ -116,75 +141,55 @@ def tree_from_manifest(manifest: list[dict]) -> list[Node]:
     relative and '/'-separated; every directory but the root must be listed. Other
     ``type`` values (fifo, socket, ...) are skipped, as sefs-cli skips them.
     """
-    by_parent: dict[str, list[tuple[bytes, dict]]] = {}
-    dirs = {""}
+    keyed = []
     for i, item in enumerate(manifest):
-        where = f"image manifest entry {i}"
+        path, kind_name = _norm_path(item, i)
+        if path in ("", ".") or kind_name not in KIND_BY_NAME:
+            continue
         try:
-            path = str(item["path"]).strip("/")
-            kind_name = item["type"]
-        except (KeyError, TypeError):
-            raise UserError("entry needs 'path' and 'type'", where) from None
-        if path.startswith("./"):
-            path = path[2:]
-        if path in ("", "."):
-            continue
-        if kind_name not in KIND_BY_NAME:
-            continue
-        parent, _, name = path.rpartition("/")
-        if name in ("", ".", "..") or any(p in ("", ".", "..") for p in parent.split("/") if parent):
-            raise UserError(f"bad path {path!r}", where)
-        raw = _check_name(name, path)
-        by_parent.setdefault(parent, []).append((raw, item))
-        if kind_name == "dir":
-            if path in dirs:
-                raise UserError(f"directory {path!r} listed twice", where)
-            dirs.add(path)
-    for parent in by_parent:
-        if parent not in dirs:
-            raise UserError(f"manifest lists entries under {parent!r} but not the directory itself")
+            key = path.encode("utf-8").replace(b"/", b"\0")
+        except UnicodeEncodeError:
+            raise UserError("path is not valid UTF-8", f"image manifest entry {i}") from None
+        keyed.append((key, i, path, kind_name))
+    keyed.sort()
     ids = inode_ids()
-    root = Node(next(ids), "", b"", KIND_DIR, ROOT_MODE, parent=ROOT_ID)
+    root = Node(next(ids), "", b"", KIND_DIR, ROOT_MODE, ROOT_ID)
     nodes = [root]
-    seen: set[str] = set()
-
-    def build(dir_node: Node) -> None:
-        entries = sorted(by_parent.get(dir_node.rel, ()), key=lambda t: t[0])
-        for raw, item in entries:
-            rel = f"{dir_node.rel}/{raw.decode()}" if dir_node.rel else raw.decode()
-            if rel in seen:
-                raise UserError(f"path {rel!r} listed twice", "image manifest")
-            seen.add(rel)
-            kind = KIND_BY_NAME[item["type"]]
-            try:
-                mode = int(item.get("mode", 0o644 if kind == KIND_FILE else 0o755))
-            except (TypeError, ValueError):
-                raise UserError(f"bad mode for {rel!r}", "image manifest") from None
-            if kind == KIND_SYMLINK:
-                mode = 0o777
-            node = Node(next(ids), rel, raw, kind, mode & 0o777, parent=dir_node.id)
-            if kind == KIND_FILE:
-                try:
-                    node.size = int(item["size"])
-                    node.sha256 = bytes.fromhex(item["sha256"])
-                except (KeyError, TypeError, ValueError):
-                    raise UserError(f"file {rel!r} needs size and sha256", "image manifest") from None
-                if len(node.sha256) != 32:
-                    raise UserError(f"bad sha256 for {rel!r}", "image manifest")
-            elif kind == KIND_SYMLINK:
-                target = item.get("target")
-                if not isinstance(target, str):
-                    raise UserError(f"symlink {rel!r} needs a target", "image manifest")
-                node.target = os.fsencode(target)
-                node.size = len(node.target)
-            dir_node.children.append(node)
-            nodes.append(node)
-            if kind == KIND_DIR:
-                build(node)
-
-    build(root)
+    dirs = {"": root}
+    prev_key = None
+    for key, i, path, kind_name in keyed:
+        if key == prev_key:
+            raise UserError(f"path {path!r} listed twice", "image manifest")
+        prev_key = key
+        parent_path, _, name = path.rpartition("/")
+        parent = dirs.get(parent_path)
+        if parent is None or name in (".", ".."):
+            raise UserError(
+                f"{path!r}: its directory {parent_path!r} is not listed (or the path is not normal)",
+                "image manifest",
+            )
+        raw = _check_name(name, path) if len(name) > MAX_NAME_BYTES // 4 else name.encode()
+        item = manifest[i]
+        kind = KIND_BY_NAME[kind_name]
+        mode = item.get("mode", 0o755 if kind == KIND_DIR else 0o644)
+        if type(mode) is not int:
+            raise UserError(f"bad mode for {path!r}", "image manifest")
+        node = Node(next(ids), path, raw, kind, 0o777 if kind == KIND_SYMLINK else mode & 0o777, parent.id)
+        node.src_index = i
+        if kind == KIND_FILE:
+            size, sha = item.get("size"), item.get("sha256")
+            if type(size) is not int or size < 0 or type(sha) is not str or not _HEX64.fullmatch(sha):
+                raise UserError(f"file {path!r} needs a size and a lowercase hex sha256", "image manifest")
+            node.size = size
+            node.sha256 = sha
+        elif kind == KIND_SYMLINK:
+            target = item.get("target")
+            if not isinstance(target, str):
+                raise UserError(f"symlink {path!r} needs a target", "image manifest")
+            node.target = os.fsencode(target)
+            node.size = len(node.target)
+        else:
+            dirs[path] = node
+        parent.children.append(node)
+        nodes.append(node)
     return nodes
-
-
-def node_source(src_dir: str, node: Node) -> str:
-    return os.path.join(src_dir, node.rel)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from occlum_rules.stages.bom.plan import collect_boms
 from occlum_rules.stages.bom.schema import read_bom_file
-from tests.conftest import vectors_path
+from tests.conftest import VECTORS, vectors_path
 
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "vectors" / "bom" / "corpus"
+CORPUS = VECTORS / "bom" / "corpus"
 FILES = sorted(str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*.yaml")) if CORPUS.is_dir() else []
 
 

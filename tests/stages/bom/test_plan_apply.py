@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -74,8 +75,7 @@ def test_plan_then_apply_builds_tree_and_manifest(proj: Path) -> None:
     paths = [e["path"] for e in result.manifest]
     assert paths == sorted(paths, key=str.encode) and paths[0] == ""
     entry = {e["path"]: e for e in result.manifest}
-    assert entry["bin/a.txt"]["sha256"] == "3da5a0e3ad21b8b6c4fe0cc2ef8ce0f6da0cbd0dc4e61f8a2d2e0dd3c6b1fa5b" or \
-        len(entry["bin/a.txt"]["sha256"]) == 64
+    assert entry["bin/a.txt"]["sha256"] == hashlib.sha256(b"aaa\n").hexdigest()
     assert entry["bin/run"] == {"path": "bin/run", "type": "symlink", "mode": 0o777, "target": "run.sh"}
     assert entry["bin/a.txt"]["size"] == 4 and "needed" not in entry["bin/a.txt"]
 
@@ -159,8 +159,6 @@ def test_missing_source_and_missing_parent_are_errors(proj: Path) -> None:
 
 
 def test_lowercase_hash_is_rejected_with_the_right_digest(proj: Path) -> None:
-    import hashlib
-
     digest = hashlib.sha256(b"aaa\n").hexdigest()
     text = f"targets:\n  - target: /\n    copy:\n      - files:\n          - {{name: src/a.txt, hash: {digest}}}\n"
     with pytest.raises(UserError) as err:
@@ -240,6 +238,32 @@ def test_missing_library_of_a_files_entry_is_one_clear_error(proj: Path, tmp_pat
     assert not (proj / "image").exists()
 
 
+def test_missing_library_satisfied_by_a_file_of_that_name_in_the_image(proj: Path, tmp_path: Path) -> None:
+    """copy_bom's lazy check: a file with the library's name anywhere in the image is enough."""
+    need_tool("gcc")
+    write(tmp_path / "m.c", "int missing_fn(void); int main(void){return missing_fn();}\n")
+    write(tmp_path / "l.c", "int missing_fn(void){return 0;}\n")
+    (proj / "src" / "libs").mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(proj / "src" / "libs" / "libgone.so"),
+                    str(tmp_path / "l.c")], check=True)
+    subprocess.run(["gcc", "-o", str(proj / "src" / "needy"), str(tmp_path / "m.c"), "-L",
+                    str(proj / "src" / "libs"), "-lgone"], check=True)
+    text = ("targets:\n  - target: /bin\n    copy:\n      - from: src\n        files: [needy]\n"
+            "  - target: /usr\n    copy:\n      - from: src\n        dirs: [libs]\n")
+    plan = plan_bom(bom(proj, text), loader_config=HOST_CONFIG, env={})
+    assert plan.tree.node("usr/libs/libgone.so") is not None
+    with pytest.raises(UserError):
+        plan_bom(bom(proj, text.split("  - target: /usr")[0]), loader_config=HOST_CONFIG, env={})
+
+
+def test_sync_refuses_a_root_that_holds_the_inputs(proj: Path) -> None:
+    plan = plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={})
+    with pytest.raises(UserError) as err:
+        apply_plan(plan, proj, sync=True)
+    assert "refusing" in err.value.message
+    assert (proj / "bom.yaml").exists()
+
+
 def test_cli_flags_dry_run_and_logging(proj: Path) -> None:
     path = bom(proj, SIMPLE)
     help_run = run_cli(["--help"], proj)
@@ -270,11 +294,13 @@ def test_cli_errors_are_one_line_without_traceback(proj: Path, text: str, code: 
 
 
 def test_default_loader_config_is_built_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from occlum_rules.stages.bom.elf_deps import load_loader_config
+    from occlum_rules.stages.bom import elf_deps
 
     monkeypatch.setenv("OCCLUM_HOME", str(tmp_path))
-    cfg = load_loader_config()
-    if cfg.path is None:
-        assert cfg == parse_loader_config(DEFAULT_LOADER_CONFIG_TEXT, None)
+    monkeypatch.setattr(elf_deps, "DEFAULT_LOADER_CONFIG_PATH", str(tmp_path / "absent.config"))
+    cfg = elf_deps.load_loader_config()
+    assert cfg.path is None and cfg == parse_loader_config(DEFAULT_LOADER_CONFIG_TEXT, None)
+    assert cfg.entries[0].loader == "/opt/occlum/glibc/lib/ld-linux-x86-64.so.2"
+    assert "/usr/lib/x86_64-linux-gnu" in cfg.entries[0].lib_dirs
     write(tmp_path / "etc/template/occlum_elf_loader.config", f"{HOST_LD} /usr/lib\n")
-    assert load_loader_config().path == str(tmp_path / "etc/template/occlum_elf_loader.config")
+    assert elf_deps.load_loader_config().path == str(tmp_path / "etc/template/occlum_elf_loader.config")

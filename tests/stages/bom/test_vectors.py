@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import vectors_path
+from tests.conftest import VECTORS, vectors_path
 
 from .helpers import require_host_setup, run_cli
 
-CASES_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "vectors" / "bom" / "cases"
+CASES_DIR = VECTORS / "bom" / "cases"
 CASES = sorted(p.name for p in CASES_DIR.iterdir()) if CASES_DIR.is_dir() else ["<no vectors>"]
 
 # case -> why we differ from copy_bom (each has its own assertion in test_case)
@@ -51,7 +51,7 @@ DEVIATIONS = {
 
 def _scratch_copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True)
-    for dirpath, dirnames, filenames in os.walk(dst):
+    for dirpath, _dirnames, filenames in os.walk(dst):
         os.chmod(dirpath, stat.S_IMODE(os.stat(dirpath).st_mode) | 0o200)
         for name in filenames:
             full = Path(dirpath) / name
@@ -118,7 +118,6 @@ def _args(case_dir: Path) -> list[str]:
 def _plan_args(case_dir: Path) -> tuple:
     args = _args(case_dir)
     bom = args[args.index("-f") + 1]
-    root = args[args.index("--root") + 1]
     incs = [args[i + 1] for i, a in enumerate(args) if a == "--include-dir"]
     return (bom, incs, None, None, None)
 

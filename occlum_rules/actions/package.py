@@ -1,0 +1,82 @@
+"""The ``occlum_package`` action: refuse what ``occlum package`` refuses, then write the
+deterministic tarball, its release manifest and SHA256SUMS."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from occlum_rules.core.executor import StageContext
+from occlum_rules.errors import UserError
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def refusal(label: str, occlum_json: dict, measurements: dict, sgx_mode: str,
+            debug: bool) -> str | None:
+    """Why a release package must not be made (the reasons ``occlum package`` gives), or None."""
+    if debug:
+        return None
+    metadata = occlum_json.get("metadata") if isinstance(occlum_json, dict) else None
+    configured = isinstance(metadata, dict) and metadata.get("debuggable") is True
+    if configured or measurements.get("debuggable"):
+        return (f"{label}: refusing to package a debuggable enclave (Occlum.json "
+                "metadata.debuggable is true, so its SIGSTRUCT allows debugging). If that is not "
+                "intended, set metadata = {\"debuggable\": False} on the occlum_instance (or in "
+                "its Occlum.json) and build again; to package a debug build on purpose, set "
+                "debug = True on this occlum_package")
+    if sgx_mode == "SIM":
+        return (f"{label}: refusing to package a simulation-mode (SIM) instance: release packages "
+                "are for SGX hardware (HW) or HYPER mode. Build the instance with "
+                "sgx_mode = \"HW\" or \"HYPER\"; to package a simulation build on purpose, set "
+                "debug = True on this occlum_package")
+    return None
+
+
+def package(ctx: StageContext) -> None:
+    from occlum_rules.stages.package import (
+        manifest_bytes,
+        package_manifest,
+        select_members,
+        sha256sums,
+        write_package,
+    )
+
+    p = ctx.params
+    instance = ctx.root / p["instance_dir"]
+    try:
+        occlum_json = json.loads((instance / "Occlum.json").read_text())
+        measurements = json.loads((ctx.root / p["measurements"]).read_text())
+        image_manifest = json.loads((ctx.root / p["image_manifest"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
+    mode = (instance / ".sgx_mode").read_text().strip() or p["sgx_mode"]
+    why = refusal(ctx.label, occlum_json, measurements, mode, p["debug"])
+    if why:
+        raise UserError(why)
+    tarball, manifest_file, sums = ctx.outputs
+    members = select_members(instance, mode)
+    result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
+                           level=p["level"])
+    manifest = package_manifest(
+        file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
+        measurements=measurements, image_manifest=image_manifest,
+        source_date_epoch=ctx.source_date_epoch, level=p["level"])
+    data = manifest_bytes(manifest)
+    _write(manifest_file, data)
+    import hashlib
+
+    _write(sums, sha256sums([(tarball.name, result.sha256),
+                             (manifest_file.name, hashlib.sha256(data).hexdigest())]))
+    if p["debug"] and (measurements.get("debuggable") or mode == "SIM"):
+        ctx.log(f"warning: packaged a {'debuggable' if measurements.get('debuggable') else 'SIM'}"
+                " enclave (debug = True): not for production")
+    ctx.log(f"packaged {tarball.name} ({result.size} bytes, sha256 {result.sha256[:16]}…); "
+            f"MRENCLAVE {measurements['mrenclave']}, MRSIGNER {measurements['mrsigner']}")

@@ -1,0 +1,435 @@
+"""Deterministic release packages of an Occlum instance, their manifest, and safe reading.
+
+``occlum package`` tars an instance with GNU tar: the bytes depend on the file-system order,
+the user, the umask and the clock. Here the same members are written so that the same
+instance gives the same ``.tar.gz`` bytes anywhere: members in sorted depth-first order,
+uid/gid 0 with empty owner names, every mtime = SOURCE_DATE_EPOCH, modes normalised to
+0755/0644 (directories 0755, symlinks 0777), GNU tar headers (no pax records carrying times),
+a gzip header with mtime 0 and no file name, and a fixed compression level. Links are stored
+as links, never followed, as GNU tar does without ``-h``. Hard links are not detected: every
+regular file is stored in full, so how a cache restored the files cannot change the bytes.
+
+The reading side never extracts anything: it streams members, checks their names and link
+targets, and hashes their data in memory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import io
+import json
+import os
+import posixpath
+import stat
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from occlum_rules.errors import UserError
+
+DEFAULT_LEVEL = 6  # what `tar -z` (gzip's default) uses
+CHUNK = 1 << 20
+# run/ holds the application's data and is never cleaned by the build; a release gets the
+# empty skeleton `occlum build` creates, never whatever a developer left there.
+RUN_SKELETON = ("run", "run/initfs", "run/initfs/__ROOT", "run/mount", "run/mount/__ROOT")
+# A built-in image key (buildin_image_key) is a secret: keep it owner-only in the package.
+SECRET_FILES = ("initfs/etc/image_key",)
+_PAL_EXTRA = {"SIM": "libocclum-pal_sim.so*", "HYPER": "libocclum-pal_hyper.so*"}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of the package, relative to the instance directory (no top directory)."""
+
+    name: str
+    kind: str  # "file" | "dir" | "symlink"
+    mode: int
+    size: int = 0
+    source: str | None = None  # absolute path of a file's content
+    target: str | None = None  # a symlink's target, as stored
+
+
+@dataclass
+class PackageResult:
+    sha256: str
+    size: int
+    contents: list[dict] = field(default_factory=list)
+
+
+def normalized_mode(kind: str, st_mode: int, name: str = "") -> int:
+    """0755 for directories and owner-executable files, else 0644 (umask-independent)."""
+    if kind == "dir":
+        return 0o755
+    if kind == "symlink":
+        return 0o777
+    if name in SECRET_FILES:
+        return 0o600
+    return 0o755 if st_mode & stat.S_IXUSR else 0o644
+
+
+def _sort_key(name: str) -> tuple[bytes, ...]:
+    return tuple(os.fsencode(part) for part in name.split("/"))
+
+
+def _member(instance_dir: Path, name: str) -> Member:
+    path = instance_dir / name
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return Member(name, "symlink", 0o777, target=os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return Member(name, "dir", 0o755)
+    if stat.S_ISREG(st.st_mode):
+        return Member(name, "file", normalized_mode("file", st.st_mode, name), st.st_size,
+                      source=str(path))
+    raise UserError(f"{path}: not a regular file, directory or symlink; cannot package it")
+
+
+def _walk(instance_dir: Path, name: str) -> Iterator[Member]:
+    """The entry and, for a real directory (not a link to one), everything below it."""
+    member = _member(instance_dir, name)
+    yield member
+    if member.kind == "dir":
+        with os.scandir(instance_dir / name) as it:
+            children = sorted(e.name for e in it)
+        for child in children:
+            yield from _walk(instance_dir, f"{name}/{child}")
+
+
+def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
+    """What ``occlum package`` puts in the tarball, in package order.
+
+    ``run/`` is replaced by its empty skeleton (see :data:`RUN_SKELETON`).
+    """
+    instance_dir = Path(instance_dir)
+    lib = instance_dir / "build" / "lib"
+    names = ["Occlum.json", "build/bin", "build/lib/libocclum-libos.signed.so",
+             "build/initfs", "build/mount", "build/.Occlum_sys.json.protected", "initfs",
+             ".__occlum_status", ".sgx_mode"]
+    patterns = ["libocclum-pal.so*"] + ([_PAL_EXTRA[sgx_mode]] if sgx_mode in _PAL_EXTRA else [])
+    try:
+        libs = sorted(os.listdir(lib))
+    except FileNotFoundError:
+        libs = []
+    for pattern in patterns:
+        matched = [n for n in libs if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise UserError(f"{lib}: no {pattern}; is this a built Occlum instance?")
+        names += [f"build/lib/{n}" for n in matched]
+    members: list[Member] = []
+    for name in names:
+        if not os.path.lexists(instance_dir / name):
+            raise UserError(f"{instance_dir / name} is missing; is this a built Occlum instance?")
+        members.extend(_walk(instance_dir, name))
+    members += [Member(name, "dir", 0o755) for name in RUN_SKELETON]
+    seen: set[str] = set()
+    unique = [m for m in members if not (m.name in seen or seen.add(m.name))]
+    return sorted(unique, key=lambda m: _sort_key(m.name))
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _HashingReader:
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+
+def tar_info(member: Member, top: str, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(f"{top}/{member.name}")
+    info.mtime = mtime
+    info.mode = member.mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if member.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif member.kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = member.target or ""
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = member.size
+    return info
+
+
+def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
+                  level: int = DEFAULT_LEVEL) -> PackageResult:
+    """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member."""
+    if not top or "/" in top or top in (".", ".."):
+        raise UserError(f"package name {top!r} must be a plain directory name")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    contents: list[dict] = []
+    with open(tmp, "wb") as raw:
+        hashed = _HashingWriter(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=hashed, compresslevel=level,
+                           mtime=0) as gz:
+            with tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT,
+                                 encoding="utf-8", copybufsize=CHUNK) as tar:
+                for member in members:
+                    info = tar_info(member, top, mtime)
+                    record = {"path": info.name, "type": member.kind, "mode": f"{member.mode:04o}"}
+                    if member.kind == "file":
+                        with open(member.source, "rb") as src:
+                            reader = _HashingReader(src)
+                            try:
+                                tar.addfile(info, reader)
+                            except OSError as exc:
+                                raise UserError(f"{member.source}: changed while packaging "
+                                                f"({exc})") from None
+                        record.update(size=member.size, sha256=reader.sha.hexdigest())
+                    else:
+                        tar.addfile(info)
+                        if member.kind == "symlink":
+                            record["target"] = member.target
+                    contents.append(record)
+    os.replace(tmp, out)
+    return PackageResult(sha256=hashed.sha.hexdigest(), size=hashed.size, contents=contents)
+
+
+# --------------------------------------------------------------------------- manifest
+
+def bill_of_materials(image_manifest: list[dict]) -> list[dict]:
+    """Every file of the image (from the BOM's image manifest), as the release lists it."""
+    bom = []
+    for entry in sorted(image_manifest, key=lambda e: _sort_key(e.get("path", ""))):
+        if not entry.get("path"):
+            continue  # the image root
+        item = {"path": "/" + entry["path"], "type": entry["type"],
+                "mode": f"{int(entry.get('mode', 0)) & 0o7777:04o}"}
+        if entry["type"] == "file":
+            item.update(size=entry.get("size"), sha256=entry.get("sha256"))
+            if entry.get("needed") is not None:
+                item["needed"] = list(entry["needed"])
+        elif entry["type"] == "symlink":
+            item["target"] = entry.get("target")
+        bom.append(item)
+    return bom
+
+
+def package_manifest(*, file_name: str, top: str, label: str, result: PackageResult,
+                     measurements: dict, image_manifest: list[dict], source_date_epoch: int,
+                     level: int) -> dict:
+    """The release manifest: identity of the enclave, of the package, and what is inside."""
+    version = measurements.get("occlum_version")
+    return {
+        "manifest_version": 1,
+        "label": label,
+        "package": {"file": file_name, "top": top, "sha256": result.sha256,
+                    "size": result.size, "source_date_epoch": source_date_epoch,
+                    "format": "gnu tar + gzip", "compression_level": level,
+                    "zlib": zlib.ZLIB_RUNTIME_VERSION},
+        "enclave": {
+            "mrenclave": measurements["mrenclave"],
+            "mrsigner": measurements["mrsigner"],
+            "isv_prod_id": measurements["isv_prod_id"],
+            "isv_svn": measurements["isv_svn"],
+            "debuggable": measurements["debuggable"],
+            "sgx_mode": measurements["sgx_mode"],
+            "occlum_version": version if version else "stand-in LibOS",
+            "libos": measurements.get("libos"),
+            "root_fs_mac": measurements["root_fs_mac"],
+            "init_fs_mac": measurements["init_fs_mac"],
+            "config_mac": measurements["config_mac"],
+        },
+        "contents": result.contents,
+        "image_bom": bill_of_materials(image_manifest),
+    }
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def sha256sums(entries: list[tuple[str, str]]) -> bytes:
+    """``sha256sum`` output (text mode: two spaces) for (file name, hex digest) pairs."""
+    lines = []
+    for name, digest in entries:
+        if "\n" in name or "\\" in name:
+            raise UserError(f"file name {name!r} cannot be listed in SHA256SUMS")
+        lines.append(f"{digest}  {name}\n")
+    return "".join(lines).encode()
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep:
+            digest, sep, name = line.partition(" *")
+        if not sep or len(digest) != 64:
+            raise UserError(f"SHA256SUMS: malformed line {line!r}")
+        out[name] = digest.lower()
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+def check_member_name(info: tarfile.TarInfo) -> str:
+    """The member's normalised name, or a UserError for names and links that escape."""
+    name = info.name
+    while name.endswith("/"):
+        name = name[:-1]
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UserError(f"unsafe member name {info.name!r} (absolute, empty, '.' or '..' "
+                        "components); refusing to read this package")
+    if info.isdev() or info.isfifo():
+        raise UserError(f"member {name!r} is a device or FIFO; refusing to read this package")
+    if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+        raise UserError(f"member {name!r} has unsupported type {info.type!r}")
+    if info.issym() or info.islnk():
+        target = info.linkname
+        if target.startswith("/"):
+            # Occlum's own build links build/bin/* to the absolute install path; such links
+            # are recorded and never followed or created. Anything else absolute escapes.
+            if not (info.issym() and len(parts) == 4 and parts[1:3] == ["build", "bin"]):
+                raise UserError(f"member {name!r} links outside the package (to {target!r})")
+        else:
+            base = posixpath.dirname(name) if info.issym() else ""
+            resolved = posixpath.normpath(posixpath.join(base, target))
+            if resolved == ".." or resolved.startswith("../") or (
+                    resolved.split("/")[0] != parts[0]):
+                raise UserError(f"member {name!r} links outside the package (to {target!r})")
+    return name
+
+
+@dataclass
+class PackageContents:
+    members: list[dict]
+    top: str | None
+    error: str | None = None  # why reading stopped early (corrupt stream)
+
+
+def read_package(path: Path, on_file: Callable[[str, bytes], None] | None = None,
+                 keep: Callable[[str], bool] | None = None) -> PackageContents:
+    """Stream a ``.tar.gz`` and describe its members (as in the manifest's ``contents``).
+
+    Nothing is written to disk. ``on_file(name, data)`` receives the data of the files for
+    which ``keep(name)`` is true. A corrupt stream stops reading and is reported in
+    ``error`` (with what was read before it), so a caller can still name the bad file.
+    """
+    members: list[dict] = []
+    top = None
+    current = None
+    try:
+        with tarfile.open(path, mode="r|gz") as tar:
+            for info in tar:
+                name = check_member_name(info)
+                current = name
+                first = name.split("/")[0]
+                if top is None:
+                    top = first
+                elif first != top:
+                    raise UserError(f"member {name!r} is not under the package's top "
+                                    f"directory {top!r}")
+                record = {"path": name, "type": _kind(info), "mode": f"{info.mode & 0o7777:04o}",
+                          "uid": info.uid, "gid": info.gid, "uname": info.uname,
+                          "gname": info.gname, "mtime": info.mtime}
+                if info.isreg():
+                    sha = hashlib.sha256()
+                    src = tar.extractfile(info)
+                    wanted = keep is not None and keep(name)
+                    buf = io.BytesIO() if wanted else None
+                    while True:
+                        chunk = src.read(CHUNK)
+                        if not chunk:
+                            break
+                        sha.update(chunk)
+                        if buf is not None:
+                            buf.write(chunk)
+                    record.update(size=info.size, sha256=sha.hexdigest())
+                    if buf is not None and on_file is not None:
+                        on_file(name, buf.getvalue())
+                elif info.issym() or info.islnk():
+                    record["target"] = info.linkname
+                members.append(record)
+                current = None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        where = f" while reading {current!r}" if current else (
+            f" after {members[-1]['path']!r}" if members else "")
+        return PackageContents(members, top, f"corrupt package{where}: {exc}")
+    return PackageContents(members, top)
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isdir():
+        return "dir"
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    return "file"
+
+
+_COMPARED = ("type", "mode", "size", "sha256", "target")
+
+
+def compare_contents(found: list[dict], expected: list[dict], mtime: int | None) -> list[str]:
+    """Differences between the members read and the manifest's list, first one first."""
+    problems: list[str] = []
+    by_name = {m["path"]: m for m in expected}
+    seen = set()
+    for index, member in enumerate(found):
+        name = member["path"]
+        seen.add(name)
+        want = by_name.get(name)
+        if want is None:
+            problems.append(f"{name}: not in the manifest")
+            continue
+        for key in _COMPARED:
+            if member.get(key) != want.get(key):
+                what = "content differs (sha256)" if key == "sha256" else (
+                    f"{key} {member.get(key)!r}, manifest says {want.get(key)!r}")
+                problems.append(f"{name}: {what}")
+                break
+        else:
+            if member["uid"] or member["gid"] or member["uname"] or member["gname"]:
+                problems.append(f"{name}: owner is not 0/0 with empty names")
+            elif mtime is not None and member["mtime"] != mtime:
+                problems.append(f"{name}: mtime {member['mtime']}, expected {mtime}")
+            elif index < len(expected) and expected[index]["path"] != name:
+                problems.append(f"{name}: out of order (manifest has "
+                                f"{expected[index]['path']!r} here)")
+    missing = [m["path"] for m in expected if m["path"] not in seen]
+    problems += [f"{name}: missing from the package" for name in missing]
+    return problems
+
+
+def first_difference(a: Path, b: Path) -> str | None:
+    """The first member (in archive order) where two packages differ, or None."""
+    left, right = read_package(a), read_package(b)
+    for x, y in zip(left.members, right.members):
+        if x != y:
+            return x["path"] if x["path"] == y["path"] else f"{x['path']} / {y['path']}"
+    if len(left.members) != len(right.members):
+        longer = left if len(left.members) > len(right.members) else right
+        return longer.members[min(len(left.members), len(right.members))]["path"]
+    if left.error or right.error:
+        return left.error or right.error
+    return None

@@ -1,0 +1,159 @@
+"""Rust rules: ``cargo_binary`` and ``cargo_cdylib``.
+
+Cargo already knows how to build a crate, so a target is one action that runs it. What the
+rule adds is what cargo does not promise: the action's inputs are every file of the crate
+(found at analysis time, so a new source file changes the key without anyone listing it),
+its key holds cargo's *and* rustc's fingerprints, and the stage builds offline, with paths
+remapped, and checks the result is something Occlum can load.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from occlum_rules.core.rule import (
+    BOOL,
+    SOURCE,
+    STRING,
+    STRING_LIST,
+    Attr,
+    File,
+    Rule,
+    RuleContext,
+)
+from occlum_rules.errors import UserError
+
+_SKIP_DIRS = {"__pycache__", "node_modules"}
+_HIDDEN_KEPT = {".cargo"}   # crate-local cargo configuration changes what cargo builds
+
+COMMON_ATTRS = {
+    "manifest": Attr(SOURCE, default="Cargo.toml",
+                     doc="the crate's Cargo.toml (relative to the package); its directory is "
+                         "the crate, and every file under it except target/ is an input"),
+    "features": Attr(STRING_LIST, default=list, doc="cargo features to enable"),
+    "default_features": Attr(BOOL, default=True, doc="False passes --no-default-features"),
+    "profile": Attr(STRING, default="release", doc="cargo profile (release, dev, or a custom one)"),
+}
+
+
+def tree_inputs(ctx: RuleContext, top: str, skip: set[str]) -> list[File]:
+    """Every file under ``top`` (workspace-relative) a tool may read, sorted.
+
+    Skips hidden directories (except .cargo), ``skip`` names (build dirs such as target/), the workspace
+    output directory, nested workspaces and BUILD files, which describe targets rather than
+    feed them."""
+    ws = ctx.workspace
+    root = Path(ws.root)
+    out_abs = (root / ws.output_dir).resolve()
+    base = root / top if top else root
+    found: list[File] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not ((d.startswith(".") and d not in _HIDDEN_KEPT) or d in skip or d in _SKIP_DIRS
+                    or (here / d).resolve() == out_abs
+                    or (here / d / "WORKSPACE.yaml").exists()))
+        for name in sorted(filenames):
+            if name == ws.build_file or name.endswith((".pyc", "~")):
+                continue
+            rel = (here / name).relative_to(root).as_posix()
+            found.append(File(path=rel))
+    return found
+
+
+def _manifest(ctx: RuleContext) -> tuple[File, dict]:
+    manifest = ctx.attr["manifest"]
+    if not isinstance(manifest, File) or manifest.is_dir:
+        raise ctx.error("manifest: must be a Cargo.toml file in the package, e.g. 'Cargo.toml'")
+    if os.path.basename(manifest.path) != "Cargo.toml":
+        raise ctx.error(f"manifest: expected a file named Cargo.toml, got '{manifest.path}'")
+    try:
+        with open(Path(ctx.workspace.root) / manifest.path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"not valid TOML: {exc}", where=manifest.path) from None
+    return manifest, data
+
+
+def _package_name(ctx: RuleContext, data: dict, manifest: File) -> str:
+    name = (data.get("package") or {}).get("name")
+    if not isinstance(name, str):
+        raise UserError("[package] name is missing (cargo_binary/cargo_cdylib build one "
+                        "package; point manifest at the package's Cargo.toml)", where=manifest.path)
+    return name
+
+
+def _toolchain(ctx: RuleContext, crate_dir: str) -> tuple[list[str], dict]:
+    """(fingerprints, params) — a missing cargo fails the action, not the whole analysis,
+    so the rest of the workspace still builds on a machine without Rust."""
+    try:
+        tc = ctx.toolchains.cargo(Path(ctx.workspace.root) / crate_dir)
+    except UserError as exc:
+        return ["cargo:missing"], {"missing": exc.message}
+    return [tc.fingerprint], {"cargo": tc.run_cargo, "tool_env": tc.env(),
+                              "tool_name": tc.cargo.name}
+
+
+def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -> None:
+    manifest = ctx.attr["manifest"]
+    crate_dir = os.path.dirname(manifest.path)
+    inputs = tree_inputs(ctx, crate_dir, skip={"target"})
+    fingerprints, tool_params = _toolchain(ctx, crate_dir)
+    locked = any(f.path == (f"{crate_dir}/Cargo.lock" if crate_dir else "Cargo.lock")
+                 for f in inputs)
+    params = {
+        "crate": crate_dir, "manifest": os.path.basename(manifest.path), "kind": kind,
+        "target_name": target_name, "features": sorted(set(ctx.attr["features"])),
+        "default_features": ctx.attr["default_features"], "profile": ctx.attr["profile"],
+        "locked": locked, **tool_params,
+    }
+    ctx.actions.stage(name="cargo-build", kind=f"cargo.{kind}",
+                      func="occlum_rules.stages.cargo_build:build",
+                      inputs=inputs, outputs=[output], params=params, toolchains=fingerprints,
+                      description=f"cargo build {kind} {target_name} ({crate_dir or '.'})")
+
+
+def cargo_binary_impl(ctx: RuleContext) -> dict:
+    manifest, data = _manifest(ctx)
+    bin_name = ctx.attr["bin"]
+    if not bin_name:
+        bins = [b.get("name") for b in data.get("bin") or [] if isinstance(b, dict)]
+        bin_name = bins[0] if len(bins) == 1 and isinstance(bins[0], str) else \
+            _package_name(ctx, data, manifest)
+    if "/" in bin_name or bin_name in (".", ".."):
+        raise ctx.error(f"bin: {bin_name!r} is not a binary target name")
+    binary = ctx.declare_file(bin_name, action="cargo-build")
+    _cargo_action(ctx, "bin", bin_name, binary)
+    return {"files": [binary], "executable": binary}
+
+
+def cargo_cdylib_impl(ctx: RuleContext) -> dict:
+    manifest, data = _manifest(ctx)
+    lib_name = (data.get("lib") or {}).get("name") or _package_name(ctx, data, manifest)
+    lib_name = str(lib_name).replace("-", "_")
+    library = ctx.declare_file(f"lib{lib_name}.so", action="cargo-build")
+    _cargo_action(ctx, "cdylib", lib_name, library)
+    return {"files": [library], "shared_library": library}
+
+
+cargo_binary = Rule(
+    name="cargo_binary",
+    attrs={**COMMON_ATTRS,
+           "bin": Attr(STRING, default=None,
+                       doc="the [[bin]] to build (default: the only [[bin]], else the package name)")},
+    impl=cargo_binary_impl,
+    doc="A Rust executable built by cargo (occlum-cargo when the Occlum toolchain has it); "
+        "must come out position-independent.",
+)
+
+cargo_cdylib = Rule(
+    name="cargo_cdylib",
+    attrs=dict(COMMON_ATTRS),
+    impl=cargo_cdylib_impl,
+    doc="A Rust shared library (crate-type cdylib) for the image, e.g. one a C program dlopens.",
+)
+
+RULES = [cargo_binary, cargo_cdylib]
