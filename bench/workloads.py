@@ -247,7 +247,8 @@ toolchains:
 def instance_build(bom_file: str, package: bool = False) -> str:
     text = (f'occlum_bom(\n    name = "image",\n    src = "{bom_file}",\n)\n\n'
             'occlum_instance(\n    name = "instance",\n    bom = ":image",\n'
-            '    entry_points = ["/bin"],\n    resource_limits = {"user_space_size": "256MB"},\n)\n')
+            '    entry_points = ["/bin"],\n    resource_limits = {"user_space_size": "256MB"},\n'
+            '    metadata = {"debuggable": False},\n)\n')
     if package:
         text += '\nocclum_package(\n    name = "package",\n    instance = ":instance",\n)\n'
     return text

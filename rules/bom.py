@@ -25,8 +25,8 @@ def _loader_config(ctx: RuleContext, explicit) -> str | None:
         return explicit.path
     occlum = getattr(ctx.toolchains, "occlum", None)
     install = occlum() if callable(occlum) else None
-    if install is not None and getattr(install, "elf_loader_config", None):
-        return str(install.elf_loader_config)
+    if install is not None and install.templates.get("occlum_elf_loader.config"):
+        return str(install.templates["occlum_elf_loader.config"])
     return None  # the stage's built-in copy of Occlum's default
 
 

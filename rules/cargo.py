@@ -10,7 +10,7 @@ remapped, and checks the result is something Occlum can load.
 from __future__ import annotations
 
 import os
-import tomllib
+import re
 from pathlib import Path
 
 from occlum_rules.core.rule import (
@@ -24,6 +24,11 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 from occlum_rules.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: read the few keys we need by hand
+    tomllib = None
 
 _SKIP_DIRS = {"__pycache__", "node_modules"}
 _HIDDEN_KEPT = {".cargo"}   # crate-local cargo configuration changes what cargo builds
@@ -70,12 +75,32 @@ def _manifest(ctx: RuleContext) -> tuple[File, dict]:
         raise ctx.error("manifest: must be a Cargo.toml file in the package, e.g. 'Cargo.toml'")
     if os.path.basename(manifest.path) != "Cargo.toml":
         raise ctx.error(f"manifest: expected a file named Cargo.toml, got '{manifest.path}'")
+    text = (Path(ctx.workspace.root) / manifest.path).read_text(errors="replace")
+    if tomllib is None:
+        return manifest, _names_only(text)
     try:
-        with open(Path(ctx.workspace.root) / manifest.path, "rb") as f:
-            data = tomllib.load(f)
+        return manifest, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"not valid TOML: {exc}", where=manifest.path) from None
-    return manifest, data
+
+
+def _names_only(text: str) -> dict:
+    """The target names from a Cargo.toml without a TOML parser (Python 3.10)."""
+    data: dict = {}
+    current: dict | None = None
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("[[bin]]"):
+            current = {}
+            data.setdefault("bin", []).append(current)
+        elif line.startswith("["):
+            name = line.strip("[] ")
+            current = data.setdefault(name, {}) if name in ("package", "lib") else None
+        elif current is not None:
+            match = re.match(r'name\s*=\s*"([^"]*)"', line)
+            if match:
+                current["name"] = match.group(1)
+    return data
 
 
 def _package_name(ctx: RuleContext, data: dict, manifest: File) -> str:

@@ -65,8 +65,8 @@ def _signing_key(ctx: RuleContext, install) -> tuple[str, str]:
     configured = ctx.workspace.signing.get("key")
     if configured:
         return configured, "WORKSPACE.yaml signing.key"
-    if install is not None and getattr(install, "enclave_pem", None):
-        return str(install.enclave_pem), "the Occlum install's template Enclave.pem"
+    if install is not None and install.templates.get("Enclave.pem"):
+        return str(install.templates["Enclave.pem"]), "the Occlum install's template Enclave.pem"
     _note(ctx, "occlum-rules: signing with the built-in development key (public; set "
                "signing.key in WORKSPACE.yaml for anything you ship)")
     return str(DEV_KEY), "the built-in development key"
@@ -87,22 +87,21 @@ def _key_check(ctx: RuleContext, path: str) -> str:
 
 def _runtime(ctx: RuleContext, install, mode: str) -> dict:
     """LibOS, PAL, init, occlum-run and musl libs: from the Occlum install, or the stand-in."""
-    suffix = _MODE_SUFFIX[mode]
     if install is not None:
         version = install.version
-        lib_dir = Path(install.home) / "build" / "lib"
-        libos = _file(str(lib_dir / f"libocclum-libos{suffix}.so.{version}"))
-        pal = _file(str(lib_dir / f"libocclum-pal{suffix}.so.{version}"))
-        bin_dir = Path(install.home) / "build" / "bin"
-        musl = [str(Path(install.musl_lib_dir) / n) for n in _MUSL_LIBS
-                if (Path(install.musl_lib_dir) / n).exists()]
-        loader = "/lib/ld-musl-x86_64.so.1"
-        return {"libos": libos, "pal": pal, "init": str(bin_dir / "init"),
-                "bins": {n: str(bin_dir / n) for n in ("occlum_exec_client", "occlum_exec_server",
-                                                         "occlum-run")},
-                "libs": ([loader] if os.path.exists(loader) else []) + musl,
-                "version": version, "desc": f"Occlum {version} ({install.home})",
-                "init_input": [_file(str(bin_dir / "init"))], "real": True}
+        libos = _file(str(install.libos_lib(mode)))
+        pal = _file(str(install.pal_lib(mode)))
+        if install.init is None:
+            raise ctx.error(f"the Occlum install at {install.home} has no build/bin/init")
+        runtime_libs = [str(p) for _, p in sorted(install.musl_runtime().items())]
+        _note(ctx, f"occlum-rules: LibOS: Occlum {version} from {install.home}")
+        return {"libos": libos, "pal": pal, "init": str(install.init),
+                "bins": {n: str(install.bin_dir / n) for n in ("occlum_exec_client",
+                                                               "occlum_exec_server", "occlum-run")},
+                "libs": runtime_libs, "version": version,
+                "desc": f"Occlum {version} ({install.home})",
+                "init_input": [_file(str(install.init))], "real": True,
+                "fingerprint": install.fingerprint}
     gcc = ctx.toolchains.find("cc", ["gcc", "cc"], why="stand-in LibOS compiler")
     from occlum_rules.standin.build import standin_sources
 
@@ -113,13 +112,13 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
         inputs=[str(p) for p in standin_sources()], outputs=outs,
         params={"cc": gcc.path, "sdk_minor": 20}, toolchains=[gcc.fingerprint],
         description="build the stand-in LibOS (cannot run on SGX)")
-    _note(ctx, "occlum-rules: no Occlum install found; using the stand-in LibOS built from "
-               "occlum_rules/standin (instances build and sign, but cannot run on SGX)")
+    _note(ctx, "occlum-rules: LibOS: the stand-in built from occlum_rules/standin (no Occlum "
+               "install): instances build, sign and package, but cannot run on SGX")
     libos, pal, init, run = outs
     return {"libos": libos, "pal": pal, "init": init.path,
             "bins": {"occlum_exec_client": run, "occlum_exec_server": run, "occlum-run": run},
             "libs": [], "version": STANDIN_VERSION, "desc": "stand-in LibOS",
-            "init_input": [init], "real": False}
+            "init_input": [init], "real": False, "fingerprint": gcc.fingerprint}
 
 
 def instance_impl(ctx: RuleContext) -> dict:
@@ -139,6 +138,12 @@ def instance_impl(ctx: RuleContext) -> dict:
     major = rt["version"].split(".")[0]
     suffix = _MODE_SUFFIX[mode]
     inst = f"{ctx.package_out}/{ctx.label.name}"
+    tools: dict = {}
+    if ws.stages == "occlum":
+        if install is None:
+            raise ctx.error("WORKSPACE.yaml stages: occlum needs an Occlum install, and none was "
+                            "found (see `occlum-rules toolchains`)")
+        tools = {"occlum_home": str(install.home)}
 
     image_key = source_files(attr["image_key"])[0].path if attr["image_key"] is not None else None
     image_key_fp = None
@@ -180,7 +185,7 @@ def instance_impl(ctx: RuleContext) -> dict:
         name="pack-image", kind="sefs.pack", func="occlum_rules.actions.instance:pack",
         inputs=[image, image_manifest], outputs=[mount_root, mount_mac],
         params={"what": "image", "manifest": image_manifest.path, "state": f"{state_id}-image.json",
-                "image_key_fp": image_key_fp},
+                "image_key_fp": image_key_fp, **tools},
         secrets={"image_key": image_key} if image_key else {}, in_place=True,
         description="pack the image into build/mount (SEFS)")
     initfs_root = ctx.declare_file("build/initfs/__ROOT", action="pack-initfs", is_dir=True)
@@ -188,7 +193,7 @@ def instance_impl(ctx: RuleContext) -> dict:
     ctx.actions.stage(
         name="pack-initfs", kind="sefs.pack", func="occlum_rules.actions.instance:pack",
         inputs=[initfs], outputs=[initfs_root, initfs_mac],
-        params={"what": "initfs", "state": f"{state_id}-initfs.json"},
+        params={"what": "initfs", "state": f"{state_id}-initfs.json", **tools},
         in_place=True, cacheable=not secrets, description="pack the initfs into build/initfs (SEFS)")
 
     # Occlum.json
@@ -209,19 +214,20 @@ def instance_impl(ctx: RuleContext) -> dict:
     ctx.actions.stage(
         name="config", kind="config", func="occlum_rules.actions.instance:gen_config",
         inputs=[occlum_json, mount_mac, initfs_mac], outputs=[enclave_xml, sys_json],
-        params={"edmm": bool(edmm), "sgx_mode": mode, "source": f"{inst}/Occlum.json"},
+        params={"edmm": bool(edmm), "sgx_mode": mode, "source": f"{inst}/Occlum.json", **tools},
         description="generate Enclave.xml and .Occlum_sys.json")
 
     protected = ctx.declare_file("build/.Occlum_sys.json.protected", action="protect")
     ctx.actions.stage(
         name="protect", kind="protect", func="occlum_rules.actions.instance:protect",
-        inputs=[sys_json], outputs=[protected], description="protect .Occlum_sys.json")
+        inputs=[sys_json], outputs=[protected], params=dict(tools),
+        description="protect .Occlum_sys.json")
 
     libos_file = f"libocclum-libos{suffix}.so.{rt['version']}"
     patched = ctx.declare_file(f"build/lib/{libos_file}", action="patch")
     ctx.actions.stage(
         name="patch", kind="patch.builtin_config", func="occlum_rules.actions.instance:patch_libos",
-        inputs=[rt["libos"], protected], outputs=[patched],
+        inputs=[rt["libos"], protected], outputs=[patched], params=dict(tools),
         description="patch the config MAC into .builtin_config")
 
     # signing
@@ -258,6 +264,11 @@ def instance_impl(ctx: RuleContext) -> dict:
     else:
         key_path, _why = _signing_key(ctx, install)
         sign_params["mrsigner"] = _key_check(ctx, key_path)
+        if tools:
+            tool = install.sign_tool(mode)
+            if tool is None:
+                raise ctx.error(f"stages: occlum: the Occlum install has no sgx_sign for mode {mode}")
+            sign_params.update({"sign_tool": str(tool), **tools})
         ctx.actions.stage(
             name="sign", kind="sign", func="occlum_rules.actions.instance:sign",
             inputs=sign_inputs, outputs=[signed, measurements], params=sign_params,

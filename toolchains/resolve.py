@@ -10,11 +10,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from occlum_rules.toolchains import occlum as occlum_install
+from occlum_rules.toolchains.occlum import OcclumInstall
+
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
-from occlum_rules.toolchains import occlum as occlum_install
-from occlum_rules.toolchains.occlum import OcclumInstall
 
 _NO_INSTALL = object()
 
@@ -107,7 +108,9 @@ class Toolchains:
 
     def occlum_home(self) -> tuple[Path | None, str]:
         if self.ws.occlum_home:
-            return Path(self.ws.occlum_home), "WORKSPACE.yaml occlum.home"
+            # relative to the workspace root, like every other path in WORKSPACE.yaml
+            home = Path(os.path.expanduser(self.ws.occlum_home))
+            return self.ws.root / home, "WORKSPACE.yaml occlum.home"
         if os.environ.get("OCCLUM_HOME"):
             return Path(os.environ["OCCLUM_HOME"]), "$OCCLUM_HOME"
         return Path("/opt/occlum"), "default /opt/occlum"
@@ -307,12 +310,29 @@ class Toolchains:
     def go(self) -> Tool:
         chain = self.ws.toolchains.get("go") or ["go"]
         self._mention_occlum(chain)
-        return self.find("go", chain, ["version"], why="WORKSPACE.yaml toolchains.go chain")
+        tool = self.find("go", chain, ["version"], why="WORKSPACE.yaml toolchains.go chain")
+        # occlum-go is a script beside the real go: a new go under an unchanged script must
+        # still change the fingerprint, so the real binary's digest joins it.
+        sibling = os.path.join(os.path.dirname(tool.path), "go")
+        if sibling != tool.path and os.path.isfile(sibling) and not _is_elf(tool.path):
+            combined = hashlib.sha256(f"{tool.digest} {self._digest(Path(sibling))}".encode())
+            tool = Tool(kind=tool.kind, name=tool.name, path=tool.path, version=tool.version,
+                        digest=combined.hexdigest(), source=tool.source,
+                        version_digest=tool.version_digest)
+        return tool
 
     # ------------------------------------------------------------------ reporting
     def describe(self) -> str:
         """What `occlum-rules toolchains` prints: each choice and where it came from."""
         return _describe(self)
+
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def _is_rustup_proxy(path: str) -> bool:

@@ -91,6 +91,17 @@ def pack(ctx: StageContext) -> None:
     if ctx.params.get("manifest"):
         with open(ctx.root / ctx.params["manifest"]) as f:
             manifest = json.load(f)
+    home = ctx.params.get("occlum_home")
+    if home:
+        from occlum_rules.actions import occlum_tools
+
+        if root_dir.exists():  # sefs-cli creates the image itself, as `rm -rf build/mount` does
+            shutil.rmtree(root_dir)
+        root_dir.parent.mkdir(parents=True, exist_ok=True)
+        key_path = str(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
+        occlum_tools.run(occlum_tools.sefs_zip(home, str(src), str(root_dir), str(mac_file), key_path),
+                         f"{ctx.label}: pack {ctx.params['what']}", env=occlum_tools.tool_env(home))
+        return
     key = load_image_key(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
     state = ctx.state_dir / "sefs" / ctx.params["state"]
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +129,18 @@ def gen_config(ctx: StageContext) -> None:
 
     occlum_json_path, image_mac, init_mac = ctx.inputs[:3]
     enclave_xml, sys_json = ctx.outputs
+    home = ctx.params.get("occlum_home")
+    if home:
+        from occlum_rules.actions import occlum_tools
+
+        argv = occlum_tools.gen_internal_conf(home, str(occlum_json_path),
+                                              image_mac.read_text().strip(),
+                                              init_mac.read_text().strip(), str(enclave_xml),
+                                              str(sys_json))
+        edmm = "YES" if ctx.params["edmm"] else "NO"
+        occlum_tools.run(argv, f"{ctx.label}: gen_internal_conf",
+                         env=occlum_tools.tool_env(home, {"INSTANCE_IS_FOR_EDMM_PLATFORM": edmm}))
+        return
     generated = generate_config(occlum_json_path.read_bytes(), image_mac.read_text().strip(),
                                 init_mac.read_text().strip(), edmm=ctx.params["edmm"],
                                 sgx_mode=ctx.params["sgx_mode"], source=ctx.params["source"])
@@ -130,6 +153,17 @@ def gen_config(ctx: StageContext) -> None:
 def protect(ctx: StageContext) -> None:
     from occlum_rules.stages.securefs import protect_integrity
 
+    home = ctx.params.get("occlum_home")
+    if home:
+        from occlum_rules.actions import occlum_tools
+
+        work = ctx.outputs[0].parent
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ctx.inputs[0], work / ".Occlum_sys.json")
+        occlum_tools.run(occlum_tools.protect(home), f"{ctx.label}: occlum-protect-integrity",
+                         cwd=work, env=occlum_tools.tool_env(home))
+        os.unlink(work / ".Occlum_sys.json")
+        return
     protect_integrity(ctx.inputs[0], ctx.outputs[0])
 
 
@@ -138,6 +172,22 @@ def patch_libos(ctx: StageContext) -> None:
     from occlum_rules.stages.securefs.builtin_config import patch_builtin_config_bytes
 
     libos, protected = ctx.inputs[:2]
+    home = ctx.params.get("occlum_home")
+    if home:
+        from occlum_rules.actions import occlum_tools
+
+        out = ctx.outputs[0]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(libos, out)
+        os.chmod(out, 0o755)
+        mac_file = out.parent / "tmp_mac"
+        env = occlum_tools.tool_env(home)
+        occlum_tools.run(occlum_tools.show_mac(home, str(protected), str(mac_file)),
+                         f"{ctx.label}: show-mac", env=env)
+        occlum_tools.run(occlum_tools.update_builtin_config(str(mac_file), str(out)),
+                         f"{ctx.label}: objcopy --update-section", env=env)
+        os.unlink(mac_file)
+        return
     mac_line = show_mac_line(read_protected_mac(protected)).encode()
     patched = patch_builtin_config_bytes(libos.read_bytes(), mac_line, where=str(libos))
     _write(ctx.outputs[0], patched, 0o755)
@@ -206,6 +256,17 @@ def sign(ctx: StageContext) -> None:
 
     libos, enclave_xml = ctx.inputs[:2]
     signed, measurements = ctx.outputs
+    tool = ctx.params.get("sign_tool")
+    if tool:
+        from occlum_rules.actions import occlum_tools
+        from occlum_rules.stages.sign import read_signed_info
+
+        signed.parent.mkdir(parents=True, exist_ok=True)
+        occlum_tools.run(occlum_tools.sgx_sign(tool, str(ctx.secrets["key"]), str(enclave_xml),
+                                               str(libos), str(signed)),
+                         f"{ctx.label}: sgx_sign", env=occlum_tools.tool_env(ctx.params["occlum_home"]))
+        _finish_signing(ctx, signed, libos, measurements, read_signed_info(signed)["mrenclave"])
+        return
     result = sign_enclave(libos, enclave_xml, ctx.secrets["key"], signed,
                           date=ctx.source_date_epoch)
     _finish_signing(ctx, signed, libos, measurements, result.mrenclave_hex)

@@ -129,7 +129,11 @@ def evaluate(path: Path, display: str, namespace: dict[str, Any], known_files: s
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=display) from None
     tree = check_source(source, display)
-    code = compile(tree, display, "exec")
+    try:
+        code = compile(tree, display, "exec")
+    except SyntaxError as exc:  # some mistakes (a repeated keyword) only show when compiling
+        line = f":{exc.lineno}" if exc.lineno else ""
+        raise UserError(f"syntax error: {exc.msg}", where=f"{display}{line}") from None
     known_files.add(display)
     try:
         exec(code, namespace)  # noqa: S102 - the tree was checked and builtins are restricted

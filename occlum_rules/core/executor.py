@@ -230,8 +230,90 @@ def _restore_tree(store: LocalStore, entries: list[dict], dest: Path) -> None:
         os.chmod(path, mode)
 
 
+class UnfitManifest(CorruptBlob):
+    """A cached output manifest that does not describe this action's outputs."""
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_mode(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777
+
+
+def _entries_problem(entries: Any) -> str | None:
+    """Tree entries must be safe relative paths, each inside a directory entry listed before
+    it (so nothing is ever written through a restored link or outside the tree)."""
+    if not isinstance(entries, list):
+        return "directory entries are not a list"
+    dirs: set[str] = set()
+    seen: set[str] = set()
+    for e in entries:
+        path = e.get("path") if isinstance(e, dict) else None
+        if not isinstance(path, str) or not path or path.startswith("/") or \
+                any(part in ("", ".", "..") for part in path.split("/")):
+            return f"unsafe entry path {path!r}"
+        parent = path.rpartition("/")[0]
+        if (parent and parent not in dirs) or path in seen:
+            return f"entry {path!r} is not inside the tree's directories"
+        seen.add(path)
+        kind = e.get("type")
+        if kind == "dir" and _is_mode(e.get("mode")):
+            dirs.add(path)
+        elif kind == "file" and _is_mode(e.get("mode")) and _is_sha256(e.get("sha256")):
+            pass
+        elif kind == "symlink" and isinstance(e.get("target"), str) and e["target"]:
+            pass
+        else:
+            return f"malformed entry {path!r}"
+    return None
+
+
+def manifest_problem(action: dict, manifest: Any) -> str | None:
+    """Why a cached manifest cannot be this action's result (None: it fits).
+
+    A cache entry is data from outside the build (another checkout, a remote cache, a disk
+    that flipped a bit): its paths must be exactly the action's declared outputs and its
+    digests self-consistent before anything is restored from it.
+    """
+    outs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    if not isinstance(outs, list) or len(outs) != len(action["outputs"]):
+        return "the outputs do not match the action's"
+    dynamic = manifest.get("dynamic", [])
+    if not isinstance(dynamic, list) or not all(
+            isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
+            for d in dynamic):
+        return "malformed discovered inputs"
+    for out, rel, kind in zip(outs, action["outputs"], action["output_types"]):
+        if not isinstance(out, dict) or out.get("path") != rel:
+            return f"output {out.get('path') if isinstance(out, dict) else out!r} is not {rel!r}"
+        if kind == "dir":
+            if out.get("type") != "dir":
+                return f"output {rel!r} is not a directory"
+            problem = _entries_problem(out.get("entries"))
+            if problem:
+                return f"{rel}: {problem}"
+            if out.get("digest") != "tree:" + tree_digest(out["entries"]):
+                return f"output {rel!r}: the tree digest does not match its entries"
+        elif out.get("type") == "file":
+            if not (_is_sha256(out.get("sha256")) and out.get("digest") == out["sha256"]
+                    and _is_mode(out.get("mode"))):
+                return f"output {rel!r}: malformed file record"
+        elif out.get("type") == "symlink":
+            target = out.get("target")
+            if not (isinstance(target, str) and target and out.get("digest") == "link:" + target):
+                return f"output {rel!r}: malformed link record"
+        else:
+            return f"output {rel!r} has an unknown type"
+    return None
+
+
 def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: dict) -> None:
     """Put a cached result in place; all-or-nothing per output."""
+    problem = manifest_problem(action, manifest)
+    if problem:
+        raise UnfitManifest(f"cache entry refused: {problem}")
     scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
     _remove(str(scratch))
     staged: list[tuple[Path, str]] = []
@@ -434,6 +516,15 @@ def execute(action: dict, env: BuildEnv) -> str:
     manifest = None
     if action["cacheable"]:
         cached = store.get_action(key)
+        if store.corrupt_found:
+            print(f"warning: {action['label']}: cache entry {key[:12]}… is corrupted; it was "
+                  "removed; rebuilding", file=sys.stderr)
+        problem = manifest_problem(action, cached) if cached is not None else None
+        if problem:
+            print(f"warning: {action['label']}: cache entry {key[:12]}… refused ({problem}); "
+                  "it was removed; rebuilding", file=sys.stderr)
+            store.ac_path(key).unlink(missing_ok=True)
+            cached = None
         if cached is not None and not dynamic_unchanged(cached.get("dynamic"), env):
             cached = None  # discovered host inputs differ here: the cached result does not apply
         if cached is not None:
@@ -445,7 +536,7 @@ def execute(action: dict, env: BuildEnv) -> str:
         if outcome is None:
             remote = _remote(env)
             if remote is not None:
-                manifest = _fetch_remote(remote, store, key)
+                manifest = _fetch_remote(remote, store, key, action)
                 if manifest is not None and not dynamic_unchanged(manifest.get("dynamic"), env):
                     manifest = None
                 if manifest is not None:
@@ -475,7 +566,7 @@ def execute(action: dict, env: BuildEnv) -> str:
     return outcome
 
 
-def _fetch_remote(remote, store: LocalStore, key: str) -> dict | None:
+def _fetch_remote(remote, store: LocalStore, key: str, action: dict | None = None) -> dict | None:
     data = remote.get_action_result(key)
     if data is None:
         return None
@@ -484,6 +575,8 @@ def _fetch_remote(remote, store: LocalStore, key: str) -> dict | None:
         blobs = manifest_blobs(manifest)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    if action is not None and manifest_problem(action, manifest):
+        return None  # never store or restore an entry that names other paths
     for digest in sorted(set(blobs)):
         if store.has_blob(digest):
             continue

@@ -49,12 +49,20 @@ def compose(path: Path, text: str | None = None) -> yaml.Node | None:
         raise UserError("file not found", where=str(path)) from None
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
+    except yaml.reader.ReaderError as exc:
+        # its str() spans two lines; a control character is reported as one, with its line
+        line = text.count("\n", 0, exc.position) + 1 if isinstance(text, str) else None
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise UserError(f"invalid YAML: character {char} is not allowed ({exc.reason})",
+                        where=f"{path}:{line}" if line else str(path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise UserError(f"invalid YAML: {exc.problem or exc.context}", where=f"{path}{line}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"invalid YAML: {exc}", where=str(path)) from None
+    except RecursionError:  # pyyaml's composer recurses once per nesting level
+        raise UserError("invalid YAML: nested too deeply", where=str(path)) from None
 
 
 def _scalar(path: Path, node: yaml.Node) -> Any:

@@ -183,13 +183,14 @@ def _artifact(stdout: str, kind: str, name: str, manifest: Path) -> Path | None:
             continue
         if msg.get("reason") != "compiler-artifact":
             continue
-        if Path(msg.get("manifest_path", "")) != manifest:
-            continue
         target = msg.get("target") or {}
+        # by target name, not manifest: in a cargo workspace the target is a member's
         if kind == "bin" and "bin" in target.get("kind", []) and target.get("name") == name:
             if msg.get("executable"):
                 found = Path(msg["executable"])
-        elif kind == "cdylib" and "cdylib" in target.get("crate_types", []):
+        elif kind == "cdylib" and "cdylib" in target.get("crate_types", []) and (
+                target.get("name", "").replace("-", "_") == name
+                or Path(msg.get("manifest_path", "")) == manifest):
             for f in msg.get("filenames", []):
                 if f.endswith(".so"):
                     found = Path(f)

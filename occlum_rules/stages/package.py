@@ -22,8 +22,10 @@ import io
 import json
 import os
 import posixpath
+import queue
 import stat
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from occlum_rules.errors import UserError
 
 DEFAULT_LEVEL = 6  # what `tar -z` (gzip's default) uses
 CHUNK = 1 << 20
+MAX_KEPT = 1 << 30  # members read into memory (the signed LibOS) are never this big
 # run/ holds the application's data and is never cleaned by the build; a release gets the
 # empty skeleton `occlum build` creates, never whatever a developer left there.
 RUN_SKELETON = ("run", "run/initfs", "run/initfs/__ROOT", "run/mount", "run/mount/__ROOT")
@@ -130,16 +133,45 @@ def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
     return sorted(unique, key=lambda m: _sort_key(m.name))
 
 
-class _HashingWriter:
-    """A write-only file that hashes and counts what passes through it."""
+class _BackgroundHashing:
+    """sha256 updates on one worker thread, in submission order.
 
-    def __init__(self, raw):
+    hashlib and zlib both release the GIL on large buffers, so hashing every member and the
+    output overlaps deflate instead of adding to it.
+    """
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._run, name="package-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            item[0].update(item[1])
+
+    def update(self, sha, data) -> None:
+        if data:
+            self._queue.put((sha, bytes(data)))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class _HashingWriter:
+    """A write-only file that hashes (in the background) and counts what passes through it."""
+
+    def __init__(self, raw, hashing: _BackgroundHashing):
         self.raw = raw
+        self.hashing = hashing
         self.sha = hashlib.sha256()
         self.size = 0
 
     def write(self, data) -> int:
-        self.sha.update(data)
+        self.hashing.update(self.sha, data)
         self.size += len(data)
         return self.raw.write(data)
 
@@ -148,13 +180,14 @@ class _HashingWriter:
 
 
 class _HashingReader:
-    def __init__(self, raw):
+    def __init__(self, raw, hashing: _BackgroundHashing):
         self.raw = raw
+        self.hashing = hashing
         self.sha = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
-        self.sha.update(data)
+        self.hashing.update(self.sha, data)
         return data
 
 
@@ -175,6 +208,26 @@ def tar_info(member: Member, top: str, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+def _add(tar: tarfile.TarFile, member: Member, top: str, mtime: int,
+         hashing: _BackgroundHashing, digests: list) -> dict:
+    info = tar_info(member, top, mtime)
+    record = {"path": info.name, "type": member.kind, "mode": f"{member.mode:04o}"}
+    if member.kind == "file":
+        with open(member.source, "rb") as src:
+            reader = _HashingReader(src, hashing)
+            try:
+                tar.addfile(info, reader)
+            except OSError as exc:
+                raise UserError(f"{member.source}: changed while packaging ({exc})") from None
+        record.update(size=member.size, sha256=None)
+        digests.append((record, reader.sha))
+    else:
+        tar.addfile(info)
+        if member.kind == "symlink":
+            record["target"] = member.target
+    return record
+
+
 def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                   level: int = DEFAULT_LEVEL) -> PackageResult:
     """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member."""
@@ -183,29 +236,24 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     contents: list[dict] = []
-    with open(tmp, "wb") as raw:
-        hashed = _HashingWriter(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=hashed, compresslevel=level,
-                           mtime=0) as gz:
-            with tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT,
-                                 encoding="utf-8", copybufsize=CHUNK) as tar:
-                for member in members:
-                    info = tar_info(member, top, mtime)
-                    record = {"path": info.name, "type": member.kind, "mode": f"{member.mode:04o}"}
-                    if member.kind == "file":
-                        with open(member.source, "rb") as src:
-                            reader = _HashingReader(src)
-                            try:
-                                tar.addfile(info, reader)
-                            except OSError as exc:
-                                raise UserError(f"{member.source}: changed while packaging "
-                                                f"({exc})") from None
-                        record.update(size=member.size, sha256=reader.sha.hexdigest())
-                    else:
-                        tar.addfile(info)
-                        if member.kind == "symlink":
-                            record["target"] = member.target
-                    contents.append(record)
+    digests: list[tuple[dict, object]] = []
+    hashing = _BackgroundHashing()
+    try:
+        with open(tmp, "wb") as raw:
+            hashed = _HashingWriter(raw, hashing)
+            with gzip.GzipFile(filename="", mode="wb", fileobj=hashed, compresslevel=level,
+                               mtime=0) as gz:
+                with tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT,
+                                     encoding="utf-8", copybufsize=CHUNK) as tar:
+                    for member in members:
+                        contents.append(_add(tar, member, top, mtime, hashing, digests))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        hashing.close()
+    for record, sha in digests:
+        record["sha256"] = sha.hexdigest()
     os.replace(tmp, out)
     return PackageResult(sha256=hashed.sha.hexdigest(), size=hashed.size, contents=contents)
 
@@ -355,6 +403,9 @@ def read_package(path: Path, on_file: Callable[[str, bytes], None] | None = None
                     sha = hashlib.sha256()
                     src = tar.extractfile(info)
                     wanted = keep is not None and keep(name)
+                    if wanted and info.size > MAX_KEPT:
+                        raise UserError(f"member {name!r} is implausibly large ({info.size} "
+                                        "bytes)")
                     buf = io.BytesIO() if wanted else None
                     while True:
                         chunk = src.read(CHUNK)

@@ -217,7 +217,7 @@ def _resolve_compiler(cc: str) -> str:
             f"C compiler {cc!r} not found; it is needed to build the stand-in LibOS "
             "(no Occlum install was found). Install gcc or point cc at a compiler."
         )
-    return found
+    return os.path.abspath(found)  # the compiler runs inside the work directory
 
 
 def _check_target(cc: str, compiler: str) -> None:

@@ -16,9 +16,21 @@ BINARIES = ["out/bin/examples/hello_c/hello/hello", "out/bin/examples/multi_c/gr
             "out/bin/examples/multi_c/adder/adder"]
 
 
+def c_only(root: Path) -> Path:
+    """The engine tests use the C part of the examples only (no instance, no package), so
+    they count compile/archive/link actions exactly."""
+    (root / "examples/hello_c/BUILD.py").write_text(
+        'occlum_cc_binary(\n    name = "hello",\n    srcs = ["hello.c"],\n)\n')
+    return root
+
+
+def checkout(path: Path) -> Path:
+    return c_only(copy_examples(path, EXAMPLES))
+
+
 @pytest.fixture
 def ws(tmp_path):
-    return copy_examples(tmp_path / "checkout", EXAMPLES)
+    return checkout(tmp_path / "checkout")
 
 
 def build(root: Path, cache: Path, *options: str):
@@ -78,15 +90,15 @@ def test_deleting_outputs_restores_from_cache(ws, tmp_path):
 
 
 def test_two_checkout_paths_give_identical_binaries_and_share_the_cache(tmp_path):
-    a = copy_examples(tmp_path / "one" / "checkout", EXAMPLES)
-    b = copy_examples(tmp_path / "two" / "deeper" / "place", EXAMPLES)
+    a = checkout(tmp_path / "one" / "checkout")
+    b = checkout(tmp_path / "two" / "deeper" / "place")
     build(a, tmp_path / "cache-a")
     build(b, tmp_path / "cache-b")
     for binary in BINARIES:
         assert hashlib.sha256((a / binary).read_bytes()).digest() == \
             hashlib.sha256((b / binary).read_bytes()).digest(), binary
     # keys do not contain the checkout path: a third checkout hits b's cache for everything
-    c = copy_examples(tmp_path / "three", EXAMPLES)
+    c = checkout(tmp_path / "three")
     build(c, tmp_path / "cache-b")
     assert report(c)["cache_hits_local"] == 8
 

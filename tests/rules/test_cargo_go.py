@@ -166,6 +166,25 @@ def test_editing_a_rust_source_rebuilds_only_that_crate(checkouts):
     assert ran(b) == ["//examples/hello_rust:hello_rust:cargo-build"]
 
 
+@needs_tools
+def test_go_binary_from_listed_files_with_ldflags_and_tags(checkouts):
+    """No go.mod: the listed files of one directory, with extra -ldflags and build tags."""
+    b = checkouts["b"]
+    (b / "gofiles").mkdir()
+    (b / "gofiles/main.go").write_text(
+        'package main\n\nimport "fmt"\n\nfunc main() { fmt.Println(greet()) }\n')
+    (b / "gofiles/greet.go").write_text(
+        '//go:build special\n\npackage main\n\nfunc greet() string { return "special" }\n')
+    (b / "gofiles/BUILD.py").write_text(
+        'go_binary(name = "files", srcs = ["main.go", "greet.go"], ldflags = ["-s", "-w"],\n'
+        '          tags = ["special"])\n')
+    build(b, checkouts["base"] / "cache-b")
+    assert ran(b) == ["//gofiles:files:go-build"]
+    binary = b / "out/bin/gofiles/files/files"
+    assert pie_kind(binary) == "pie"
+    assert subprocess.run([binary], capture_output=True, text=True).stdout == "special\n"
+
+
 # ---------------------------------------------------------------------------- bad input
 
 CRATE = {
@@ -181,8 +200,8 @@ def crate_ws(root: Path, build_py: str, files: dict[str, str] | None = None,
     return make_workspace(root, tree, yaml)
 
 
-def failing(root: Path, tmp_path: Path) -> str:
-    result = run_doit(root, "build", cache=tmp_path / "cache")
+def failing(root: Path, tmp_path: Path, *args: str) -> str:
+    result = run_doit(root, *(args or ("build",)), cache=tmp_path / "cache")
     assert result.returncode == 1, result.output
     assert "Traceback" not in result.output, result.output
     return result.output
@@ -203,6 +222,8 @@ def test_cargo_compile_error_shows_rustcs_message(tmp_path):
     assert "//crate:demo: cargo build failed" in out
     assert "mismatched types" in out and "src/main.rs" in out
     assert "Compiling demo" not in out  # progress noise trimmed
+    assert not (root / "crate/Cargo.lock").exists()  # cargo never writes into the sources
+    assert not (root / "crate/target").exists()
 
 
 @pytest.mark.skipif(CARGO is None, reason="cargo is not installed on this machine")
@@ -230,9 +251,10 @@ def test_missing_compiler_names_the_chain(tmp_path):
     (root / "gocmd").mkdir()
     (root / "gocmd/BUILD.py").write_text('go_binary(name = "g", srcs = ["main.go"])\n')
     (root / "gocmd/main.go").write_text("package main\n\nfunc main() {}\n")
-    out = failing(root, tmp_path)
-    assert "//crate:demo: no cargo toolchain found: tried no-such-cargo" in out
-    assert "//gocmd:g: no go toolchain found: tried no-such-go-1, no-such-go-2" in out
+    out = failing(root, tmp_path, "//crate:demo")
+    assert "error: //crate:demo: no cargo toolchain found: tried no-such-cargo" in out
+    out = failing(root, tmp_path, "//gocmd:g")
+    assert "error: //gocmd:g: no go toolchain found: tried no-such-go-1, no-such-go-2" in out
 
 
 @pytest.mark.skipif(GO is None, reason="go is not installed on this machine")

@@ -68,7 +68,10 @@ def make_fake_install(home: Path, modes: tuple[str, ...] = ("", "_sim")) -> Path
     _compile(musl_lib / "libc.so", "int musl_marker(void) { return 0; }\n", "-shared", "-fPIC")
     cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
     _wrapper(home / "toolchains/rust/bin/occlum-cargo", cargo, log)
-    _wrapper(home / "toolchains/golang/bin/occlum-go", shutil.which("go") or "/usr/bin/go", log)
+    go_bin = home / "toolchains/golang/bin"
+    go_bin.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.realpath(shutil.which("go") or "/usr/bin/go"), go_bin / "go")
+    _wrapper(go_bin / "occlum-go", str(go_bin / "go"), log)  # as Occlum's: a script beside go
 
     (home / "glibc/lib").mkdir(parents=True, exist_ok=True)
     shutil.copy("/lib64/ld-linux-x86-64.so.2", home / "glibc/lib/ld-linux-x86-64.so.2")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from occlum_rules.toolchains import Toolchains
+from occlum_rules.toolchains.occlum import discover, read_version, why_not_install
 
 from occlum_rules.core.workspace import load_workspace
 from occlum_rules.errors import UserError
 from occlum_rules.stages.elfcheck import pie_kind
-from occlum_rules.toolchains import Toolchains
-from occlum_rules.toolchains.occlum import discover, read_version, why_not_install
 from tests.support.workspace import REPO, make_workspace, run_cli, run_doit
 from tests.toolchains.fake_install import make_fake_install, make_standin
 
@@ -176,11 +177,18 @@ def test_toolchains_command_prints_choices_and_sources(fake_home, tmp_path):
     assert "built-in Python stages" in out
 
 
-def test_build_compiles_with_the_installs_occlum_gcc(fake_home, tmp_path):
-    root = make_workspace(tmp_path / "ws", {
+def test_build_compiles_with_the_installs_occlum_gcc_and_occlum_cargo(fake_home, tmp_path):
+    files = {
         "app/BUILD.py": 'occlum_cc_binary(name = "hi", srcs = ["hi.c"])\n',
         "app/hi.c": (REPO / "examples/hello_c/hello.c").read_text(),
-    }, f"source_date_epoch: 0\nocclum:\n  home: {fake_home}\n")
+    }
+    has_cargo = shutil.which("cargo") or os.path.exists(os.path.expanduser("~/.cargo/bin/cargo"))
+    if has_cargo:
+        for rel in ("Cargo.toml", "Cargo.lock", "src/main.rs"):
+            files[f"rs/{rel}"] = (REPO / "examples/hello_rust" / rel).read_text()
+        files["rs/BUILD.py"] = 'cargo_binary(name = "hello_rust")\n'
+    root = make_workspace(tmp_path / "ws", files,
+                          f"source_date_epoch: 0\nocclum:\n  home: {fake_home}\n")
     log = fake_home / "wrapper.log"
     before = log.read_text() if log.exists() else ""
     result = run_doit(root, "build", cache=tmp_path / "cache", env={"OCCLUM_HOME": ""})
@@ -189,3 +197,27 @@ def test_build_compiles_with_the_installs_occlum_gcc(fake_home, tmp_path):
     used = log.read_text()[len(before):]
     assert "toolchains/gcc/bin/occlum-gcc" in used and "hi.c" in used
     assert pie_kind(root / "out/bin/app/hi/hi") == "pie"
+    if has_cargo:
+        assert "toolchains/rust/bin/occlum-cargo build --offline" in used
+        assert pie_kind(root / "out/bin/rs/hello_rust/hello_rust") == "pie"
+
+
+def test_go_fingerprint_sees_the_go_behind_occlum_go(tmp_path, no_env_home):
+    home = make_fake_install(tmp_path / "occlum")
+    first = toolchains_for(tmp_path / "ws1", home).go()
+    assert first.path == str(home / "toolchains/golang/bin/occlum-go")
+    real = home / "toolchains/golang/bin/go"
+    target = os.readlink(real)
+    real.unlink()  # "upgrade" the go beside an unchanged occlum-go script
+    real.write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+    real.chmod(0o755)
+    again = toolchains_for(tmp_path / "ws2", home).go()
+    assert again.path == first.path and again.fingerprint != first.fingerprint
+
+
+def test_relative_occlum_home_is_relative_to_the_workspace(tmp_path, no_env_home):
+    root = tmp_path / "ws"
+    make_fake_install(root / "third_party/occlum")
+    make_workspace(root, {}, "source_date_epoch: 0\nocclum:\n  home: third_party/occlum\n")
+    tc = Toolchains(load_workspace(root))
+    assert tc.occlum() is not None and tc.occlum().home == root / "third_party/occlum"

@@ -28,6 +28,7 @@ import itertools
 import marshal
 import os
 import sys
+from array import array
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,7 +45,7 @@ from occlum_rules.stages.securefs.pfs import (
 from occlum_rules.stages.securefs.primitives import ZERO_IV, ZERO_KEY
 from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, inode_file_name, inode_ids
 
-STATE_MAGIC = b"occlum-rules/sefs-pack-state/2\n"
+STATE_MAGIC = b"occlum-rules/sefs-pack-state/3\n"
 MANIFEST_FIELDS = ("path", "type", "mode", "size", "sha256", "target")
 
 # A recorded stat key proves "unchanged" only for files whose last change was well before
@@ -67,12 +68,13 @@ class PackState:
     scan_started_ns: int
     paths: list[str]
     kinds: bytes
-    modes: list[int]
-    sizes: list[int]
-    contents: list[str]  # hex sha256 of each inode's protected content
-    macs: bytes  # 16 bytes per inode
-    stats: list[int]  # 5 ints per inode: size, mtime_ns, ctime_ns, ino, dev (zeros: unknown)
-    manifest: dict | None = None  # manifest columns + "perm" (manifest index -> position)
+    modes: array  # 'H'
+    sizes: array  # 'q'
+    contents: bytearray  # sha256 of each inode's protected content, 32 bytes each
+    macs: bytearray  # 16 bytes per inode
+    stats: array  # 'q', 5 per inode: size, mtime_ns, ctime_ns, ino, dev (zeros: unknown)
+    manifest: dict | None = None  # encoded manifest columns + "perm"
+    root_dir_stat: tuple = ()  # (ino, mtime_ns, ctime_ns) of __ROOT after the pack
     _by_path: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -85,10 +87,18 @@ class PackState:
         return self._by_path
 
     def mac(self, pos: int) -> bytes:
-        return self.macs[16 * pos : 16 * pos + 16]
+        return bytes(self.macs[16 * pos : 16 * pos + 16])
+
+    def content(self, pos: int) -> str:
+        return self.contents[32 * pos : 32 * pos + 32].hex()
 
     def stat_key(self, pos: int) -> tuple:
         return tuple(self.stats[5 * pos : 5 * pos + 5])
+
+
+def dir_stat(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def save_state(path: str | os.PathLike, state: PackState) -> None:
@@ -97,14 +107,15 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
             "python": list(sys.version_info[:2]),
             "root_mac": state.root_mac,
             "scan_started_ns": state.scan_started_ns,
-            "paths": state.paths,
-            "kinds": state.kinds,
-            "modes": state.modes,
-            "sizes": state.sizes,
-            "contents": state.contents,
-            "macs": state.macs,
-            "stats": state.stats,
+            "paths": "\0".join(state.paths),
+            "kinds": bytes(state.kinds),
+            "modes": state.modes.tobytes(),
+            "sizes": state.sizes.tobytes(),
+            "contents": bytes(state.contents),
+            "macs": bytes(state.macs),
+            "stats": state.stats.tobytes(),
             "manifest": state.manifest,
+            "root_dir_stat": list(state.root_dir_stat),
         },
         4,
     )
@@ -124,6 +135,12 @@ def discard_state(path: str | os.PathLike | None) -> None:
             pass
 
 
+def _array(code: str, raw: bytes) -> array:
+    a = array(code)
+    a.frombytes(raw)
+    return a
+
+
 def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None, str]:
     """(state, "") when the state file is intact and matches ``root_dir``; else (None, why).
 
@@ -141,7 +158,7 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
     if not blob.startswith(STATE_MAGIC) or len(blob) < head_len:
         return None, "pack state from another version"
     digest = blob[len(STATE_MAGIC) : head_len - 1]
-    payload = blob[head_len:]
+    payload = memoryview(blob)[head_len:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         return None, "pack state checksum mismatch"
     try:
@@ -149,24 +166,29 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
         if d["python"] != list(sys.version_info[:2]):
             return None, "pack state written by another Python version"
         state = PackState(
-            d["root_mac"], d["scan_started_ns"], d["paths"], d["kinds"], d["modes"],
-            d["sizes"], d["contents"], d["macs"], d["stats"], d["manifest"],
+            d["root_mac"], d["scan_started_ns"], d["paths"].split("\0"), d["kinds"],
+            _array("H", d["modes"]), _array("q", d["sizes"]), bytearray(d["contents"]),
+            bytearray(d["macs"]), _array("q", d["stats"]), d["manifest"], tuple(d["root_dir_stat"]),
         )
         n = len(state.paths)
-        if not (len(state.kinds) == len(state.modes) == len(state.sizes) == len(state.contents) == n
-                and len(state.macs) == 16 * n and len(state.stats) == 5 * n and n >= 1):
+        if not (len(state.kinds) == len(state.modes) == len(state.sizes) == n >= 1
+                and len(state.contents) == 32 * n and len(state.macs) == 16 * n
+                and len(state.stats) == 5 * n):
             return None, "malformed pack state"
     except (EOFError, ValueError, TypeError, KeyError):
         return None, "malformed pack state"
-    # The state must describe exactly what is in __ROOT now.
+    # The state must describe exactly what is in __ROOT now. Adding, removing or renaming
+    # an entry changes the directory's mtime/ctime; only if they moved, list it.
     try:
-        names = set(os.listdir(root_dir))
+        unchanged_dir = dir_stat(root_dir) == state.root_dir_stat
+        names = None if unchanged_dir else set(os.listdir(root_dir))
     except OSError:
         return None, "previous image is missing"
-    expected = {inode_file_name(i) for i in ids_for(len(state))}
-    expected.add(METADATA_NAME)
-    if names != expected:
-        return None, "previous image does not match its pack state (files differ)"
+    if names is not None:
+        expected = {inode_file_name(i) for i in ids_for(n)}
+        expected.add(METADATA_NAME)
+        if names != expected:
+            return None, "previous image does not match its pack state (files differ)"
     try:
         if mac_of_protected(os.path.join(root_dir, METADATA_NAME)) != state.root_mac:
             return None, "previous image does not match its pack state (root MAC differs)"
@@ -183,12 +205,45 @@ def stat_proves_unchanged(state: PackState, pos: int, stat_key: tuple | None) ->
     return max(mtime_ns, ctime_ns) < state.scan_started_ns - RACY_MARGIN_NS
 
 
-def manifest_columns(manifest: list) -> dict | None:
-    """The manifest as raw columns (None if it is not a list of dicts; full checks come later)."""
+def _ints(values: list) -> bytes | None:
+    """An int column as bytes (None -> -1); None if some value is not an int."""
     try:
-        return {f: [m.get(f) for m in manifest] for f in MANIFEST_FIELDS}
+        return array("q", [-1 if v is None else v for v in values]).tobytes()
+    except (TypeError, OverflowError):
+        return None
+
+
+def _strs(values: list) -> str | None:
+    """A str column, NUL-joined with None encoded as a lone SOH; None if not all str."""
+    try:
+        return "\0".join(["\1" if v is None else v for v in values])
+    except TypeError:
+        return None
+
+
+def manifest_columns(manifest: list) -> dict | None:
+    """The manifest's raw values as compact columns (None if it cannot be encoded so).
+
+    The raw lists of the string columns are kept under ``"_raw"`` (not saved) so that
+    :func:`changed_rows` only has to split the old side.
+    """
+    try:
+        cols = {f: [m.get(f) for m in manifest] for f in MANIFEST_FIELDS}
     except AttributeError:
         return None
+    enc = {
+        "path": _strs(cols["path"]), "type": _strs(cols["type"]), "mode": _ints(cols["mode"]),
+        "size": _ints(cols["size"]), "sha256": _strs(cols["sha256"]), "target": _strs(cols["target"]),
+    }
+    if any(v is None for v in enc.values()):
+        return None
+    # NUL separates the joined strings: a path or target holding one cannot be encoded
+    if enc["path"].count("\0") != max(len(manifest) - 1, 0) or enc["target"].count("\0") != max(
+        len(manifest) - 1, 0
+    ):
+        return None
+    enc["_raw"] = {"sha256": cols["sha256"], "target": cols["target"]}
+    return enc
 
 
 def changed_rows(new: dict, old: dict) -> list[int] | None:
@@ -196,10 +251,15 @@ def changed_rows(new: dict, old: dict) -> list[int] | None:
     if new["path"] != old["path"] or new["type"] != old["type"]:
         return None
     changed: set[int] = set()
-    for f in ("mode", "size", "sha256", "target"):
-        a, b = new[f], old[f]
-        if a != b:
-            changed.update(i for i in range(len(a)) if a[i] != b[i])
+    for f in ("mode", "size"):
+        if new[f] != old[f]:
+            a, b = _array("q", new[f]), _array("q", old[f])
+            changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    for f in ("sha256", "target"):
+        if new[f] != old[f]:
+            a = ["\1" if v is None else v for v in new["_raw"][f]]
+            b = old[f].split("\0")
+            changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     return sorted(changed)
 
 
@@ -246,12 +306,12 @@ def make_plan(state: PackState | None, new_content: dict[int, str], new_ids: lis
     old_ids = ids_for(len(state))
     old_pos = {i: p for p, i in enumerate(old_ids)}
     by_content: dict[str, list[int]] = {}
-    for i, c in zip(old_ids, state.contents, strict=True):
-        by_content.setdefault(c, []).append(i)
+    for p, i in enumerate(old_ids):
+        by_content.setdefault(state.content(p), []).append(i)
     claimed: set[int] = set()
     for i in new_ids:
         p = old_pos.get(i)
-        if p is not None and state.contents[p] == new_content[i]:
+        if p is not None and state.content(p) == new_content[i]:
             plan.keep[i] = state.mac(p)
             claimed.add(i)
     pending = []

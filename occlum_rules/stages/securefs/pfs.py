@@ -99,7 +99,7 @@ def clean_name_of(path: str | os.PathLike) -> str:
 
 def _name_field(name: str) -> bytes:
     raw = name.encode()
-    if len(raw) >= MAX_NAME - 1 or b"\0" in raw:
+    if len(raw) >= MAX_NAME - 1 or 0 in raw:
         raise UserError(f"protected file name too long or invalid: {name!r}")
     return raw
 
@@ -130,7 +130,8 @@ class _KeySource:
                 self._new_master()
             take = min(len(phys_numbers) - i, MAX_MASTER_KEY_USAGES - self._used)
             nums = phys_numbers[i : i + take]
-            nonces = [self._rng(16) for _ in nums]
+            drawn = self._rng(16 * take)  # one draw: same bytes as `take` draws of 16
+            nonces = [drawn[16 * k : 16 * k + 16] for k in range(take)]
             out += self._kdf.derive(nums, nonces)
             self._used += take
             i += take
@@ -165,8 +166,14 @@ class FdSink:
         os.pwrite(self.fd, data, offset)
 
 
-def _seal_data(chunk: bytes, first: int, keys: _KeySource | None) -> tuple[bytes, list]:
-    """MHT data entries and on-disk pieces for data nodes ``first..`` holding ``chunk``."""
+def _seal_data(
+    chunk: bytes, first: int, keys: _KeySource | None, mht_phys: int | None = None
+) -> tuple[bytes, list, bytes | None]:
+    """MHT data entries and on-disk pieces for data nodes ``first..`` holding ``chunk``.
+
+    With ``mht_phys`` (encrypted mode, leaf MHT node), that node's key is derived in the
+    same batch, right after the data nodes' (the SDK's draw order), and returned third.
+    """
     n = len(chunk)
     full = n // NODE_SIZE
     tail = n - full * NODE_SIZE
@@ -177,17 +184,21 @@ def _seal_data(chunk: bytes, first: int, keys: _KeySource | None) -> tuple[bytes
         tags = [enc(ZERO_IV, b"", mv[i : i + NODE_SIZE]) for i in range(0, full * NODE_SIZE, NODE_SIZE)]
         if tail:
             tags.append(enc(ZERO_IV, b"", chunk[full * NODE_SIZE :] + pad))
-        return b"".join(map(ZERO_KEY.__add__, tags)), [chunk, pad]
+        return b"".join(map(ZERO_KEY.__add__, tags)), [chunk, pad], None
     count = full + (1 if tail else 0)
     # the SDK flushes the most recently used node first: highest data node draws first
     phys_desc = [_data_phys(d) for d in range(first + count - 1, first - 1, -1)]
-    node_keys = keys.keys(phys_desc)[::-1]
+    if mht_phys is not None:
+        phys_desc.append(mht_phys)
+    drawn = keys.keys(phys_desc)
+    mht_key = drawn.pop() if mht_phys is not None else None
+    node_keys = drawn[::-1]
     cts = []
     for i, k in enumerate(node_keys):
         node = mv[i * NODE_SIZE : (i + 1) * NODE_SIZE] if i < full else chunk[full * NODE_SIZE :] + pad
         cts.append(AESGCM(k).encrypt(ZERO_IV, node, None))
     entries = b"".join(k + c[-16:] for k, c in zip(node_keys, cts, strict=True))
-    return entries, [b"".join(c[:-16] for c in cts)]
+    return entries, [b"".join(c[:-16] for c in cts)], mht_key
 
 
 def protect_stream(
@@ -225,8 +236,8 @@ def protect_stream(
             node0, mac = _meta_node(name_raw, size, head, ZERO_KEY, bytes(16), keys, key)
             sink.append([node0])
             return mac
-        entries, payload = _seal_data(data[MD_USER_DATA_SIZE:], 0, keys)
-        mk, mt, mht = _seal_node(entries + bytes(NODE_SIZE - len(entries)), keys, 1)
+        entries, payload, k = _seal_data(data[MD_USER_DATA_SIZE:], 0, keys, 1)
+        mk, mt, mht = _seal_node(entries + bytes(NODE_SIZE - len(entries)), keys, 1, k)
         node0, mac = _meta_node(name_raw, size, head, mk, mt, keys, key)
         sink.append([node0, mht, *payload])
         return mac
@@ -246,12 +257,15 @@ def protect_stream(
         remaining -= want
         if on_data is not None:
             on_data(chunk)
-        entries, payload = _seal_data(chunk, first, keys)
-        if m < n_internal:
+        leaf = m >= n_internal
+        entries, payload, k = _seal_data(chunk, first, keys, _mht_phys(m) if leaf else None)
+        if not leaf:
             pending[m] = entries
             mht_bytes = _ZERO_NODE
         else:
-            k, t, mht_bytes = _seal_node(entries + bytes(NODE_SIZE - len(entries)), keys, _mht_phys(m))
+            k, t, mht_bytes = _seal_node(
+                entries + bytes(NODE_SIZE - len(entries)), keys, _mht_phys(m), k
+            )
             mht_entries[m] = (k, t)
         sink.append([mht_bytes, *payload])
     if read(1):
@@ -318,19 +332,20 @@ def write_protected(
     )
 
 
-def _seal_node(node: bytes, keys: _KeySource | None, phys: int) -> tuple[bytes, bytes, bytes]:
-    """(key, tag, on-disk bytes) of one MHT node."""
+def _seal_node(
+    node: bytes, keys: _KeySource | None, phys: int, key: bytes | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """(key, tag, on-disk bytes) of one MHT node (``key``: already derived for it)."""
     if keys is None:
         return ZERO_KEY, _ZERO_AEAD.encrypt(ZERO_IV, b"", node), node
-    (k,) = keys.keys([phys])
+    k = key if key is not None else keys.keys([phys])[0]
     sealed = AESGCM(k).encrypt(ZERO_IV, node, None)
     return k, sealed[-16:], sealed[:-16]
 
 
 def _writev_all(fd: int, parts: list) -> None:
-    parts = [p for p in parts if len(p)]
-    total = sum(len(p) for p in parts)
-    n = os.writev(fd, parts) if parts else 0
+    n = os.writev(fd, parts)
+    total = sum(map(len, parts))
     if n != total:  # rare short write: finish the rest plainly
         rest = b"".join(bytes(p) for p in parts)[n:]
         while rest:

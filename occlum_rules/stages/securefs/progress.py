@@ -1,6 +1,6 @@
 """Progress for long packs: live on a terminal, silent in logs and pipes.
 
-A live line (files, bytes, MB/s) is shown only when stderr is a TTY and the image is
+A live line (inodes written, bytes, MB/s) is shown only when stderr is a TTY and the image is
 big enough for the wait to be noticeable; an optional one-line summary is printed at the
 end either way (the build asks for it; the drop-in CLIs do not, to match Occlum's tools).
 """
@@ -60,7 +60,7 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         line = (
-            f"\r{self.label}: {self.files}/{self.total_files} files, "
+            f"\r{self.label}: {self.files}/{self.total_files} inodes, "
             f"{_mib(self.bytes)}/{_mib(self.total_bytes)}, {self._rate(now):.0f} MB/s"
         )
         self.stream.write(line + "\x1b[K")
@@ -74,7 +74,7 @@ class Progress:
         if self.summary:
             extra = f" ({note})" if note else ""
             self.stream.write(
-                f"{self.label}: {self.files} files, {_mib(self.bytes)} in "
+                f"{self.label}: {self.files} inodes, {_mib(self.bytes)} in "
                 f"{now - self._start:.2f} s, {self._rate(now):.0f} MB/s{extra}\n"
             )
         self.stream.flush()

@@ -15,6 +15,7 @@ import shutil
 import stat
 import struct
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from occlum_rules.stages.securefs.sefs_format import (
     parse_dir_entries,
     parse_metadata,
 )
-from occlum_rules.stages.securefs.tree import Node, scan_tree, tree_from_manifest
+from occlum_rules.stages.securefs.tree import _HEX64, Node, scan_tree, tree_from_manifest
 
 
 def mac_text(mac: bytes) -> str:
@@ -110,11 +111,13 @@ def _write_inode(
             )
         finally:
             os.close(out)
-    src_path = os.path.join(src_dir, node.rel)
+    src_path = src_dir + node.rel  # src_dir ends with a separator
     try:
         fd = os.open(src_path, os.O_RDONLY)
     except FileNotFoundError:
         raise UserError("file vanished while the image was packed", src_path) from None
+    except OSError as exc:
+        raise UserError(f"cannot read file: {exc.strerror}", src_path) from None
     try:
         out = _open_new(out_path)
         try:
@@ -160,7 +163,7 @@ def pack_image(
     True/False to force; ``summary`` prints one line at the end. Returns the root MAC text
     and how many inode files were rewritten or re-used.
     """
-    src = os.fspath(src_dir)
+    src = os.path.join(os.fspath(src_dir), "")
     dst = os.path.abspath(os.fspath(dst_root_dir))
     started_ns = time.time_ns()
     if key is not None and len(key) != 16:
@@ -198,7 +201,7 @@ def pack_image(
                 pos = state.by_path.get(n.rel)
                 if (pos is not None and state.kinds[pos] == KIND_FILE
                         and incremental.stat_proves_unchanged(state, pos, n.stat_key)):
-                    digests[n.id] = state.contents[pos]  # same stat key, not racy: same bytes
+                    digests[n.id] = state.content(pos)  # same stat key, not racy: same bytes
                 else:
                     digests[n.id] = n.sha256 = _hash_file(os.path.join(src, n.rel))
 
@@ -228,10 +231,11 @@ def pack_image(
                 macs[i] = incremental.rename_protected(new_path(i), inode_file_name(i))
             for j in plan.delete:
                 os.unlink(old_path(j))
+        out_prefix = os.path.join(work, "")
+        out_suffix = ".new" if state is not None else ""
         for i in plan.write:
             n = by_id[i]
-            target = os.path.join(work, inode_file_name(i))
-            out = target + ".new" if state is not None else target
+            out = out_prefix + inode_file_name(i) + out_suffix
             h = hashlib.sha256() if want_state and i not in digests else None
             macs[i] = _write_inode(out, n, src, content[i], key, rng, h)
             if h is not None:
@@ -258,22 +262,22 @@ def pack_image(
         raise
 
     if want_state:
-        perm = None
-        if manifest is not None:
-            perm = [-1] * len(manifest)
+        cols = incremental.manifest_columns(manifest) if manifest is not None else None
+        if cols is not None:
+            del cols["_raw"]
+            perm = array("i", [-1]) * len(manifest)
             for pos, n in enumerate(nodes):
                 if n.src_index >= 0:
                     perm[n.src_index] = pos
-        stats: list[int] = []
+            cols["perm"] = perm.tobytes()
+        stats = array("q")
         for n in nodes:
             stats.extend(n.stat_key or (0, 0, 0, 0, 0))
-        cols = incremental.manifest_columns(manifest) if manifest is not None else None
-        if cols is not None:
-            cols["perm"] = perm
         incremental.save_state(state_path, incremental.PackState(
             root_mac, started_ns, [n.rel for n in nodes], bytes(n.kind for n in nodes),
-            [n.mode for n in nodes], [n.size for n in nodes], [digests[i] for i in ids],
-            b"".join(macs[i] for i in ids), stats, cols,
+            array("H", [n.mode for n in nodes]), array("q", [n.size for n in nodes]),
+            bytearray(bytes.fromhex("".join(digests[i] for i in ids))),
+            bytearray(b"".join(macs[i] for i in ids)), stats, cols, incremental.dir_stat(dst),
         ))
     prog.finish("incremental" if state is not None else "")
     return PackResult(
@@ -311,7 +315,8 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
     rows = incremental.changed_rows(cols, state.manifest)
     if rows is None:
         return None
-    perm = state.manifest["perm"]
+    perm = array("i")
+    perm.frombytes(state.manifest["perm"])
     ids = incremental.ids_for(len(state))
     work = []
     for j in rows:
@@ -324,16 +329,16 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
             return None  # let the general path report it
         if kind == KIND_FILE:
             size, sha = item.get("size"), item.get("sha256")
-            if type(size) is not int or size < 0 or type(sha) is not str or len(sha) != 64:
+            if type(size) is not int or size < 0 or type(sha) is not str or not _HEX64.fullmatch(sha):
                 return None
-            new = (size, sha) if (size, sha) != (state.sizes[pos], state.contents[pos]) else None
+            new = (size, sha) if (size, sha) != (state.sizes[pos], state.content(pos)) else None
         elif kind == KIND_SYMLINK:
             target = item.get("target")
             if not isinstance(target, str):
                 return None
             raw = os.fsencode(target)
             digest = _sha_hex(raw)
-            new = (len(raw), digest, raw) if digest != state.contents[pos] else None
+            new = (len(raw), digest, raw) if digest != state.content(pos) else None
             mode = 0o777
         else:
             new = None
@@ -349,7 +354,7 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
     rewrite = [(pos, new) for pos, _m, new in work if new is not None]
     total = sum(new[0] for pos, new in rewrite if state.kinds[pos] == KIND_FILE)
     prog = Progress(label, len(rewrite), total, live=progress, summary=summary)
-    macs = bytearray(state.macs)
+    macs = state.macs
     for pos, new in rewrite:
         i = ids[pos]
         node = Node(i, state.paths[pos], b"", state.kinds[pos], 0, 0)
@@ -357,7 +362,8 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         out = os.path.join(dst, inode_file_name(i) + ".new")
         body = new[2] if node.kind == KIND_SYMLINK else None
         macs[16 * pos : 16 * pos + 16] = _write_inode(out, node, src, body, None, None, None)
-        state.sizes[pos], state.contents[pos] = new[0], new[1]
+        state.sizes[pos] = new[0]
+        state.contents[32 * pos : 32 * pos + 32] = bytes.fromhex(new[1])
         prog.advance(1, new[0] if node.kind == KIND_FILE else 0)
     for pos, _new in rewrite:
         name = inode_file_name(ids[pos])
@@ -370,9 +376,11 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         struct.pack_into("<H", meta, off + 12, mode)
         meta[off + 96 : off + 112] = macs[16 * pos : 16 * pos + 16]
     root_mac = _write_metadata(dst, bytes(meta), None, None)
-    state.root_mac, state.macs = root_mac, bytes(macs)
-    cols["perm"] = perm
+    state.root_mac = root_mac
+    del cols["_raw"]
+    cols["perm"] = state.manifest["perm"]
     state.manifest = cols
+    state.root_dir_stat = incremental.dir_stat(dst)
     incremental.save_state(state_path, state)
     prog.finish("incremental")
     return PackResult(

@@ -85,11 +85,8 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
     S_IFMT, S_IFREG, S_IFDIR, S_IFLNK = stat.S_IFMT(0o170000), stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 
     def walk(dir_path: str, dir_node: Node) -> None:
-        try:
-            with os.scandir(dir_path) as it:
-                entries = [(_check_name(e.name, e.path), e) for e in it]
-        except PermissionError:
-            raise UserError("cannot read directory (permission denied)", dir_path) from None
+        with os.scandir(dir_path) as it:
+            entries = [(_check_name(e.name, e.path), e) for e in it]
         entries.sort(key=lambda t: t[0])
         prefix = dir_node.rel + "/" if dir_node.rel else ""
         children = dir_node.children
@@ -116,7 +113,10 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
             else:
                 walk(e.path, node)
 
-    walk(root_path, root)
+    try:
+        walk(root_path, root)
+    except OSError as exc:
+        raise UserError(f"cannot scan the image: {exc.strerror}", exc.filename or root_path) from None
     return nodes
 
 

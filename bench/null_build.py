@@ -1,0 +1,118 @@
+"""Benchmark (scenario 3): the null build -- ``doit build`` when nothing changed.
+
+A workspace with 10 instances, each an image of 20k tiny files (quick: 2k), is built once;
+then ``doit build`` runs again with nothing changed. Its wall time (process start, BUILD
+loading, every up-to-date check) is compared with a bare ``os.scandir`` walk of the same
+trees (sources and outputs) measured in the same run. Goals: <= 1 s and <= 2x the walk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import harness as h  # noqa: E402
+import workloads as wl  # noqa: E402
+
+SCENARIO = "3 null build"
+INSTANCES = 10
+
+
+def scandir_walk(root: str) -> int:
+    """The floor: visit every directory entry once, no stat beyond what d_type gives."""
+    count = 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return count
+
+
+def scandir_lstat_walk(root: str) -> int:
+    """The walk plus one lstat per entry (what any mtime/size check needs at least)."""
+    count = 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                count += 1
+                entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return count
+
+
+def make(ws: Path, files: int) -> None:
+    wl.make_tiny_tree(ws / "shared" / "tiny", files)
+    for i in range(INSTANCES):
+        pkg = ws / f"app{i:02d}"
+        pkg.mkdir()
+        (pkg / "image.yaml").write_text(wl.dir_bom("../shared/tiny"))
+        (pkg / "BUILD.py").write_text(wl.instance_build("image.yaml"))
+
+
+def run(quick: bool, profile: bool = False) -> list[dict]:
+    files = 2000 if quick else 20000
+    runs = 3 if quick else 5
+    goal_abs, goal_ratio = "<= 1 s", "<= 2x a bare os.scandir walk"
+    base = h.workdir("null")
+    try:
+        ws = wl.new_workspace(base / "ws")
+        make(ws, files)
+        cache = base / "cache"
+        first = h.run_doit(ws, "-n", "2", "build", cache=cache)
+        if not first.ok:
+            reason = f"the initial build failed: {first.failure()}"
+            return [h.unavailable(SCENARIO, "wall time", "s", goal_abs, reason),
+                    h.unavailable(SCENARIO, "ratio to os.scandir walk", "x", goal_ratio, reason)]
+        nulls = [h.run_doit(ws, "build", cache=cache) for _ in range(runs)]
+        failed = [r for r in nulls if not r.ok]
+        if failed:
+            reason = f"a null build failed: {failed[0].failure()}"
+            return [h.unavailable(SCENARIO, "wall time", "s", goal_abs, reason)]
+        null_med = h.median([r.seconds for r in nulls])
+        inner_med = h.median([float((r.report or {}).get("seconds", 0)) for r in nulls])
+        ran = max(r.count("actions_run") for r in nulls)
+        uptodate = nulls[-1].count("up_to_date")
+        entries = scandir_walk(str(ws))
+        walk_med = h.median([h.timed(lambda: scandir_walk(str(ws))) for _ in range(runs)])
+        lstat_med = h.median([h.timed(lambda: scandir_lstat_walk(str(ws))) for _ in range(runs)])
+        ratio = null_med / walk_med
+        shape = (f"{INSTANCES} instances x {files} files; the walk visits {entries} entries "
+                 f"(sources + out/) in {walk_med:.3f} s, {lstat_med:.3f} s with an lstat each")
+        records = [
+            h.rec(SCENARIO, "wall time (doit build, nothing changed)", round(null_med, 3), "s", goal_abs,
+                  null_med <= 1.0,
+                  f"median of {runs}; doit's own count {inner_med:.2f} s (the rest: interpreter "
+                  f"start, BUILD loading, analysis); {ran} actions run, {uptodate} up to date; "
+                  f"initial build {first.seconds:.1f} s with -n 2"),
+            h.rec(SCENARIO, "ratio to a bare os.scandir walk of the same trees", round(ratio, 2), "x",
+                  goal_ratio, ratio <= 2.0, shape),
+            h.rec(SCENARIO, "ratio to an os.scandir walk + lstat", round(null_med / lstat_med, 2), "x",
+                  "informational", None, ""),
+        ]
+        if profile and (null_med > 1.0 or ratio > 2.0):
+            records[0]["note"] += "; " + h.profile_doit(ws, "build", cache=cache)
+        return records
+    finally:
+        h.rmtree(base)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2k files per instance instead of 20k")
+    ap.add_argument("--profile", action="store_true", help="cProfile a null build that misses a goal")
+    args = ap.parse_args()
+    h.print_table(run(args.quick, args.profile))
+
+
+if __name__ == "__main__":
+    main()
