@@ -110,7 +110,8 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
     ctx.actions.stage(
         name="standin", kind="standin", func="occlum_rules.actions.instance:build_standin",
         inputs=[str(p) for p in standin_sources()], outputs=outs,
-        params={"cc": gcc.path, "sdk_minor": 20}, toolchains=[gcc.fingerprint],
+        params={"cc": gcc.path, "sdk_minor": 20},
+        toolchains=[gcc.fingerprint, ctx.toolchains.find("ld", ["ld"], why="links the stand-in").fingerprint],
         description="build the stand-in LibOS (cannot run on SGX)")
     _note(ctx, "occlum-rules: LibOS: the stand-in built from occlum_rules/standin (no Occlum "
                "install): instances build, sign and package, but cannot run on SGX")
@@ -299,6 +300,7 @@ def instance_impl(ctx: RuleContext) -> dict:
         name="layout", kind="instance.layout", func="occlum_rules.actions.instance:layout",
         inputs=layout_inputs, outputs=outs,
         params={"names": names, "entries": entries, "instance_dir": inst},
+        ensure_dirs=[f"{inst}/run/mount/__ROOT", f"{inst}/run/initfs/__ROOT"],
         description="links and status files of the instance")
     return {
         "files": [signed, measurements, *outs],

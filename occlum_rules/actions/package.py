@@ -3,6 +3,7 @@ deterministic tarball, its release manifest and SHA256SUMS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -55,9 +56,9 @@ def package(ctx: StageContext) -> None:
         occlum_json = json.loads((instance / "Occlum.json").read_text())
         measurements = json.loads((ctx.root / p["measurements"]).read_text())
         image_manifest = json.loads((ctx.root / p["image_manifest"]).read_text())
+        mode = (instance / ".sgx_mode").read_text().strip() or p["sgx_mode"]
     except (OSError, ValueError) as exc:
         raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
-    mode = (instance / ".sgx_mode").read_text().strip() or p["sgx_mode"]
     why = refusal(ctx.label, occlum_json, measurements, mode, p["debug"])
     if why:
         raise UserError(why)
@@ -71,8 +72,6 @@ def package(ctx: StageContext) -> None:
         source_date_epoch=ctx.source_date_epoch, level=p["level"])
     data = manifest_bytes(manifest)
     _write(manifest_file, data)
-    import hashlib
-
     _write(sums, sha256sums([(tarball.name, result.sha256),
                              (manifest_file.name, hashlib.sha256(data).hexdigest())]))
     if p["debug"] and (measurements.get("debuggable") or mode == "SIM"):

@@ -16,7 +16,9 @@ import os
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.image_key import load_image_key
-from occlum_rules.stages.securefs.sefs import pack_image, parse_mac_text, unpack_image
+from occlum_rules.stages.securefs.mactext import parse_mac_text
+from occlum_rules.stages.securefs.sefs import pack_image
+from occlum_rules.stages.securefs.sefs_verify import unpack_image
 
 
 def _parser() -> argparse.ArgumentParser:

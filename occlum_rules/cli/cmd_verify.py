@@ -6,9 +6,12 @@ Three forms:
     owner 0/0 and the pinned mtime) and SHA256SUMS when it is beside the package; prints
     MRENCLAVE/MRSIGNER read from the signed LibOS inside the tarball.
   * ``verify --rebuild PACKAGE.tar.gz`` or ``verify --rebuild //pkg:target``: copy the
-    workspace's sources (not its output directory, not .git) to a temporary directory and
-    build the package target there with an empty cache and no remote cache, then compare the
-    bytes with the given package (or with the workspace's own built package for a label).
+    workspace's sources (everything but its output directory, an in-tree cache and .git —
+    .git is kept when source_date_epoch is 'git') to a temporary directory, build the package
+    target there with ``doit`` under an empty cache, no remote cache and the manifest's
+    SOURCE_DATE_EPOCH, then compare the bytes with the given package (or with the
+    workspace's own built package for a label) and name the first differing member.
+    The signing key must be reachable from the copy (in the workspace, or an absolute path).
   * ``verify INSTANCE_DIR``: check an instance's SEFS images against their .ROOT_MAC files,
     that the LibOS's .builtin_config holds the protected config's MAC, and that the signed
     enclave's identity matches build/measurements.json.
@@ -138,18 +141,18 @@ def _print_identity(identity: dict, manifest: dict) -> None:
 def _copy_sources(ws, dest: Path) -> None:
     """The workspace as a fresh checkout would have it: no outputs, caches or VCS data."""
     root = ws.root
-    skip_top = {ws.output_dir.split("/")[0]}
+    skip = {ws.out.resolve()}
     cache = ws.cache_dir()
     if cache.is_relative_to(root) and cache != root:
-        skip_top.add(cache.relative_to(root).parts[0])
+        skip.add(cache)
     keep_git = ws.source_date_epoch_policy == "git"
 
     def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = {n for n in names if n in ("__pycache__", ".pytest_cache")}
-        if Path(directory) == root:
-            skipped |= {n for n in names if n in skip_top}
-            if not keep_git and ".git" in names:
-                skipped.add(".git")
+        here = Path(directory)
+        skipped = {n for n in names if n in ("__pycache__", ".pytest_cache")
+                   or (here / n).resolve() in skip}
+        if here == root and not keep_git and ".git" in names:
+            skipped.add(".git")
         return skipped
 
     shutil.copytree(root, dest, symlinks=True, ignore=ignore)

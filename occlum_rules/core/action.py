@@ -37,6 +37,8 @@ class Action:
     producers: list[str] = field(default_factory=list)    # upstream action ids
     input_producers: dict[str, str] = field(default_factory=dict)  # input path -> action id
     description: str = ""
+    ensure_dirs: list[str] = field(default_factory=list)  # created after every outcome, never
+    # removed and not outputs (an instance's run/: the application's own data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

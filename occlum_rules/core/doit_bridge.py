@@ -229,6 +229,7 @@ class BuildReporter(ConsoleReporter):
 
 def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
     """What dodo.py calls: fill its globals with DOIT_CONFIG and task generators."""
+    os.umask(0o022)  # build outputs must not depend on the user's umask
     try:
         ws, graph = load_graph(start)
         env = build_env(ws, os.environ.get("OCCLUM_RULES_RUN_ID"))

@@ -336,15 +336,15 @@ def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: di
         _remove(str(scratch))
 
 
-def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict) -> None:
+def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: bool = False) -> None:
     for out in manifest["outputs"]:
         if out["type"] == "file":
-            store.put_file(Path(_abs(env, out["path"])), out["sha256"])
+            store.put_file(Path(_abs(env, out["path"])), out["sha256"], replace)
         elif out["type"] == "dir":
             base = Path(_abs(env, out["path"]))
             for e in out["entries"]:
                 if e["type"] == "file":
-                    store.put_file(base / e["path"], e["sha256"])
+                    store.put_file(base / e["path"], e["sha256"], replace)
 
 
 # --------------------------------------------------------------------------- running
@@ -496,8 +496,21 @@ def is_up_to_date(action: dict, env: BuildEnv) -> bool:
         return False
 
 
+def _ensure_dirs(action: dict, env: BuildEnv) -> None:
+    for rel in action.get("ensure_dirs", []):
+        os.makedirs(_abs(env, rel), exist_ok=True)
+
+
 def execute(action: dict, env: BuildEnv) -> str:
     """Bring one action's outputs up to date; return the outcome."""
+    os.umask(0o022)  # outputs (and so SEFS images and MRENCLAVE) must not depend on the umask
+    try:
+        return _execute(action, env)
+    finally:
+        _ensure_dirs(action, env)
+
+
+def _execute(action: dict, env: BuildEnv) -> str:
     started = time.monotonic()
     key, digests = action_key(action, env)
     spath = state_path(env, action["id"])
@@ -514,6 +527,7 @@ def execute(action: dict, env: BuildEnv) -> str:
     store = LocalStore(Path(env.cache_dir))
     outcome = None
     manifest = None
+    damaged = False  # a cached result failed to restore: its other blobs are suspect too
     if action["cacheable"]:
         cached = store.get_action(key)
         if store.corrupt_found:
@@ -532,6 +546,7 @@ def execute(action: dict, env: BuildEnv) -> str:
                 restore_outputs(action, env, store, cached)
                 outcome, manifest = "cache_hit_local", cached
             except (CorruptBlob, FileNotFoundError) as exc:
+                damaged = True
                 print(f"warning: {action['label']}: {exc}; rebuilding", file=sys.stderr)
         if outcome is None:
             remote = _remote(env)
@@ -544,6 +559,7 @@ def execute(action: dict, env: BuildEnv) -> str:
                         restore_outputs(action, env, store, manifest)
                         outcome = "cache_hit_remote"
                     except (CorruptBlob, FileNotFoundError):
+                        damaged = True
                         manifest = None
     if outcome is None:
         manifest = run_action(action, env)
@@ -551,7 +567,7 @@ def execute(action: dict, env: BuildEnv) -> str:
         if action["cacheable"]:
             stored = {"outputs": manifest["outputs"], "label": action["label"],
                       "kind": action["kind"], "dynamic": manifest.get("dynamic", [])}
-            store_outputs(store, env, stored)
+            store_outputs(store, env, stored, replace=damaged)
             store.put_action(key, stored)
             remote = _remote(env)
             if remote is not None and remote.upload_enabled:

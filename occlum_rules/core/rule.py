@@ -179,7 +179,8 @@ class Actions:
     def stage(self, name: str, kind: str, func: str, inputs: list, outputs: list[File],
               params: dict | None = None, toolchains: list[str] | None = None,
               secrets: dict[str, str] | None = None, in_place: bool = False,
-              cacheable: bool = True, description: str = "") -> None:
+              cacheable: bool = True, description: str = "",
+              ensure_dirs: list[str] | None = None) -> None:
         """A Python stage function ``module:function(ctx: StageContext)``."""
         action_id = self._ctx.action_id(name)
         ins, producers, upstream = self._common(name, inputs, outputs)
@@ -188,7 +189,8 @@ class Actions:
             outputs=[f.path for f in outputs], output_types=["dir" if f.is_dir else "file" for f in outputs],
             func=func, params=dict(params or {}), toolchains=list(toolchains or []),
             secrets=dict(secrets or {}), in_place=in_place, cacheable=cacheable,
-            producers=upstream, input_producers=producers, description=description or name))
+            producers=upstream, input_producers=producers, description=description or name,
+            ensure_dirs=list(ensure_dirs or [])))
         self._claim(outputs, action_id)
 
     def _claim(self, outputs: list[File], action_id: str) -> None:

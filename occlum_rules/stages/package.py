@@ -8,6 +8,9 @@ uid/gid 0 with empty owner names, every mtime = SOURCE_DATE_EPOCH, modes normali
 a gzip header with mtime 0 and no file name, and a fixed compression level. Links are stored
 as links, never followed, as GNU tar does without ``-h``. Hard links are not detected: every
 regular file is stored in full, so how a cache restored the files cannot change the bytes.
+As with ``occlum package``, only the named paths and what is below them are entries: there
+are no entries for ``<name>/``, ``<name>/build/`` or ``<name>/build/lib/``. ``run/`` is always
+the empty skeleton ``occlum build`` creates, never the application data found there.
 
 The reading side never extracts anything: it streams members, checks their names and link
 targets, and hashes their data in memory.

@@ -4,7 +4,7 @@ rebuilt, and the outputs equal a clean build's.
 Each round copies a warm store, damages a few random blobs or action entries (flip one bit,
 truncate, delete, replace with junk), builds a fresh checkout against it, and then builds a
 second fresh checkout to check the store healed: everything restores, nothing warns.
-``OCCLUM_RULES_CORRUPT_ROUNDS`` (default 4 per kind) sets the number of rounds.
+``OCCLUM_RULES_CORRUPT_ROUNDS`` (default 1 per kind of damage) sets the number of rounds.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.reliability.support import (
 )
 from tests.support.workspace import outcomes, report
 
-ROUNDS = scale("OCCLUM_RULES_CORRUPT_ROUNDS", 4)
+ROUNDS = scale("OCCLUM_RULES_CORRUPT_ROUNDS", 1)
 DAMAGE = ("flip", "truncate", "delete", "junk")
 
 
@@ -149,7 +149,7 @@ def test_every_single_bit_of_one_action_entry(warm, tmp_path):
     original = target.read_bytes()
     rng = random.Random(2013)
     positions = sorted(rng.sample(range(len(original) * 8), min(scale(
-        "OCCLUM_RULES_CORRUPT_BITS", 12), len(original) * 8)))
+        "OCCLUM_RULES_CORRUPT_BITS", 8), len(original) * 8)))
     ws = fresh_workspace(tmp_path / "ws")
     build(ws, cache)
     for bit in positions:
@@ -176,3 +176,14 @@ def test_damage_is_detected_by_the_checks(warm, tmp_path):
     shutil.copytree(warm["cache"], cache2)
     damage(_entries(cache2, "cas")[0], "delete", rng)
     assert check_store(cache2)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (occlum_rules/actions/instance.py layout): run/mount/"
+                   "__ROOT and run/initfs/__ROOT are made outside the action's declared outputs, "
+                   "so an instance restored from the cache lacks them")
+def test_instance_from_cache_has_run_skeleton(warm, tmp_path):
+    ws = fresh_workspace(tmp_path / "ws")
+    build(ws, warm["cache"])
+    assert report(ws)["actions_run"] == 0
+    inst = ws / "out/bin/examples/hello_c/instance"
+    assert (inst / "run/mount/__ROOT").is_dir() and (inst / "run/initfs/__ROOT").is_dir()

@@ -227,14 +227,21 @@ POISON = {
 }
 
 
+@pytest.fixture(scope="module")
+def warm_hello(tmp_path_factory):
+    base = tmp_path_factory.mktemp("poison-ref")
+    first = copy_examples(base / "first", ["hello_c"])
+    build(first, base / "cache")
+    return base / "cache", outputs(first)
+
+
 @pytest.mark.parametrize("case", sorted(POISON))
-def test_poisoned_cache_manifest_cannot_write_outside(tmp_path, outside, case):
+def test_poisoned_cache_manifest_cannot_write_outside(tmp_path, outside, warm_hello, case):
     """An action entry (e.g. from a shared remote cache) naming paths outside the action's
     outputs is refused and the action rebuilt; nothing lands outside out/."""
-    first = copy_examples(tmp_path / "first", ["hello_c"])
     cache = tmp_path / "cache"
-    build(first, cache)
-    clean = outputs(first)
+    shutil.copytree(warm_hello[0], cache)
+    clean = warm_hello[1]
     kind, change = POISON[case]
     blob = next(p.name for p in (cache / "cas").glob("*/*") if not p.name.startswith("."))
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.securefs.mactext import mac_text
 from occlum_rules.stages.securefs.pfs import ProtectedFileReader, clean_name_of, protect_file
-from occlum_rules.stages.securefs.sefs import mac_text
 
 PROTECTED_SUFFIX = ".protected"
 

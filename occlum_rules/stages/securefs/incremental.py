@@ -1,9 +1,20 @@
 """State of the previous pack, and how to turn the old ``__ROOT`` into the new one.
 
-The state file (written beside ``__ROOT`` after a successful pack, deleted before any
-change to ``__ROOT``) records, per inode in id order: path, kind, mode, size, the SHA-256
-of its *content* (file bytes, symlink target, or directory entries), its MAC and the
-source file's stat key — plus, for manifest-driven packs, the manifest's own columns.
+The state file (written beside ``__ROOT`` after a successful integrity-only pack, deleted
+before such a pack changes ``__ROOT``) records, per inode in id order: path, kind, mode,
+size, the SHA-256 of its *content* (file bytes, symlink target, or directory entries),
+its MAC and the source file's stat key — plus, for manifest-driven packs, the manifest's
+own columns. It is trusted only while ``__ROOT`` still holds exactly the image it
+describes (same file names, same metadata MAC); otherwise the pack is a full one.
+
+Three ways to an incremental pack, cheapest first:
+
+* manifest rows changed but no path or type did: every inode keeps its id, so only the
+  changed files are rewritten and their records patched into the old metadata;
+* the same for a directory scan, where unchanged stat keys (taken well after the file's
+  last change) stand in for hashes;
+* otherwise a plan by content: unchanged files stay, files whose id moved are renamed and
+  get a new node 0, new content is written, and metadata is rebuilt.
 
 Why re-use is safe: the SEFS layer names an inode's protected file after its id, and in
 integrity-only mode the id enters that file only through the clean name inside its
@@ -12,9 +23,10 @@ unchanged but whose id moved is re-used by renaming it and rewriting node 0: its
 MHT nodes are byte-identical to what a full pack would write. The result always equals a
 full pack of the new tree; the tests compare the two on random edit sequences.
 
-Encrypted images are always packed in full: keeping plaintext hashes beside an encrypted
-image would let anyone holding the output directory confirm guesses about its contents,
-and the output is random anyway (fresh nonces), so nothing downstream could be re-used.
+Encrypted images are always packed in full and never get a state: keeping plaintext
+hashes beside an encrypted image would let anyone holding the output directory confirm
+guesses about its contents, re-using would need the key to re-seal node 0, and the output
+is random anyway (fresh nonces), so nothing downstream could be re-used.
 
 The state is stored as a few flat columns (``marshal`` of lists and bytes, after a
 SHA-256 check of the whole file): loading 100k inodes then costs milliseconds, where a
@@ -113,7 +125,8 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
             "sizes": state.sizes.tobytes(),
             "contents": bytes(state.contents),
             "macs": bytes(state.macs),
-            "stats": state.stats.tobytes(),
+            # manifest-driven packs have no stat keys: store nothing rather than zeros
+            "stats": state.stats.tobytes() if any(state.stats) else b"",
             "manifest": state.manifest,
             "root_dir_stat": list(state.root_dir_stat),
         },
@@ -168,7 +181,8 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
         state = PackState(
             d["root_mac"], d["scan_started_ns"], d["paths"].split("\0"), d["kinds"],
             _array("H", d["modes"]), _array("q", d["sizes"]), bytearray(d["contents"]),
-            bytearray(d["macs"]), _array("q", d["stats"]), d["manifest"], tuple(d["root_dir_stat"]),
+            bytearray(d["macs"]), _array("q", d["stats"] or bytes(40 * len(d["kinds"]))),
+            d["manifest"], tuple(d["root_dir_stat"]),
         )
         n = len(state.paths)
         if not (len(state.kinds) == len(state.modes) == len(state.sizes) == n >= 1

@@ -1,4 +1,4 @@
-"""SEFS images: pack a directory (``sefs-cli zip``), verify and unpack one (``unzip``).
+"""SEFS images: pack a directory into ``__ROOT`` (``sefs-cli zip``), in full or incrementally.
 
 A full pack writes a fresh ``__ROOT`` beside the old one and swaps it in; an incremental
 pack (integrity-only, with a valid state file) edits ``__ROOT`` in place after deleting
@@ -12,18 +12,16 @@ import io
 import itertools
 import os
 import shutil
-import stat
 import struct
 import time
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs import incremental
+from occlum_rules.stages.securefs.mactext import mac_text, parse_mac_text
 from occlum_rules.stages.securefs.pfs import (
     FdSink,
-    IntegrityError,
     ProtectedFileReader,
     protect_stream,
     write_protected,
@@ -34,7 +32,6 @@ from occlum_rules.stages.securefs.sefs_format import (
     BLOCK_SIZE,
     KIND_DIR,
     KIND_FILE,
-    KIND_NAMES,
     KIND_SYMLINK,
     METADATA_NAME,
     ROOT_ID,
@@ -42,25 +39,9 @@ from occlum_rules.stages.securefs.sefs_format import (
     inode_file_name,
     inode_record,
     metadata_content,
-    parse_dir_entries,
-    parse_metadata,
 )
+from occlum_rules.stages.securefs.sefs_verify import TreeEntry, unpack_image, verify_image
 from occlum_rules.stages.securefs.tree import _HEX64, Node, scan_tree, tree_from_manifest
-
-
-def mac_text(mac: bytes) -> str:
-    """``xx-xx-…`` (47 chars), as sefs-cli writes ROOT_MAC and show-mac prints it (minus ``\\n``)."""
-    return "-".join(f"{b:02x}" for b in mac)
-
-
-def parse_mac_text(text: str) -> bytes:
-    pieces = text.strip().split("-")
-    try:
-        if len(pieces) == 16 and all(len(p) == 2 for p in pieces):
-            return bytes(int(p, 16) for p in pieces)
-    except ValueError:
-        pass
-    raise UserError("malformed MAC: expected 16 hex bytes joined by '-'")
 
 
 @dataclass(frozen=True)
@@ -134,8 +115,11 @@ def _write_inode(
 
 
 def _hash_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise UserError(f"cannot read file: {exc.strerror}", path) from None
 
 
 def _sha_hex(data: bytes) -> str:
@@ -163,31 +147,49 @@ def pack_image(
     True/False to force; ``summary`` prints one line at the end. Returns the root MAC text
     and how many inode files were rewritten or re-used.
     """
-    src = os.path.join(os.fspath(src_dir), "")
+    if not os.path.isdir(src_dir):
+        raise UserError("image directory does not exist", os.fspath(src_dir))
+    src = os.path.join(os.fspath(src_dir), "")  # ends with a separator: paths are src + rel
     dst = os.path.abspath(os.fspath(dst_root_dir))
     started_ns = time.time_ns()
     if key is not None and len(key) != 16:
         raise UserError("an image key is 16 bytes")
-    if not os.path.isdir(src):
-        raise UserError("image directory does not exist", src)
     want_state = state_path is not None and key is None
 
     state, reason = None, "full pack requested"
     if state_path is not None and key is not None:
+        # Never used or written for encrypted images. An existing state (of an earlier
+        # integrity-only image, stored in clear anyway) is left alone: it stops matching
+        # once this pack replaces __ROOT, and matches again if that image is restored.
         reason = "encrypted images are always packed in full"
     elif want_state and os.path.isdir(dst):
         state, reason = incremental.load_state(state_path, dst)
     elif want_state:
         reason = "no previous image"
-    # From here on the old state no longer describes __ROOT.
-    incremental.discard_state(state_path)
+    if want_state:
+        # From here on the old state no longer describes __ROOT.
+        incremental.discard_state(state_path)
 
     if state is not None and manifest is not None:
-        done = _update_in_place(src, dst, state, manifest, state_path, progress, summary, label)
-        if done is not None:
-            return done
+        change = _manifest_changes(state, manifest)
+        if change is not None:
+            state.manifest = change[1]
+            done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
+            if done is not None:
+                return done
+            state = None
+            reason = "previous image metadata does not match its pack state"
 
     nodes = tree_from_manifest(manifest) if manifest is not None else scan_tree(src)
+    if state is not None and manifest is None:
+        change = _scan_changes(state, nodes, src)
+        if change is not None:
+            state.stats, state.scan_started_ns = change[1], started_ns
+            done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
+            if done is not None:
+                return done
+            state = None
+            reason = "previous image metadata does not match its pack state"
     content: dict[int, bytes | None] = {n.id: _content_bytes(n) for n in nodes}
     digests: dict[int, str] = {}
     if want_state:
@@ -302,12 +304,11 @@ def _write_metadata(work: str, meta: bytes, key: bytes | None, rng: RandomSource
     return root_mac
 
 
-def _update_in_place(src, dst, state, manifest, state_path, progress, summary, label):
-    """Fast path: same manifest paths and types as last time, so every inode keeps its id.
+def _manifest_changes(state, manifest) -> tuple[list, dict] | None:
+    """In-place work from the manifest rows that changed since the last pack.
 
-    Only the inodes whose manifest row changed are touched: files or symlinks with new
-    content are rewritten, and their records (size, mode, MAC) are patched into the old
-    metadata. Returns None when the structure changed (the caller plans in general).
+    None when paths or types changed (ids may shift: the caller plans in general) or a
+    changed row is malformed (the general path reports it properly).
     """
     cols = incremental.manifest_columns(manifest)
     if cols is None or state.manifest is None:
@@ -317,7 +318,6 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         return None
     perm = array("i")
     perm.frombytes(state.manifest["perm"])
-    ids = incremental.ids_for(len(state))
     work = []
     for j in rows:
         pos = perm[j]
@@ -326,12 +326,12 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         item, kind = manifest[j], state.kinds[pos]
         mode = item.get("mode", 0o755 if kind == KIND_DIR else 0o644)
         if type(mode) is not int:
-            return None  # let the general path report it
+            return None
         if kind == KIND_FILE:
             size, sha = item.get("size"), item.get("sha256")
             if type(size) is not int or size < 0 or type(sha) is not str or not _HEX64.fullmatch(sha):
                 return None
-            new = (size, sha) if (size, sha) != (state.sizes[pos], state.content(pos)) else None
+            new = (size, sha, None) if (size, sha) != (state.sizes[pos], state.content(pos)) else None
         elif kind == KIND_SYMLINK:
             target = item.get("target")
             if not isinstance(target, str):
@@ -343,6 +343,65 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         else:
             new = None
         work.append((pos, mode & 0o777, new))
+    del cols["_raw"]
+    cols["perm"] = state.manifest["perm"]
+    return work, cols
+
+
+def _scan_changes(state, nodes: list[Node], src: str) -> tuple[list, array] | None:
+    """In-place work from a directory scan whose paths and kinds match the last pack.
+
+    Stat keys are compared column-wise; only files whose key moved, or that changed too
+    close to the previous scan to trust their timestamps, are hashed.
+    """
+    if len(nodes) != len(state) or [n.rel for n in nodes] != state.paths:
+        return None
+    if bytes(n.kind for n in nodes) != state.kinds:
+        return None
+    zero = (0, 0, 0, 0, 0)
+    stats = array("q")
+    for n in nodes:
+        stats.extend(n.stat_key or zero)
+    suspects: set[int] = set()
+    old = state.stats
+    if stats != old:
+        for c in range(5):
+            a, b = stats[c::5], old[c::5]
+            if a != b:
+                suspects.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    limit = state.scan_started_ns - incremental.RACY_MARGIN_NS
+    mt, ct = stats[1::5], stats[2::5]
+    if nodes and (max(mt) >= limit or max(ct) >= limit):
+        suspects.update(i for i in range(len(nodes)) if mt[i] >= limit or ct[i] >= limit)
+    modes = array("H", [n.mode for n in nodes])
+    if modes != state.modes:
+        suspects.update(i for i, (x, y) in enumerate(zip(modes, state.modes, strict=True)) if x != y)
+    suspects.update(i for i, n in enumerate(nodes) if n.kind == KIND_SYMLINK)
+    work = []
+    for pos in sorted(suspects):
+        n = nodes[pos]
+        new = None
+        if n.kind == KIND_FILE:
+            if n.stat_key is None or not incremental.stat_proves_unchanged(state, pos, n.stat_key):
+                sha = _hash_file(src + n.rel)
+                if (n.size, sha) != (state.sizes[pos], state.content(pos)):
+                    new = (n.size, sha, None)
+        elif n.kind == KIND_SYMLINK:
+            digest = _sha_hex(n.target)
+            if digest != state.content(pos):
+                new = (n.size, digest, n.target)
+        if new is not None or n.mode != state.modes[pos]:
+            work.append((pos, n.mode, new))
+    return work, stats
+
+
+def _apply_in_place(src, dst, state, work, state_path, progress, summary, label) -> PackResult | None:
+    """Rewrite changed inode files in place and patch their records into the old metadata.
+
+    Every inode keeps its id, so directories and all other files stay byte-identical.
+    ``work`` holds (position, mode, None | (size, sha256 hex, symlink target)).
+    """
+    ids = incremental.ids_for(len(state))
     try:
         with ProtectedFileReader(os.path.join(dst, METADATA_NAME), expected_name=METADATA_NAME) as r:
             meta = bytearray(r.read_all())
@@ -350,7 +409,6 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
                 return None
     except UserError:
         return None
-
     rewrite = [(pos, new) for pos, _m, new in work if new is not None]
     total = sum(new[0] for pos, new in rewrite if state.kinds[pos] == KIND_FILE)
     prog = Progress(label, len(rewrite), total, live=progress, summary=summary)
@@ -360,8 +418,7 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
         node = Node(i, state.paths[pos], b"", state.kinds[pos], 0, 0)
         node.size = new[0]
         out = os.path.join(dst, inode_file_name(i) + ".new")
-        body = new[2] if node.kind == KIND_SYMLINK else None
-        macs[16 * pos : 16 * pos + 16] = _write_inode(out, node, src, body, None, None, None)
+        macs[16 * pos : 16 * pos + 16] = _write_inode(out, node, src, new[2], None, None, None)
         state.sizes[pos] = new[0]
         state.contents[32 * pos : 32 * pos + 32] = bytes.fromhex(new[1])
         prog.advance(1, new[0] if node.kind == KIND_FILE else 0)
@@ -375,16 +432,12 @@ def _update_in_place(src, dst, state, manifest, state_path, progress, summary, l
             struct.pack_into("<Q", meta, off, state.sizes[pos])
         struct.pack_into("<H", meta, off + 12, mode)
         meta[off + 96 : off + 112] = macs[16 * pos : 16 * pos + 16]
-    root_mac = _write_metadata(dst, bytes(meta), None, None)
-    state.root_mac = root_mac
-    del cols["_raw"]
-    cols["perm"] = state.manifest["perm"]
-    state.manifest = cols
+    state.root_mac = _write_metadata(dst, bytes(meta), None, None)
     state.root_dir_stat = incremental.dir_stat(dst)
     incremental.save_state(state_path, state)
     prog.finish("incremental")
     return PackResult(
-        mac_text=mac_text(root_mac), rewritten=len(rewrite), reused=len(state) - len(rewrite),
+        mac_text=mac_text(state.root_mac), rewritten=len(rewrite), reused=len(state) - len(rewrite),
         inodes=len(state), bytes=prog.bytes, incremental=True,
     )
 
@@ -400,193 +453,7 @@ def _swap_in(work: str, dst: str) -> None:
     else:
         os.rename(work, dst)
 
-
-# --------------------------------------------------------------------------- verify/unpack
-
-
-@dataclass(frozen=True)
-class TreeEntry:
-    path: str
-    type: str  # file | dir | symlink
-    mode: int
-    size: int
-    sha256: str | None = None  # files
-    target: str | None = None  # symlinks
-
-
-def _walk_image(
-    root_dir: str,
-    key: bytes | None,
-    expected_mac: bytes | None,
-    on_entry: Callable[[str, int, int, ProtectedFileReader | bytes], None],
-) -> bytes:
-    """Verify every MAC and the structure of an image, reporting entries in tree order."""
-    meta_path = os.path.join(root_dir, METADATA_NAME)
-    if not os.path.isdir(root_dir):
-        raise UserError("SEFS image directory does not exist", root_dir)
-    with ProtectedFileReader(meta_path, key=key, expected_name=METADATA_NAME) as r:
-        meta = r.read_all()
-        root_mac = r.header.mac
-    if expected_mac is not None and root_mac != expected_mac:
-        raise IntegrityError(
-            f"root MAC is {mac_text(root_mac)}, expected {mac_text(expected_mac)}", root_dir
-        )
-    try:
-        _groups, records = parse_metadata(meta)
-    except ValueError as exc:
-        raise IntegrityError(f"bad metadata: {exc}", meta_path) from None
-    names = set(os.listdir(root_dir))
-    expected_names = {inode_file_name(i) for i in records} | {METADATA_NAME}
-    if names != expected_names:
-        extra = sorted(names - expected_names)[:3]
-        missing = sorted(expected_names - names)[:3]
-        raise IntegrityError(f"image files differ from metadata (extra {extra}, missing {missing})", root_dir)
-    for i, rec in records.items():
-        size, kind, mode, nlinks, blocks, uid, gid, pad, times, fname, _mac = rec
-        if kind not in KIND_NAMES or mode & ~0o777 or uid or gid or pad or times != bytes(48):
-            raise IntegrityError(f"inode {i} has unexpected fields", meta_path)
-        if fname != i.to_bytes(16, "little"):
-            raise IntegrityError(f"inode {i} names the wrong file", meta_path)
-    if ROOT_ID not in records or records[ROOT_ID][1] != KIND_DIR:
-        raise IntegrityError("no root directory", meta_path)
-    seen: set[int] = set()
-
-    def open_inode(i: int) -> ProtectedFileReader:
-        rd = ProtectedFileReader(
-            os.path.join(root_dir, inode_file_name(i)), key=key, expected_name=inode_file_name(i)
-        )
-        if rd.header.mac != records[i][10]:
-            rd.close()
-            raise IntegrityError(f"inode {i}: file MAC does not match its inode record", root_dir)
-        return rd
-
-    def visit(i: int, parent: int, rel: str) -> None:
-        seen.add(i)
-        size, kind, mode, nlinks, blocks = records[i][:5]
-        with open_inode(i) as rd:
-            if kind == KIND_DIR:
-                data = rd.read_all()
-                try:
-                    ents = parse_dir_entries(data)
-                except ValueError as exc:
-                    raise IntegrityError(f"directory {rel or '/'}: {exc}", root_dir) from None
-                if (
-                    size != 0 or len(ents) != blocks or len(ents) < 2
-                    or ents[0] != (i, b".", KIND_DIR) or ents[1] != (parent, b"..", KIND_DIR)
-                ):
-                    raise IntegrityError(f"directory {rel or '/'} is malformed", root_dir)
-                on_entry(rel, KIND_DIR, mode, b"")
-            else:
-                if rd.header.size != size or nlinks != 1 or blocks != 0:
-                    raise IntegrityError(f"inode {i} size/links disagree with its record", root_dir)
-                on_entry(rel, kind, mode, rd)
-                return
-        subdirs = 0
-        names_seen = set()
-        for cid, cname, ckind in ents[2:]:
-            if cid in seen or cid not in records or records[cid][1] != ckind:
-                raise IntegrityError(f"directory {rel or '/'}: bad entry {cname!r}", root_dir)
-            if cname in names_seen or b"/" in cname or cname in (b".", b"..") or not cname:
-                raise IntegrityError(f"directory {rel or '/'}: bad name {cname!r}", root_dir)
-            names_seen.add(cname)
-            try:
-                cname_s = cname.decode("utf-8")
-            except UnicodeDecodeError:
-                raise IntegrityError(f"directory {rel or '/'}: non-UTF-8 name", root_dir) from None
-            subdirs += ckind == KIND_DIR
-            visit(cid, i, f"{rel}/{cname_s}" if rel else cname_s)
-        if nlinks != 2 + subdirs:
-            raise IntegrityError(f"directory {rel or '/'}: wrong link count", root_dir)
-
-    visit(ROOT_ID, ROOT_ID, "")
-    if seen != set(records):
-        raise IntegrityError(f"{len(set(records) - seen)} inode(s) not reachable from the root", root_dir)
-    return root_mac
-
-
-def verify_image(
-    root_dir: str | os.PathLike,
-    key: bytes | None = None,
-    *,
-    expected_mac: bytes | str | None = None,
-) -> list[TreeEntry]:
-    """Check every MAC of an image; return its tree (root excluded) in SEFS order."""
-    if isinstance(expected_mac, str):
-        expected_mac = parse_mac_text(expected_mac)
-    out: list[TreeEntry] = []
-
-    def on_entry(rel, kind, mode, body):
-        if not rel:
-            return
-        if kind == KIND_FILE:
-            h = hashlib.sha256()
-            n = 0
-            for chunk in body.chunks():
-                h.update(chunk)
-                n += len(chunk)
-            out.append(TreeEntry(rel, "file", mode, n, sha256=h.hexdigest()))
-        elif kind == KIND_SYMLINK:
-            t = body.read_all()
-            out.append(TreeEntry(rel, "symlink", mode, len(t), target=os.fsdecode(t)))
-        else:
-            out.append(TreeEntry(rel, "dir", mode, 0))
-
-    _walk_image(os.fspath(root_dir), key, expected_mac, on_entry)
-    return out
-
-
-def unpack_image(
-    root_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    key: bytes | None = None,
-    *,
-    expected_mac: bytes | str | None = None,
-) -> bytes:
-    """``sefs-cli unzip``: verify the image and recreate its tree under a new ``out_dir``.
-
-    Files are written as they are verified; if verification fails the partial output is
-    removed, so a tree that exists was entirely authenticated. Returns the root MAC.
-    """
-    if isinstance(expected_mac, str):
-        expected_mac = parse_mac_text(expected_mac)
-    out = os.fspath(out_dir)
-    try:
-        os.mkdir(out)
-    except FileExistsError:
-        raise UserError("unzip target already exists", out) from None
-    dir_modes: list[tuple[str, int]] = []
-
-    def on_entry(rel, kind, mode, body):
-        path = os.path.join(out, rel) if rel else out
-        if kind == KIND_DIR:
-            if rel:
-                os.mkdir(path)
-            dir_modes.append((path, mode))
-        elif kind == KIND_FILE:
-            with open(path, "wb") as f:
-                for chunk in body.chunks():
-                    f.write(chunk)
-            os.chmod(path, mode)
-        else:
-            os.symlink(body.read_all(), path)
-
-    try:
-        mac = _walk_image(os.fspath(root_dir), key, expected_mac, on_entry)
-    except BaseException:
-        _rmtree_writable(out)
-        raise
-    for path, mode in reversed(dir_modes):
-        if path != out:
-            os.chmod(path, mode)
-    return mac
-
-
-def _rmtree_writable(path: str) -> None:
-    def onerror(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
+__all__ = [
+    "PackResult", "TreeEntry", "mac_text", "pack_image", "parse_mac_text", "unpack_image",
+    "verify_image",
+]

@@ -187,7 +187,23 @@ def test_encrypted_images_are_always_packed_in_full(tmp_path):
     for _ in range(2):
         res = pack_image(src, tmp_path / "img", key=bytes(16 * [3]), state_path=state)
         assert not res.incremental and "encrypted" in res.reason
-    assert not state.exists()  # never keep plaintext hashes beside an encrypted image
+    assert not state.exists()  # never write hashes of an encrypted image's plaintext
+
+
+def test_state_survives_an_encrypted_pack_and_a_cache_restore(tmp_path):
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(13), files=15)
+    root, state = tmp_path / "img" / "__ROOT", tmp_path / "state"
+    pack_image(src, root, state_path=state)
+    shutil.copytree(root, tmp_path / "cached")  # what a build cache would keep
+    pack_image(src, root, key=bytes(16 * [5]), state_path=state)
+    assert state.exists()
+    shutil.rmtree(root)
+    shutil.copytree(tmp_path / "cached", root)  # integrity-only image restored
+    (src / "new").write_bytes(b"n" * 4000)
+    res = pack_image(src, root, state_path=state)
+    assert res.incremental, res.reason
+    assert same_dir_bytes(root, Path(pack_image(src, tmp_path / "full") and tmp_path / "full"))
 
 
 def test_interrupted_incremental_pack_is_not_trusted(tmp_path, monkeypatch):
@@ -210,3 +226,29 @@ def test_interrupted_incremental_pack_is_not_trusted(tmp_path, monkeypatch):
     res = pack_image(src, tmp_path / "img", state_path=state)
     assert not res.incremental
     assert same_dir_bytes(tmp_path / "img", Path(pack_image(src, tmp_path / "ref") and tmp_path / "ref"))
+
+
+def test_scan_fast_path_when_only_contents_and_modes_change(tmp_path, monkeypatch):
+    from occlum_rules.stages.securefs import incremental
+
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(12), files=25)
+    (src / "lnk").symlink_to("a")
+    state = tmp_path / "state"
+    pack_image(src, tmp_path / "img", state_path=state)
+    files = [src / p for p, t, *_ in listing_of(src) if t == "file"]
+    files[0].write_bytes(files[0].read_bytes() + b"!")
+    files[1].chmod(0o600)
+    os.utime(files[2])  # new timestamps, same bytes: hashed, not rewritten
+    (src / "lnk").unlink()
+    (src / "lnk").symlink_to("elsewhere")
+
+    def no_plan(*_a):
+        raise AssertionError("unchanged structure should not need a plan")
+
+    monkeypatch.setattr(incremental, "make_plan", no_plan)
+    res = pack_image(src, tmp_path / "img", state_path=state)
+    monkeypatch.undo()
+    assert res.incremental and res.rewritten == 2, res
+    full = pack_image(src, tmp_path / "full")
+    assert res.mac_text == full.mac_text and same_dir_bytes(tmp_path / "img", tmp_path / "full")

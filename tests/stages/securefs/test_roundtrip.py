@@ -111,3 +111,16 @@ def test_bad_names_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="UTF-8"):
         pack_image(src, tmp_path / "img")
     assert not (tmp_path / "img").exists()
+
+
+def test_failed_pack_keeps_the_old_image_and_leaves_no_temp(tmp_path):
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(21), files=10)
+    (src / "f").write_bytes(b"12345")
+    root = tmp_path / "out" / "__ROOT"
+    good = pack_image(src, root)
+    bad_manifest = [{"path": "f", "type": "file", "mode": 0o644, "size": 6, "sha256": "0" * 64}]
+    with pytest.raises(UserError, match="shrank|differs"):
+        pack_image(src, root, manifest=bad_manifest)
+    assert sorted(os.listdir(tmp_path / "out")) == ["__ROOT"]
+    assert verify_image(root, expected_mac=good.mac_text)
