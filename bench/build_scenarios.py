@@ -33,7 +33,7 @@ S5 = "5 fresh clone + warm store"
 
 def _sizes(quick: bool) -> dict:
     if quick:
-        return {"total": 100 * 10**6, "files": 2000, "elves": 10, "runs": 2, "inc_runs": 3,
+        return {"total": 100 * 10**6, "files": 2000, "elves": 10, "runs": 2, "inc_runs": 2,
                 "clone_runs": 2}
     return {"total": 2**30, "files": 20000, "elves": 40, "runs": 3, "inc_runs": 3, "clone_runs": 2}
 
@@ -88,30 +88,38 @@ def _incremental(ws: Path, cache: Path, full_med: float, runs: int, profile: boo
     hot = ws / "big" / wl.HOT_FILE
     rng = random.Random(2024)
     time.sleep(2.5)  # nothing counts as "changed in the same instant as it was recorded"
-    times, reports = [], []
-    for _ in range(runs):
-        _rewrite_hot(hot, rng)
-        r = h.run_doit(ws, "build", cache=cache)
-        if not r.ok:
-            return [h.rec(S2, "wall time vs full build", None, "%", "<= 1% of (1)", False,
-                          f"incremental build failed: {r.failure()}")]
-        times.append(r.seconds)
-        reports.append(r.report or {})
-    med = h.median(times)
-    ratio = med / full_med
-    stages = h.stage_seconds(reports[-1])
-    top = sorted(stages.items(), key=lambda kv: -kv[1])[:3]
-    inner = h.median([float(r.get("seconds", 0)) for r in reports])
-    ran = reports[-1].get("actions_run", 0)
-    note = (f"median {med:.2f} s of {runs} (doit's own count {inner:.2f} s, rest is process start "
-            f"+ BUILD loading) vs full {full_med:.1f} s; {ran} actions re-ran; biggest stages: "
-            + ", ".join(f"{k} {v:.2f}s" for k, v in top))
-    records = [h.rec(S2, "wall time vs full build", round(ratio * 100, 3), "%", "<= 1% of (1)",
-                     ratio <= 0.01, note),
-               h.rec(S2, "wall time (doit build)", round(med, 3), "s", "informational", None, "")]
-    if profile and ratio > 0.01:
-        prof = h.profile_doit(ws, "build", cache=cache, prepare=lambda: _rewrite_hot(hot, rng))
-        records[0]["note"] += "; " + prof
+    records: list[dict] = []
+    # (a) what the issue asks: `doit build`, package included when the rule exists;
+    # (b) the same change built only up to the signed instance, to show the package's share.
+    for what, args in (("doit build", ("build",)), ("doit //big:instance", ("//big:instance",))):
+        times, reports = [], []
+        for _ in range(runs):
+            _rewrite_hot(hot, rng)
+            r = h.run_doit(ws, *args, cache=cache)
+            if not r.ok:
+                records.append(h.rec(S2, f"{what}: wall time vs full build", None, "%", "<= 1% of (1)",
+                                     False, f"incremental build failed: {r.failure()}"))
+                break
+            times.append(r.seconds)
+            reports.append(r.report or {})
+        else:
+            med = h.median(times)
+            ratio = med / full_med
+            stages = h.stage_seconds(reports[-1])
+            top = sorted(stages.items(), key=lambda kv: -kv[1])[:3]
+            inner = h.median([float(r.get("seconds", 0)) for r in reports])
+            ran = reports[-1].get("actions_run", 0)
+            note = (f"median {med:.2f} s of {runs} (doit's own count {inner:.2f} s, the rest is "
+                    f"process start + BUILD loading) vs full {full_med:.1f} s; {ran} actions re-ran; "
+                    "biggest stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
+            goal = "<= 1% of (1)" if args == ("build",) else "informational"
+            records.append(h.rec(S2, f"{what}: wall time vs full build", round(ratio * 100, 3), "%",
+                                 goal, (ratio <= 0.01) if args == ("build",) else None, note))
+            if profile and ratio > 0.01:
+                records[-1]["note"] += "; " + h.profile_doit(
+                    ws, *args, cache=cache, prepare=lambda: _rewrite_hot(hot, rng))
+    # leave everything (package included) built, so the store holds the current state
+    h.run_doit(ws, "build", cache=cache)
     return records
 
 

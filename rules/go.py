@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from occlum_rules.rules.cargo import tree_inputs
-
 from occlum_rules.core.analysis import source_files
 from occlum_rules.core.rule import (
     BOOL,
@@ -25,6 +23,7 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 from occlum_rules.errors import UserError
+from occlum_rules.rules.cargo import tree_inputs
 
 
 def _module_root(ctx: RuleContext, pkg_dir: str) -> str | None:

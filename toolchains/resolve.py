@@ -10,12 +10,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.toolchains import occlum as occlum_install
-from occlum_rules.toolchains.occlum import OcclumInstall
-
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
+from occlum_rules.toolchains import occlum as occlum_install
+from occlum_rules.toolchains.occlum import OcclumInstall
 
 _NO_INSTALL = object()
 

@@ -409,7 +409,7 @@ def run_action(action: dict, env: BuildEnv) -> None:
         scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
         _remove(str(scratch))
         where = {rel: str(scratch / rel) for rel in action["outputs"]}
-        for rel, kind in zip(action["outputs"], action["output_types"]):
+        for rel in action["outputs"]:
             os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
     discovered: list[str] = []
     try:

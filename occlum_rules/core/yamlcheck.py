@@ -60,14 +60,22 @@ def compose(path: Path, text: str | None = None) -> yaml.Node | None:
         line = f":{mark.line + 1}" if mark else ""
         raise UserError(f"invalid YAML: {exc.problem or exc.context}", where=f"{path}{line}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"invalid YAML: {exc}", where=str(path)) from None
+        raise UserError(f"invalid YAML: {' '.join(str(exc).split())}", where=str(path)) from None
     except RecursionError:  # pyyaml's composer recurses once per nesting level
         raise UserError("invalid YAML: nested too deeply", where=str(path)) from None
 
 
 def _scalar(path: Path, node: yaml.Node) -> Any:
-    return yaml.SafeLoader(""  # constructor only; no stream is read
-                           ).construct_object(node, deep=True)
+    try:
+        return yaml.SafeLoader(""  # constructor only; no stream is read
+                               ).construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:  # a bad !!binary, an unknown !!tag, ...
+        raise UserError(f"invalid YAML value: {exc.problem or exc.context}",
+                        where=_where(path, node)) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp on 2024-13-45
+        raise UserError(f"invalid YAML value: {exc}", where=_where(path, node)) from None
+    except RecursionError:
+        raise UserError("invalid YAML: nested too deeply", where=_where(path, node)) from None
 
 
 def check(path: Path, node: yaml.Node | None, schema: Schema, key_path: str = "") -> dict:

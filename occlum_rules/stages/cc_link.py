@@ -10,8 +10,8 @@ import os
 import subprocess
 
 from occlum_rules.core.executor import StageContext
-from occlum_rules.stages.elfcheck import pie_kind
 from occlum_rules.errors import UserError
+from occlum_rules.stages.elfcheck import pie_kind
 
 
 def link(ctx: StageContext) -> None:

@@ -59,21 +59,9 @@ def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
     return result
 
 
-# KNOWN BUG (reported; see test_corrupt_cache.py::test_instance_from_cache_has_run_skeleton):
-# the instance layout action creates run/{mount,initfs}/__ROOT as a side effect outside its
-# declared outputs, so an instance restored from the cache lacks them. Until that is fixed the
-# comparisons below leave out exactly those five empty directories; set to False to see it.
-IGNORE_RUN_SKELETON = True
-RUN_SKELETON = ("run", "run/initfs", "run/initfs/__ROOT", "run/mount", "run/mount/__ROOT")
-
-
 def outputs(ws: Path) -> dict[str, tuple]:
     """The build's products: everything under out/ but the engine's state and the report."""
-    snap = snapshot(ws / "out", skip=(".occlum-rules", "build-report.json"))
-    if IGNORE_RUN_SKELETON:
-        snap = {k: v for k, v in snap.items()
-                if not (v[0] == "dir" and any(k.endswith("/" + r) for r in RUN_SKELETON))}
-    return snap
+    return snapshot(ws / "out", skip=(".occlum-rules", "build-report.json"))
 
 
 def diff(expected: dict, actual: dict, limit: int = 12) -> str:
@@ -98,11 +86,18 @@ def doit_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def start_build(ws: Path, cache: Path, *args: str) -> subprocess.Popen:
-    """``doit build`` in its own process group, so a kill reaches the compilers it started."""
-    return subprocess.Popen([sys.executable, "-m", "doit", *(args or ("build",))], cwd=ws,
-                            env=doit_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+def start_build(ws: Path, cache: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """``doit build`` in its own process group, so a kill reaches the compilers it started.
+    With ``log``, its output goes to that file (readable while it runs)."""
+    out = open(log, "wb") if log is not None else subprocess.PIPE  # noqa: SIM115
+    try:
+        return subprocess.Popen([sys.executable, "-m", "doit", *(args or ("build",))], cwd=ws,
+                                env=doit_env(cache), stdout=out,
+                                stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
+                                start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()
 
 
 def kill_after(proc: subprocess.Popen, delay: float) -> bool:
@@ -138,6 +133,46 @@ def seeded_delays(seed: int, count: int, duration: float) -> list[float]:
     rng = random.Random(seed)
     step = duration / count
     return [round(step * i + rng.uniform(0, step), 4) for i in range(count)]
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def false_up_to_date(ws: Path) -> list[str]:
+    """Actions whose recorded state would let the engine call them up to date (their
+    outputs' size/mtime/mode stamps all match) while the bytes on disk differ from what the
+    state records: exactly the "half-written output treated as done" failure."""
+    problems: list[str] = []
+    for f in sorted((ws / "out/.occlum-rules/actions").glob("*.json")):
+        if f.name.endswith(".previous.json"):
+            continue
+        try:
+            state = json.loads(f.read_bytes())
+            stamps = state["stamps"]
+            outs = state["manifest"]["outputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # an unreadable state only makes the action run again
+        try:
+            intact = all([st.st_size, st.st_mtime_ns, st.st_mode] == stamp
+                         for rel, stamp in stamps.items() for st in [os.lstat(ws / rel)])
+        except OSError:
+            intact = False
+        if not intact:
+            continue
+        for out in outs:
+            path = ws / out["path"]
+            if out["type"] == "file":
+                ok = _sha256(path) == out["sha256"]
+            elif out["type"] == "symlink":
+                ok = os.readlink(path) == out["target"]
+            else:
+                ok = all(_sha256(path / e["path"]) == e["sha256"] for e in out["entries"]
+                         if e["type"] == "file")
+            if not ok:
+                problems.append(f"{out['path']} differs from its recorded state ({f.name})")
+    return problems
 
 
 def check_store(cache: Path) -> list[str]:
@@ -180,4 +215,4 @@ def no_traceback(text: str) -> bool:
 
 __all__ = ["REPO", "EXAMPLES", "INSTANCE_DIR", "scale", "snapshot", "outputs", "diff",
            "fresh_workspace", "start_build", "kill_after", "build", "timed_build",
-           "seeded_delays", "check_store", "no_traceback"]
+           "seeded_delays", "check_store", "false_up_to_date", "no_traceback"]

@@ -65,16 +65,22 @@ def test_second_build_waits_for_the_lock(clean, tmp_path):
     ws = fresh_workspace(tmp_path / "ws")
     cache = tmp_path / "cache"
     fd = _hold_lock(ws)
-    first = start_build(ws, cache)
-    second = start_build(ws, cache)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    procs = [start_build(ws, cache, log=log) for log in logs]
     try:
-        time.sleep(3)  # long enough for both to load the graph and reach the lock
-        assert first.poll() is None and second.poll() is None, "a build did not wait"
+        # both load the graph, reach the lock and say so; neither goes further
+        _wait_for(lambda: all(WAITING in log.read_text() for log in logs)
+                  or any(p.poll() is not None for p in procs))
+        time.sleep(0.5)
+        assert all(p.poll() is None for p in procs), "a build did not wait: " + \
+            "".join(log.read_text() for log in logs)
         assert not (ws / "out/bin").exists(), "a build wrote outputs without the lock"
     finally:
         os.close(fd)
-    (rc1, log1), (rc2, log2) = _finish(first), _finish(second)
-    assert rc1 == 0 and rc2 == 0, log1 + log2
+    for p in procs:
+        p.wait(timeout=300)
+    log1, log2 = (log.read_text() for log in logs)
+    assert procs[0].returncode == 0 and procs[1].returncode == 0, log1 + log2
     assert WAITING in log1 and WAITING in log2, log1 + log2
     assert no_traceback(log1 + log2)
     got = outputs(ws)

@@ -11,6 +11,7 @@ consistent (no blob with the wrong bytes, no action entry naming a missing blob)
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.reliability.support import (
     build,
     check_store,
     diff,
+    false_up_to_date,
     fresh_workspace,
     kill_after,
     outputs,
@@ -74,6 +76,8 @@ def reference(tmp_path_factory):
 
 
 def _after_kill(ws: Path, cache: Path, expected: dict, what: str) -> None:
+    stale = false_up_to_date(ws)
+    assert not stale, f"{what}: half-written outputs would count as up to date:\n" + "\n".join(stale)
     build(ws, cache)
     got = outputs(ws)
     assert got == expected, f"{what}: rebuilt outputs differ from a clean build:\n{diff(expected, got)}"
@@ -96,6 +100,20 @@ def test_snapshot_sees_a_one_bit_difference(reference, tmp_path):
     assert outputs(ws) == reference["clean"]
     signed.chmod(0o600)
     assert outputs(ws) != reference["clean"]
+
+
+def test_state_check_sees_a_half_written_output(reference, tmp_path):
+    """false_up_to_date() can fail: bytes changed behind a state whose stamps still match."""
+    ws = tmp_path / "ws"
+    shutil.copytree(reference["ws"], ws, symlinks=True)
+    assert not false_up_to_date(ws)
+    binary = ws / "out/bin/examples/hello_c/hello/hello"
+    st = binary.stat()
+    data = bytearray(binary.read_bytes())
+    data[100] ^= 0xFF
+    binary.write_bytes(bytes(data))
+    os.utime(binary, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, mtime and mode
+    assert false_up_to_date(ws)
 
 
 def test_kill_during_clean_build(reference, tmp_path):

@@ -16,9 +16,11 @@ targets). See /work/notes/reliability.md for long runs.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -417,16 +419,28 @@ def seed_keys():
 
 @FUZZ
 @given(which=st.sampled_from(["dev", "pkcs1", "e65537", "encrypted", "ec"]),
-       muts=st.one_of(st.just([]), mutations(KEY_TOKENS)))
-def test_signing_key_mutations(enclave, seed_keys, which, muts):
+       muts=st.one_of(st.just([]), mutations(KEY_TOKENS)),
+       passphrase=st.sampled_from([None, "pw", "wrong", ""]))
+def test_signing_key_mutations(enclave, seed_keys, which, muts, passphrase):
     from occlum_rules.stages.sign import public_key_fingerprint
     from occlum_rules.stages.sign.signer import sign_enclave
 
     libos, enclave_xml = enclave
     key = mutate(seed_keys[which], muts)
-    os.environ.pop("OCCLUM_RULES_KEY_PASSPHRASE", None)
-    clean_outcome(public_key_fingerprint, key)
-    clean_outcome(sign_enclave, libos, enclave_xml, key, None, date=1704067200)
+    saved_env, saved_stdin = os.environ.get("OCCLUM_RULES_KEY_PASSPHRASE"), sys.stdin
+    sys.stdin = io.StringIO()  # never a terminal: an encrypted key must not prompt here
+    if passphrase is None:
+        os.environ.pop("OCCLUM_RULES_KEY_PASSPHRASE", None)
+    else:
+        os.environ["OCCLUM_RULES_KEY_PASSPHRASE"] = passphrase
+    try:
+        clean_outcome(public_key_fingerprint, key)
+        clean_outcome(sign_enclave, libos, enclave_xml, key, None, date=1704067200)
+    finally:
+        sys.stdin = saved_stdin
+        os.environ.pop("OCCLUM_RULES_KEY_PASSPHRASE", None)
+        if saved_env is not None:
+            os.environ["OCCLUM_RULES_KEY_PASSPHRASE"] = saved_env
 
 
 @FUZZ
@@ -466,14 +480,24 @@ def test_pathological_inputs_end_cleanly(tmp_path):
     clean_outcome(_load_workspace, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (stages/bom/schema.py parse_bom_text): deeply nested "
-                   "YAML escapes as RecursionError, and a control character gives a two-line "
-                   "'invalid YAML' message (yaml.reader.ReaderError has no .problem)")
 def test_pathological_bom_ends_cleanly(tmp_path):
     (tmp_path / "ctl.yaml").write_bytes(b"\x03 a control character\ntargets: []\n")
     clean_outcome(_copy_bom, tmp_path / "ctl.yaml", tmp_path / "image1")
     (tmp_path / "deep.yaml").write_text("targets: " + "[" * 5000 + "]" * 5000 + "\n")
     clean_outcome(_copy_bom, tmp_path / "deep.yaml", tmp_path / "image2")
+
+
+def test_unknown_key_algorithm_is_a_clean_error(seed_keys):
+    import base64
+
+    from occlum_rules.stages.sign import public_key_fingerprint
+
+    der = bytearray(base64.b64decode(b"".join(seed_keys["ec"].splitlines()[1:-1])))
+    at = der.find(bytes.fromhex("2a8648ce3d0201"))  # id-ecPublicKey
+    der[at + 2] ^= 1  # now 1.2.841.10045.2.1, which no library knows
+    pem = (b"-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(bytes(der))
+           + b"-----END PRIVATE KEY-----\n")
+    assert isinstance(clean_outcome(public_key_fingerprint, pem), UserError)
 
 
 def test_fuzz_harness_detects_bad_outcomes():

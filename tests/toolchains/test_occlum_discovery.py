@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from occlum_rules.toolchains import Toolchains
-from occlum_rules.toolchains.occlum import discover, read_version, why_not_install
 
 from occlum_rules.core.workspace import load_workspace
 from occlum_rules.errors import UserError
 from occlum_rules.stages.elfcheck import pie_kind
+from occlum_rules.toolchains import Toolchains
+from occlum_rules.toolchains.occlum import discover, read_version, why_not_install
 from tests.support.workspace import REPO, make_workspace, run_cli, run_doit
 from tests.toolchains.fake_install import make_fake_install, make_standin
 

@@ -227,11 +227,17 @@ def parse_bom_text(text: str, path: str) -> BomFile:
     ctx = _Ctx(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a control character or bad encoding: no .problem
+        raise UserError(f"invalid YAML: {exc.reason} (character {exc.character!r} at byte "
+                        f"{exc.position})", where=path, exit_code=EXIT_INVALID_BOM) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join((getattr(exc, "problem", None) or str(exc)).split())
         raise UserError(f"invalid YAML: {problem}", where=where, exit_code=EXIT_INVALID_BOM) from None
+    except RecursionError:
+        raise UserError("invalid YAML: nested too deeply", where=path,
+                        exit_code=EXIT_INVALID_BOM) from None
     if root is None:
         raise UserError("empty BOM file (expected a mapping with 'targets' and/or 'includes')",
                         where=path, exit_code=EXIT_INVALID_BOM)

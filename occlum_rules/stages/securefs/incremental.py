@@ -222,7 +222,9 @@ def stat_proves_unchanged(state: PackState, pos: int, stat_key: tuple | None) ->
 def _ints(values: list) -> bytes | None:
     """An int column as bytes (None -> -1); None if some value is not an int."""
     try:
-        return array("q", [-1 if v is None else v for v in values]).tobytes()
+        if None in values:
+            values = [-1 if v is None else v for v in values]
+        return array("q", values).tobytes()
     except (TypeError, OverflowError):
         return None
 
@@ -230,7 +232,9 @@ def _ints(values: list) -> bytes | None:
 def _strs(values: list) -> str | None:
     """A str column, NUL-joined with None encoded as a lone SOH; None if not all str."""
     try:
-        return "\0".join(["\1" if v is None else v for v in values])
+        if None in values:
+            values = ["\1" if v is None else v for v in values]
+        return "\0".join(values)
     except TypeError:
         return None
 
@@ -271,7 +275,9 @@ def changed_rows(new: dict, old: dict) -> list[int] | None:
             changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     for f in ("sha256", "target"):
         if new[f] != old[f]:
-            a = ["\1" if v is None else v for v in new["_raw"][f]]
+            a = new["_raw"][f]
+            if None in a:
+                a = ["\1" if v is None else v for v in a]
             b = old[f].split("\0")
             changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     return sorted(changed)

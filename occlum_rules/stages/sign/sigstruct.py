@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -199,6 +199,9 @@ def load_private_key(pem: bytes | Path) -> rsa.RSAPrivateKey:
     except ValueError as exc:
         detail = "(wrong passphrase?)" if password is not None else "(not a PEM private key)"
         raise SignError("Key file format is not correct.", detail, where=where) from exc
+    except UnsupportedAlgorithm:
+        raise SignError("Key file format is not correct.", "(an unknown key algorithm)",
+                        where=where) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SignError("Key file format is not correct.", "(not an RSA private key)", where=where)
     _check_rsa_3072_e3(key.public_key(), where)
@@ -215,8 +218,10 @@ def load_public_key(pem: bytes | Path) -> rsa.RSAPublicKey:
                         where=where)
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise SignError("Key file format is not correct.", where=where) from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise SignError("Key file format is not correct.", "(not an RSA public key)", where=where)
     _check_rsa_3072_e3(key, where)
     return key
 
