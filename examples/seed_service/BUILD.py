@@ -28,3 +28,10 @@ occlum_instance(
     bom = ":image",
     occlum_json = "Occlum.json",
 )
+
+# A release: debuggable is false in Occlum.json, so no `debug = True` is needed.
+occlum_package(
+    name = "package",
+    instance = ":instance",
+    package_name = "seed_service",
+)
