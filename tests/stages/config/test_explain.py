@@ -94,6 +94,7 @@ def test_seed_example_is_what_the_attributes_render_to():
             "kernel_space_stack_size": "8MB", "max_num_of_threads": 64,
         },
         "entry_points": ["/bin"],
+        "metadata": {"debuggable": False},
         "mount": [{"target": "/tmp", "type": "ramfs"}],
     }  # fmt: skip
     assert render_occlum_json(None, {}, attrs) == SEED.read_bytes()
