@@ -9,8 +9,8 @@ reproducer and the run is reproducible: ``derandomize``):
 
 Most cases call the functions in-process: the only exception allowed out is UserError
 (with a non-empty, one-line message). A handful go through the CLI for exit codes.
-``OCCLUM_RULES_FUZZ_EXAMPLES`` is the number of cases per fuzz target (default 40; 11
-targets). See /work/notes/reliability.md for long runs.
+``OCCLUM_RULES_FUZZ_EXAMPLES`` is the number of cases per fuzz target (default 40; 8
+targets). The README's reliability section says how to run thousands.
 """
 
 from __future__ import annotations
