@@ -142,25 +142,21 @@ class LocalStore:
             return None
 
     # -- maintenance helpers used by `occlum-rules cache`
-    def iter_blobs(self):
-        cas = self.root / "cas"
-        if not cas.is_dir():
+    def _iter(self, namespace: str):
+        top = self.root / namespace
+        if not top.is_dir():
             return
-        for sub in sorted(cas.iterdir()):
-            if sub.is_dir():
-                for blob in sorted(sub.iterdir()):
-                    if not blob.name.startswith("."):
-                        yield blob
-
-    def iter_actions(self):
-        ac = self.root / "ac"
-        if not ac.is_dir():
-            return
-        for sub in sorted(ac.iterdir()):
+        for sub in sorted(top.iterdir()):
             if sub.is_dir():
                 for entry in sorted(sub.iterdir()):
-                    if not entry.name.startswith("."):
+                    if not entry.name.startswith("."):  # temporaries being written
                         yield entry
+
+    def iter_blobs(self):
+        return self._iter("cas")
+
+    def iter_actions(self):
+        return self._iter("ac")
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
