@@ -96,6 +96,10 @@ class Toolchains:
         version_digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self._probes()[key] = {"stamp": stamp, "version": version, "digest": digest,
                                "version_digest": version_digest}
+        self._save_probes()
+        return version, digest, version_digest
+
+    def _save_probes(self) -> None:
         try:
             self._cache_file().parent.mkdir(parents=True, exist_ok=True)
             tmp = self._cache_file().with_suffix(f".{os.getpid()}.tmp")
@@ -103,7 +107,6 @@ class Toolchains:
             os.replace(tmp, self._cache_file())
         except OSError:
             pass
-        return version, digest, version_digest
 
     def occlum_home(self) -> tuple[Path | None, str]:
         if self.ws.occlum_home:
@@ -293,6 +296,23 @@ class Toolchains:
         return self._tool_at("rustc", "rustc", path, source, ["-vV"])
 
     def _rust_sysroot(self, rustc_proxy: str, cwd: str | None) -> str:
+        """The active toolchain behind a rustup proxy, remembered between builds.
+
+        Asking rustup costs a process start (a second or more on a loaded machine) per call,
+        which would dominate a null build; the answer can only change with rustup's settings,
+        its installed toolchains or a rust-toolchain file, so those files' stamps guard it.
+        """
+        key = f"sysroot {rustc_proxy} {cwd or ''}"
+        stamp = _rustup_stamp(cwd)
+        hit = self._probes().get(key)
+        if hit and hit.get("stamp") == stamp and os.path.isdir(hit.get("sysroot", "")):
+            return hit["sysroot"]
+        sysroot = self._ask_rust_sysroot(rustc_proxy, cwd)
+        self._probes()[key] = {"stamp": stamp, "sysroot": sysroot}
+        self._save_probes()
+        return sysroot
+
+    def _ask_rust_sysroot(self, rustc_proxy: str, cwd: str | None) -> str:
         try:
             proc = subprocess.run([rustc_proxy, "--print", "sysroot"], capture_output=True,
                                   text=True, timeout=60, cwd=cwd, errors="replace")
@@ -394,3 +414,20 @@ def _describe(tc: Toolchains) -> str:
     show("cargo", tc.cargo, ws.toolchains.get("cargo") or ["cargo"])
     show("go", tc.go, ws.toolchains.get("go") or ["go"])
     return "\n".join(lines)
+
+
+def _rustup_stamp(cwd: str | None) -> list:
+    """Stamps of everything that can change which toolchain a rustup proxy runs."""
+    home = Path(os.environ.get("RUSTUP_HOME") or Path.home() / ".rustup")
+    watched = [home / "settings.toml", home / "toolchains"]
+    here = Path(cwd).resolve() if cwd else Path.cwd()
+    for d in (here, *here.parents):
+        watched += [d / "rust-toolchain", d / "rust-toolchain.toml"]
+    stamp: list = [os.environ.get("RUSTUP_TOOLCHAIN", "")]
+    for path in watched:
+        try:
+            st = os.stat(path)
+            stamp.append([str(path), st.st_mtime_ns, st.st_size])
+        except OSError:
+            continue
+    return stamp
