@@ -78,6 +78,12 @@ def run_module(numbers: str, name: str, scenario: str, quick: bool, profile: boo
     return records
 
 
+def _write(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced sizes (~100 MB / 2k files)")
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== scenario {numbers}: bench/{name}.py{' (quick)' if args.quick else ''}",
               file=sys.stderr, flush=True)
         records += run_module(numbers, name, scenario, args.quick, args.profile)
+        _write(args.output, records)  # a long run keeps what it has measured so far
     total = time.perf_counter() - started
     load_after = os.getloadavg()
     budget = 300 if args.quick else 900
@@ -108,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{load_before[0]:.2f}, after {load_after[0]:.2f} (other work on the "
                          "machine inflates every time here)"))
     h.print_table(records)
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, args.output)
+    _write(args.output, records)
     print(f"\nwrote {args.output} ({len(records)} records)")
     return 0
 

@@ -22,7 +22,7 @@ def assemble(ctx: StageContext) -> None:
         ctx.log(f"warning: {warning}")
     ctx.add_inputs(p for p in plan.host_inputs if not _inside(p, ctx.root / params["out_dir"]))
     image.mkdir(parents=True, exist_ok=True)
-    result = apply_plan(plan, image, sync=True)
+    result = apply_plan(plan, image, sync=True, digests=ctx.digests)
     if result.written or result.removed:
         ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
                 f"{len(result.removed)} removed")

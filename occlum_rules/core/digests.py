@@ -42,12 +42,20 @@ class DigestCache:
         self._entries: dict[str, tuple] | None = None
         self._dirty = False
         self._lock = threading.Lock()
+        self._seen: tuple | None = None  # the file's stamp when we last read or wrote it
+
+    def _file_stamp(self) -> tuple | None:
+        try:
+            return _stamp(os.stat(self.path))
+        except (OSError, TypeError):
+            return None
 
     def _load(self) -> dict[str, tuple]:
         if self._entries is None:
             self._entries = {}
             if self.path is not None:
                 try:
+                    self._seen = self._file_stamp()
                     with open(self.path, "rb") as f:
                         data = marshal.load(f)
                     if isinstance(data, dict):
@@ -87,19 +95,22 @@ class DigestCache:
             return
         try:
             merged: dict[str, tuple] = {}
-            try:
-                with open(self.path, "rb") as f:
-                    old = marshal.load(f)
-                if isinstance(old, dict):
-                    merged.update(old)
-            except (OSError, EOFError, ValueError, TypeError):
-                pass
+            if self._file_stamp() != self._seen:  # another process wrote it: keep its entries
+                try:
+                    with open(self.path, "rb") as f:
+                        old = marshal.load(f)
+                    if isinstance(old, dict):
+                        merged.update(old)
+                except (OSError, EOFError, ValueError, TypeError):
+                    pass
             merged.update(self._entries)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
             with open(tmp, "wb") as f:
                 marshal.dump(merged, f)
             os.replace(tmp, self.path)
+            self._entries = merged
+            self._seen = self._file_stamp()
             self._dirty = False
         except OSError:
             pass

@@ -128,11 +128,23 @@ def _write_file(src: str, dst_dir: str, name: str, mode: int) -> str:
 
 
 class _Applier:
-    def __init__(self, root: str, sync: bool, result: ApplyResult):
+    def __init__(self, root: str, sync: bool, result: ApplyResult, digests=None):
         self.root = root
         self.sync = sync
         self.result = result
+        self.digests = digests
         self.dir_modes: list[tuple[str, int]] = []
+
+    def same_file(self, src: str, dst: str, size: int) -> tuple[bool, str]:
+        """(equal, sha256 of src). With a stat-keyed digest cache (the build's), unchanged
+        files cost two stats instead of reading both copies."""
+        if self.digests is None:
+            return _same_bytes(src, dst, size)
+        digest = self.digests.digest(src)
+        return self.digests.digest(dst) == digest, digest
+
+    def hash_file(self, path: str) -> str:
+        return self.digests.digest(path) if self.digests is not None else _hash_file(path)
 
     def rel(self, path: str) -> str:
         r = os.path.relpath(path, self.root)
@@ -189,7 +201,7 @@ class _Applier:
         rel = self.rel(full)
         digest = None
         if node.origin == EXISTING and os.path.abspath(node.src) == os.path.abspath(full):
-            digest = _hash_file(full)
+            digest = self.hash_file(full)
             self.result.unchanged.append(rel)
         else:
             try:
@@ -197,7 +209,7 @@ class _Applier:
             except OSError as exc:
                 raise UserError(f"cannot read {node.src}: {exc.strerror}", exit_code=EXIT_COPY_FILE) from None
             if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == src_size:
-                same, digest = _same_bytes(node.src, full, src_size)
+                same, digest = self.same_file(node.src, full, src_size)
                 if same:
                     if stat.S_IMODE(st.st_mode) != node.mode:
                         os.chmod(full, node.mode)
@@ -208,6 +220,8 @@ class _Applier:
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     _remove(full)
                 digest = _write_file(node.src, path, name, node.mode)
+                if self.digests is not None:
+                    self.digests.remember(full, digest)
                 self.result.written.append(rel)
         size = os.stat(full).st_size
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
@@ -232,8 +246,13 @@ def _refuse_to_sync_over_inputs(plan: Plan, root: str) -> None:
                             "--sync would delete", where=root, exit_code=EXIT_MKDIR_OR_COPY_DIR)
 
 
-def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True) -> ApplyResult:
-    """Bring ``root`` to the planned state and return what changed plus the image manifest."""
+def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,
+               digests=None) -> ApplyResult:
+    """Bring ``root`` to the planned state and return what changed plus the image manifest.
+
+    ``digests`` is an optional stat-keyed digest cache (``digest(path)``, ``remember(path,
+    digest)``), such as the build engine's; without it files are compared byte for byte.
+    """
     root_s = os.fspath(root)
     if sync:
         _refuse_to_sync_over_inputs(plan, root_s)
@@ -244,7 +263,7 @@ def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True) -> A
             raise UserError("image root exists and is not a directory", where=root_s,
                             exit_code=EXIT_MKDIR_OR_COPY_DIR)
         Path(root_s).mkdir(parents=True, exist_ok=True)
-        applier = _Applier(root_s, sync, result)
+        applier = _Applier(root_s, sync, result, digests)
         applier.sync_dir(root_s, tree.root)
         for path, mode in reversed(applier.dir_modes):
             if stat.S_IMODE(os.stat(path).st_mode) != mode:
