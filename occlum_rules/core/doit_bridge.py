@@ -21,7 +21,14 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
 from occlum_rules.core.analysis import Graph
-from occlum_rules.core.executor import BuildEnv, execute, is_up_to_date, read_state, state_path
+from occlum_rules.core.executor import (
+    BuildEnv,
+    digest_cache,
+    execute,
+    is_up_to_date,
+    read_state,
+    state_path,
+)
 from occlum_rules.core.workspace import Workspace, find_root, load_workspace
 from occlum_rules.errors import UserError
 
@@ -177,6 +184,9 @@ class BuildReporter(ConsoleReporter):
             super().add_failure(task, fail_info)
 
     def complete_run(self):
+        env = _STATE.get("env")
+        if env is not None:  # digests the up-to-date checks computed in this process
+            digest_cache(env).save()
         if self.seen:
             try:
                 self._write_report()

@@ -78,12 +78,31 @@ def state_path(env: BuildEnv, action_id: str) -> Path:
     return Path(env.state_dir) / "actions" / f"{name}.json"
 
 
+_STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}
+
+
 def read_state(env: BuildEnv, action_id: str) -> dict | None:
+    """An action's state, decoded once per process while the file is unchanged.
+
+    An image's state holds a line per file (stamps, manifest, discovered inputs), and one
+    null build consults it several times (its own check, each consumer's input digests, the
+    report); decoding megabytes of JSON each time was most of a null build. Callers must not
+    modify the returned dict.
+    """
+    path = state_path(env, action_id)
     try:
-        data = json.loads(state_path(env, action_id).read_bytes())
-        return data if isinstance(data, dict) else None
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = _STATES.get(str(path))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
+    _STATES[str(path)] = (stamp, data)
+    return data
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
