@@ -160,6 +160,37 @@ def _split_path_list(value: str) -> tuple[str, ...]:
     return tuple(value.split(":"))
 
 
+PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
+
+
+def _program_headers(elf: ELFFile) -> list[tuple[int, int, int, int]]:
+    """(p_type, p_offset, p_vaddr, p_filesz) of every program header.
+
+    pyelftools reads and checks the ELF header; the program header table is decoded with
+    ``struct``, since building pyelftools' segment objects cost more than the rest of
+    dependency discovery together.
+    """
+    header = elf.header
+    end = "<" if elf.little_endian else ">"
+    if elf.elfclass == 64:
+        fmt, fields = end + "IIQQQQQQ", (0, 2, 3, 5)
+    else:
+        fmt, fields = end + "IIIIIIII", (0, 1, 2, 4)
+    size = struct.calcsize(fmt)
+    entsize, count = header["e_phentsize"], header["e_phnum"]
+    if count == 0 or entsize < size:
+        return []
+    elf.stream.seek(header["e_phoff"])
+    table = elf.stream.read(entsize * count)
+    result = []
+    for i in range(count):
+        if (i + 1) * entsize > len(table):
+            break
+        values = struct.unpack_from(fmt, table, i * entsize)
+        result.append(tuple(values[f] for f in fields))
+    return result
+
+
 def _parse_elf(elf: ELFFile) -> ElfInfo:
     """Interpreter and dynamic tags from the program headers (what the loader itself reads).
 
@@ -170,21 +201,23 @@ def _parse_elf(elf: ELFFile) -> ElfInfo:
     interp = None
     dyn_seg = None
     loads = []
-    for seg in elf.iter_segments():
-        ptype = seg["p_type"]
-        if ptype == "PT_INTERP":
-            interp = seg.data().split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
-        elif ptype == "PT_DYNAMIC":
-            dyn_seg = seg
-        elif ptype == "PT_LOAD":
-            loads.append((seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]))
+    stream = elf.stream
+    for ptype, offset, vaddr, filesz in _program_headers(elf):
+        if ptype == PT_INTERP:
+            stream.seek(offset)
+            interp = stream.read(filesz).split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+        elif ptype == PT_DYNAMIC:
+            dyn_seg = (offset, filesz)
+        elif ptype == PT_LOAD:
+            loads.append((vaddr, offset, filesz))
     needed: list[str] = []
     rpath = runpath = None
     soname = None
     if dyn_seg is not None:
         fmt = ("<" if elf.little_endian else ">") + ("qQ" if elf.elfclass == 64 else "iI")
         size = struct.calcsize(fmt)
-        raw = dyn_seg.data()
+        stream.seek(dyn_seg[0])
+        raw = stream.read(dyn_seg[1])
         tags: list[tuple[int, int]] = []
         for off in range(0, len(raw) - size + 1, size):
             tag, val = struct.unpack_from(fmt, raw, off)
@@ -198,7 +231,6 @@ def _parse_elf(elf: ELFFile) -> ElfInfo:
                 if vaddr <= strtab < vaddr + filesz:
                     str_off = offset + (strtab - vaddr)
                     break
-        stream = elf.stream
 
         def string(at: int) -> str:
             stream.seek(str_off + at)
