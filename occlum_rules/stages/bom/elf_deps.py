@@ -14,6 +14,7 @@ missing name and which object needed it.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.structs import ELFStructs
 
 from occlum_rules.errors import UserError
 
@@ -149,11 +151,56 @@ def read_elf(path: str) -> ElfInfo | None:
                 _ELF_CACHE[key] = None
                 return None
             fh.seek(0)
-            info = _parse_elf(ELFFile(fh))
+            info = _parse_elf(_open_elf(fh))
     except (OSError, ELFError, ValueError, struct.error, UnicodeDecodeError, AttributeError, KeyError):
         info = None
     _ELF_CACHE[key] = info
     return info
+
+
+_STRUCTS: dict[tuple, ELFStructs] = {}
+
+
+class _SharedStructsELFFile(ELFFile):
+    """pyelftools' ELFFile, with its struct definitions built once per kind of ELF.
+
+    ELFFile builds a hundred-odd construct objects for every file it opens; over an image's
+    binaries and libraries that was most of the time of dependency discovery (slower than
+    running ``ld.so --list``). The steps are ELFFile's own (pyelftools 0.3x), reusing
+    ELFStructs for the same (endianness, class, type, machine, OS ABI).
+    """
+
+    def __init__(self, stream) -> None:  # noqa: D107 - see the class docstring
+        self.stream = stream
+        self.stream.seek(0, io.SEEK_END)
+        self.stream_len = self.stream.tell()
+        self._identify_file()
+        self.structs = _structs((self.little_endian, self.elfclass))
+        self.header = self._parse_elf_header()
+        self.structs = _structs((self.little_endian, self.elfclass, self["e_type"],
+                                 self["e_machine"], self["e_ident"]["EI_OSABI"]))
+        self.stream.seek(0)
+        self.e_ident_raw = self.stream.read(16)
+        self.stream_loader = None
+
+
+def _structs(key: tuple) -> ELFStructs:
+    structs = _STRUCTS.get(key)
+    if structs is None:
+        structs = ELFStructs(little_endian=key[0], elfclass=key[1])
+        structs.create_basic_structs()
+        if len(key) > 2:
+            structs.create_advanced_structs(*key[2:])
+        _STRUCTS[key] = structs
+    return structs
+
+
+def _open_elf(fh) -> ELFFile:
+    try:
+        return _SharedStructsELFFile(fh)
+    except (AttributeError, TypeError):  # a pyelftools whose ELFFile works differently
+        fh.seek(0)
+        return ELFFile(fh)
 
 
 def _split_path_list(value: str) -> tuple[str, ...]:
