@@ -57,7 +57,7 @@ class DigestCache:
                 try:
                     self._seen = self._file_stamp()
                     with open(self.path, "rb") as f:
-                        data = marshal.load(f)
+                        data = marshal.loads(f.read())  # marshal.load(f) reads in tiny pieces
                     if isinstance(data, dict):
                         self._entries = data
                 except (OSError, EOFError, ValueError, TypeError):
@@ -98,7 +98,7 @@ class DigestCache:
             if self._file_stamp() != self._seen:  # another process wrote it: keep its entries
                 try:
                     with open(self.path, "rb") as f:
-                        old = marshal.load(f)
+                        old = marshal.loads(f.read())
                     if isinstance(old, dict):
                         merged.update(old)
                 except (OSError, EOFError, ValueError, TypeError):

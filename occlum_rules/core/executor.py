@@ -148,7 +148,7 @@ def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
     cache = digest_cache(env)
     result = []
     for p in paths:
-        full = _abs(env, p)
+        full = os.path.normpath(_abs(env, p))  # one digest-cache entry per file, not per spelling
         rel = os.path.relpath(full, env.root)
         key_path = rel if not rel.startswith("..") else full
         result.append([key_path, cache.digest(full)])
