@@ -213,15 +213,6 @@ class Toolchains:
         self._save_probes()
         return digest
 
-    def _save_probes(self) -> None:
-        try:
-            self._cache_file().parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cache_file().with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._probes(), indent=1, sort_keys=True))
-            os.replace(tmp, self._cache_file())
-        except OSError:
-            pass
-
     def _mention_occlum(self, chain: list[str]) -> None:
         if any(entry.startswith("occlum-") for entry in chain):
             self.occlum()
