@@ -105,10 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    for rec in run(args.quick):
-        value = "n/a" if rec["value"] is None else f"{rec['value']} {rec['unit']}"
-        print(f"{rec['scenario']:<60} {value:>10}  goal {rec['goal']}  "
-              f"meets={rec['meets_goal']}  ({rec['note']})")
+    import harness  # bench/ is on sys.path when a module runs as a script
+
+    harness.print_table(run(args.quick))
 
 
 if __name__ == "__main__":

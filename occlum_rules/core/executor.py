@@ -430,6 +430,17 @@ def _trim(text: str, lines: int = 25) -> str:
     return "\n".join(rows)
 
 
+def run_command(argv: list[str], cwd: str | os.PathLike, env: dict[str, str], what: str) -> None:
+    """Run a build tool; a failure is one UserError with the tool's own (trimmed) output."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              errors="replace")
+    except FileNotFoundError:
+        raise UserError(f"{what}: tool not found: {argv[0]}") from None
+    if proc.returncode != 0:
+        raise UserError(f"{what} failed (exit {proc.returncode}):\n{_trim(proc.stderr or proc.stdout)}")
+
+
 def run_action(action: dict, env: BuildEnv) -> None:
     root = env.root
     if action["in_place"]:
@@ -446,15 +457,8 @@ def run_action(action: dict, env: BuildEnv) -> None:
         if action["argv"] is not None:
             rel_where = {k: os.path.relpath(v, root) for k, v in where.items()}
             argv = [_substitute(a, rel_where, root) for a in action["argv"]]
-            try:
-                proc = subprocess.run(argv, cwd=root, env=_subprocess_env(action, env),
-                                      capture_output=True, text=True, errors="replace")
-            except FileNotFoundError:
-                raise UserError(f"{action['label']}: {action['kind']}: tool not found: {argv[0]}") from None
-            if proc.returncode != 0:
-                detail = _trim(proc.stderr or proc.stdout)
-                raise UserError(f"{action['label']}: {action['kind']} failed (exit {proc.returncode}):"
-                                f"\n{detail}")
+            run_command(argv, root, _subprocess_env(action, env),
+                        f"{action['label']}: {action['kind']}")
         else:
             module_name, func_name = action["func"].split(":")
             func = getattr(importlib.import_module(module_name), func_name)
