@@ -89,8 +89,7 @@ def pack(ctx: StageContext) -> None:
     root_dir, mac_file = ctx.outputs
     manifest = None
     if ctx.params.get("manifest"):
-        with open(ctx.root / ctx.params["manifest"]) as f:
-            manifest = json.load(f)
+        manifest = (ctx.root / ctx.params["manifest"]).read_bytes()
     home = ctx.params.get("occlum_home")
     if home:
         from occlum_rules.actions import occlum_tools

@@ -10,7 +10,7 @@ Public API (what the build rules call)::
 
 from .apply import ApplyResult, apply_plan
 from .elf_deps import LoaderConfig, find_dependencies, load_loader_config, parse_loader_config
-from .manifest import image_manifest, write_manifest
+from .manifest import encode_manifest, image_manifest, write_manifest
 from .plan import Plan, plan_bom
 from .schema import BomFile, parse_bom_text, read_bom_file
 
@@ -21,6 +21,7 @@ __all__ = [
     "Plan",
     "apply_plan",
     "find_dependencies",
+    "encode_manifest",
     "image_manifest",
     "load_loader_config",
     "parse_bom_text",

@@ -48,11 +48,20 @@ def image_manifest(root: str | os.PathLike[str]) -> list[dict]:
     return out
 
 
+def encode_manifest(entries: list[dict]) -> bytes:
+    """Canonical manifest text: a JSON array with exactly one record per line.
+
+    One record per line lets a consumer (the SEFS pack) find the rows that changed since
+    its last run by comparing lines, without decoding the 20k unchanged ones.
+    """
+    rows = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries]
+    return ("[\n" + ",\n".join(rows) + ("\n" if rows else "") + "]\n").encode()
+
+
 def write_manifest(path: str | os.PathLike[str], entries: list[dict]) -> None:
-    """Write the manifest as canonical JSON (temp file + rename)."""
+    """Write the manifest (see :func:`encode_manifest`) via a temp file + rename."""
     target = os.fspath(path)
     tmp = target + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(entries, fh, indent=1, sort_keys=True)
-        fh.write("\n")
+    with open(tmp, "wb") as fh:
+        fh.write(encode_manifest(entries))
     os.replace(tmp, target)

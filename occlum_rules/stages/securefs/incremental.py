@@ -28,18 +28,22 @@ hashes beside an encrypted image would let anyone holding the output directory c
 guesses about its contents, re-using would need the key to re-seal node 0, and the output
 is random anyway (fresh nonces), so nothing downstream could be re-used.
 
-The state is stored as a few flat columns (``marshal`` of lists and bytes, after a
-SHA-256 check of the whole file): loading 100k inodes then costs milliseconds, where a
-JSON list of records costs a large share of an incremental pack.
+The state is stored as a few flat columns (``marshal`` of lists and bytes, after a CRC-32
+of the whole file, which catches a torn or damaged file; the state is a cache beside the
+image, not a trust boundary): loading 100k inodes then costs milliseconds, where a JSON
+list of records costs a large share of an incremental pack. A manifest-driven pack also
+keeps the manifest text, so the next one finds changed rows by comparing lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import json
 import marshal
+import operator
 import os
 import sys
+import zlib
 from array import array
 from dataclasses import dataclass, field
 
@@ -52,13 +56,13 @@ from occlum_rules.stages.securefs.pfs import (
     MAX_NAME,
     NODE_SIZE,
     PLAIN_SIZE,
+    _writev_all,
     mac_of_protected,
 )
 from occlum_rules.stages.securefs.primitives import ZERO_IV, ZERO_KEY
-from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, inode_file_name, inode_ids
+from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, allocate_ids, inode_file_name
 
-STATE_MAGIC = b"occlum-rules/sefs-pack-state/3\n"
-MANIFEST_FIELDS = ("path", "type", "mode", "size", "sha256", "target")
+STATE_MAGIC = b"occlum-rules/sefs-pack-state/4\n"
 
 # A recorded stat key proves "unchanged" only for files whose last change was well before
 # the scan that recorded it: timestamps are coarse (kernel tick, or seconds on some file
@@ -68,8 +72,8 @@ RACY_MARGIN_NS = 2_000_000_000
 _ZERO_AEAD = AESGCM(ZERO_KEY)
 
 
-def ids_for(count: int) -> list[int]:
-    return list(itertools.islice(inode_ids(), count))
+def join_paths(paths: list[str]) -> bytes:
+    return "\0".join(paths).encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -78,19 +82,26 @@ class PackState:
 
     root_mac: bytes
     scan_started_ns: int
-    paths: list[str]
+    paths_blob: bytes  # NUL-joined paths (see join_paths); split only when needed
     kinds: bytes
     modes: array  # 'H'
     sizes: array  # 'q'
     contents: bytearray  # sha256 of each inode's protected content, 32 bytes each
     macs: bytearray  # 16 bytes per inode
     stats: array  # 'q', 5 per inode: size, mtime_ns, ctime_ns, ino, dev (zeros: unknown)
-    manifest: dict | None = None  # encoded manifest columns + "perm"
+    manifest: dict | None = None  # {"text": manifest text, "perm": row -> position (array "i")}
     root_dir_stat: tuple = ()  # (ino, mtime_ns, ctime_ns) of __ROOT after the pack
+    _paths: list[str] | None = field(default=None, repr=False)
     _by_path: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.kinds)
+
+    @property
+    def paths(self) -> list[str]:
+        if self._paths is None:
+            self._paths = self.paths_blob.decode("utf-8", "surrogateescape").split("\0")
+        return self._paths
 
     @property
     def by_path(self) -> dict[str, int]:
@@ -113,30 +124,41 @@ def dir_stat(path: str) -> tuple:
     return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
+# The big columns are raw sections after a small marshal header that gives their lengths:
+# written with one writev and sliced on load, never copied into one payload first.
+_SECTIONS = ("paths", "kinds", "modes", "sizes", "contents", "macs", "stats", "manifest_text",
+             "manifest_perm")
+
+
 def save_state(path: str | os.PathLike, state: PackState) -> None:
-    payload = marshal.dumps(
-        {
-            "python": list(sys.version_info[:2]),
-            "root_mac": state.root_mac,
-            "scan_started_ns": state.scan_started_ns,
-            "paths": "\0".join(state.paths),
-            "kinds": bytes(state.kinds),
-            "modes": state.modes.tobytes(),
-            "sizes": state.sizes.tobytes(),
-            "contents": bytes(state.contents),
-            "macs": bytes(state.macs),
-            # manifest-driven packs have no stat keys: store nothing rather than zeros
-            "stats": state.stats.tobytes() if any(state.stats) else b"",
-            "manifest": state.manifest,
-            "root_dir_stat": list(state.root_dir_stat),
-        },
-        4,
-    )
-    blob = STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    sections = {
+        "paths": state.paths_blob, "kinds": state.kinds, "modes": state.modes,
+        "sizes": state.sizes, "contents": state.contents, "macs": state.macs,
+        # manifest-driven packs have no stat keys: store nothing rather than zeros
+        "stats": state.stats if state.manifest is None else b"",
+        "manifest_text": state.manifest["text"] if state.manifest else b"",
+        "manifest_perm": state.manifest["perm"] if state.manifest else b"",
+    }
+    views = [memoryview(sections[name]).cast("B") for name in _SECTIONS]
+    header = marshal.dumps({
+        "python": list(sys.version_info[:2]),
+        "root_mac": state.root_mac,
+        "scan_started_ns": state.scan_started_ns,
+        "has_manifest": state.manifest is not None,
+        "root_dir_stat": list(state.root_dir_stat),
+        "lengths": [len(v) for v in views],
+    }, 4)
+    parts = [len(header).to_bytes(4, "little"), header, *views]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
     dst = os.fspath(path)
     tmp = f"{dst}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(blob)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _writev_all(fd, [STATE_MAGIC + b"%08x\n" % crc, *parts])
+    finally:
+        os.close(fd)
     os.replace(tmp, dst)
 
 
@@ -148,10 +170,38 @@ def discard_state(path: str | os.PathLike | None) -> None:
             pass
 
 
-def _array(code: str, raw: bytes) -> array:
+def _array(code: str, raw) -> array:
     a = array(code)
     a.frombytes(raw)
     return a
+
+
+def _parse_state(payload: memoryview) -> PackState | str:
+    head = int.from_bytes(payload[:4], "little")
+    d = marshal.loads(payload[4 : 4 + head])
+    if d["python"] != list(sys.version_info[:2]):
+        return "pack state written by another Python version"
+    lengths = d["lengths"]
+    if len(lengths) != len(_SECTIONS) or 4 + head + sum(lengths) != len(payload):
+        return "malformed pack state"
+    sec, off = {}, 4 + head
+    for name, length in zip(_SECTIONS, lengths, strict=True):
+        sec[name] = payload[off : off + length]
+        off += length
+    n = len(sec["kinds"])
+    state = PackState(
+        d["root_mac"], d["scan_started_ns"], bytes(sec["paths"]), bytes(sec["kinds"]),
+        _array("H", sec["modes"]), _array("q", sec["sizes"]), bytearray(sec["contents"]),
+        bytearray(sec["macs"]), _array("q", sec["stats"] if len(sec["stats"]) else bytes(40 * n)),
+        {"text": bytes(sec["manifest_text"]), "perm": bytes(sec["manifest_perm"])}
+        if d["has_manifest"] else None,
+        tuple(d["root_dir_stat"]),
+    )
+    if not (len(state.modes) == len(state.sizes) == n >= 1 and state.paths_blob.count(0) == n - 1
+            and len(state.contents) == 32 * n and len(state.macs) == 16 * n
+            and len(state.stats) == 5 * n):
+        return "malformed pack state"
+    return state
 
 
 def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None, str]:
@@ -167,30 +217,20 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
         return None, "no previous pack state"
     except OSError as exc:
         return None, f"unreadable pack state ({exc.strerror})"
-    head_len = len(STATE_MAGIC) + 65
+    head_len = len(STATE_MAGIC) + 9
     if not blob.startswith(STATE_MAGIC) or len(blob) < head_len:
         return None, "pack state from another version"
     digest = blob[len(STATE_MAGIC) : head_len - 1]
     payload = memoryview(blob)[head_len:]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
+    if b"%08x" % zlib.crc32(payload) != digest:
         return None, "pack state checksum mismatch"
     try:
-        d = marshal.loads(payload)
-        if d["python"] != list(sys.version_info[:2]):
-            return None, "pack state written by another Python version"
-        state = PackState(
-            d["root_mac"], d["scan_started_ns"], d["paths"].split("\0"), d["kinds"],
-            _array("H", d["modes"]), _array("q", d["sizes"]), bytearray(d["contents"]),
-            bytearray(d["macs"]), _array("q", d["stats"] or bytes(40 * len(d["kinds"]))),
-            d["manifest"], tuple(d["root_dir_stat"]),
-        )
-        n = len(state.paths)
-        if not (len(state.kinds) == len(state.modes) == len(state.sizes) == n >= 1
-                and len(state.contents) == 32 * n and len(state.macs) == 16 * n
-                and len(state.stats) == 5 * n):
-            return None, "malformed pack state"
+        state = _parse_state(payload)
     except (EOFError, ValueError, TypeError, KeyError):
         return None, "malformed pack state"
+    if isinstance(state, str):
+        return None, state
+    n = len(state)
     # The state must describe exactly what is in __ROOT now. Adding, removing or renaming
     # an entry changes the directory's mtime/ctime; only if they moved, list it.
     try:
@@ -199,7 +239,7 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
     except OSError:
         return None, "previous image is missing"
     if names is not None:
-        expected = {inode_file_name(i) for i in ids_for(n)}
+        expected = {inode_file_name(i) for i in allocate_ids(n)}
         expected.add(METADATA_NAME)
         if names != expected:
             return None, "previous image does not match its pack state (files differ)"
@@ -219,68 +259,93 @@ def stat_proves_unchanged(state: PackState, pos: int, stat_key: tuple | None) ->
     return max(mtime_ns, ctime_ns) < state.scan_started_ns - RACY_MARGIN_NS
 
 
-def _ints(values: list) -> bytes | None:
-    """An int column as bytes (None -> -1); None if some value is not an int."""
-    try:
-        if None in values:
-            values = [-1 if v is None else v for v in values]
-        return array("q", values).tobytes()
-    except (TypeError, OverflowError):
-        return None
+_BLOCK = 1 << 16
 
 
-def _strs(values: list) -> str | None:
-    """A str column, NUL-joined with None encoded as a lone SOH; None if not all str."""
-    try:
-        if None in values:
-            values = ["\1" if v is None else v for v in values]
-        return "\0".join(values)
-    except TypeError:
-        return None
+def _common_prefix(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (at most ``limit``): block compares,
+    then a bisection inside the first differing block, so it runs at memcmp speed."""
+    lo = 0
+    while lo < limit:
+        hi = min(limit, lo + _BLOCK)
+        if a[lo:hi] != b[lo:hi]:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if a[lo:mid] == b[lo:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        lo = hi
+    return limit
 
 
-def manifest_columns(manifest: list) -> dict | None:
-    """The manifest's raw values as compact columns (None if it cannot be encoded so).
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    la, lb, k = len(a), len(b), 0
+    while k < limit:
+        m = min(limit, k + _BLOCK)
+        if a[la - m : la - k] != b[lb - m : lb - k]:
+            while m - k > 1:
+                mid = (k + m) // 2
+                if a[la - mid : la - k] == b[lb - mid : lb - k]:
+                    k = mid
+                else:
+                    m = mid
+            return k
+        k = m
+    return limit
 
-    The raw lists of the string columns are kept under ``"_raw"`` (not saved) so that
-    :func:`changed_rows` only has to split the old side.
+
+def changed_manifest_rows(new_text: bytes, old_text: bytes) -> list[tuple[int, dict]] | None:
+    """(row index, new row) for each manifest row whose line changed since ``old_text``.
+
+    ``old_text`` holds one record per line (see ``stages.bom.encode_manifest``; checked
+    when the state was saved). Only the span between the texts' common prefix and common
+    suffix is split into lines, and only changed lines are decoded. None when the texts
+    cannot be compared row by row: a different row count, a changed line that is not one
+    whole record, or a changed path or type (inode ids may move; the caller plans in
+    general then).
     """
+    if new_text == old_text:
+        return []
+    if not new_text.startswith(b"[\n") or not new_text.endswith(b"\n]\n"):
+        return None
+    start = _common_prefix(new_text, old_text, min(len(new_text), len(old_text)))
+    k = _common_suffix(new_text, old_text, min(len(new_text), len(old_text)) - start)
+    first = new_text.rfind(b"\n", 0, start) + 1
+    new_end = new_text.find(b"\n", len(new_text) - k) if k else len(new_text)
+    old_end = len(old_text) - (len(new_text) - new_end)
+    new, old = new_text[first:new_end].split(b"\n"), old_text[first:old_end].split(b"\n")
+    if len(new) != len(old):
+        return None
+    row0 = new_text.count(b"\n", 0, first) - 1  # line 0 is "["
+    last_row = old_text.count(b"\n") - 3
+    out = []
+    for i in itertools.compress(range(len(new)), map(operator.ne, new, old)):
+        row_index, line = row0 + i, new[i]
+        if not 0 <= row_index <= last_row or line.endswith(b",") == (row_index == last_row):
+            return None
+        try:
+            row = json.loads(line[:-1] if row_index != last_row else line)
+            was = json.loads(old[i][:-1] if row_index != last_row else old[i])
+        except ValueError:
+            return None
+        if type(row) is not dict or (row.get("path"), row.get("type")) != (was["path"], was["type"]):
+            return None
+        out.append((row_index, row))
+    return out
+
+
+def manifest_lines_are_rows(text: bytes, rows: list) -> bool:
+    """True when ``text`` (which decodes to ``rows``) holds exactly one row per line."""
+    lines = text.split(b"\n")
+    if len(lines) != len(rows) + 3 or lines[0] != b"[" or lines[-2:] != [b"]", b""]:
+        return False
     try:
-        cols = {f: [m.get(f) for m in manifest] for f in MANIFEST_FIELDS}
-    except AttributeError:
-        return None
-    enc = {
-        "path": _strs(cols["path"]), "type": _strs(cols["type"]), "mode": _ints(cols["mode"]),
-        "size": _ints(cols["size"]), "sha256": _strs(cols["sha256"]), "target": _strs(cols["target"]),
-    }
-    if any(v is None for v in enc.values()):
-        return None
-    # NUL separates the joined strings: a path or target holding one cannot be encoded
-    if enc["path"].count("\0") != max(len(manifest) - 1, 0) or enc["target"].count("\0") != max(
-        len(manifest) - 1, 0
-    ):
-        return None
-    enc["_raw"] = {"sha256": cols["sha256"], "target": cols["target"]}
-    return enc
-
-
-def changed_rows(new: dict, old: dict) -> list[int] | None:
-    """Manifest indices whose mode/size/sha256/target changed; None if paths or types did."""
-    if new["path"] != old["path"] or new["type"] != old["type"]:
-        return None
-    changed: set[int] = set()
-    for f in ("mode", "size"):
-        if new[f] != old[f]:
-            a, b = _array("q", new[f]), _array("q", old[f])
-            changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
-    for f in ("sha256", "target"):
-        if new[f] != old[f]:
-            a = new["_raw"][f]
-            if None in a:
-                a = ["\1" if v is None else v for v in a]
-            b = old[f].split("\0")
-            changed.update(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
-    return sorted(changed)
+        return all(json.loads(line[:-1] if line.endswith(b",") else line) == row
+                   for line, row in zip(lines[1:-2], rows, strict=True))
+    except ValueError:
+        return False
 
 
 def rename_protected(path: str, new_name: str) -> bytes:
@@ -323,7 +388,7 @@ def make_plan(state: PackState | None, new_content: dict[int, str], new_ids: lis
     if state is None:
         plan.write = list(new_ids)
         return plan
-    old_ids = ids_for(len(state))
+    old_ids = allocate_ids(len(state))
     old_pos = {i: p for p, i in enumerate(old_ids)}
     by_content: dict[str, list[int]] = {}
     for p, i in enumerate(old_ids):

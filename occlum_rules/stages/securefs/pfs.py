@@ -332,6 +332,90 @@ def write_protected(
     )
 
 
+def _mht_parent(m: int) -> tuple[int, int]:
+    """(parent MHT number, offset of m's entry in it) for MHT node ``m`` >= 1."""
+    return (m - 1) // CHILD_MHT_PER_MHT, DATA_PER_MHT * 32 + 32 * ((m - 1) % CHILD_MHT_PER_MHT)
+
+
+def patch_integrity_only(path: str | os.PathLike, edits: list[tuple[int, bytes]]) -> bytes:
+    """Overwrite byte ranges of an integrity-only protected file in place; new root MAC.
+
+    Only the nodes holding edited bytes, the MHT nodes above them and node 0 are read and
+    rewritten, so changing a few records of a multi-MB file costs microseconds, and the
+    file ends up byte-identical to writing the new content afresh (in this mode a node
+    depends only on its own bytes and its children's MACs). Every node read is checked
+    against its parent's MAC first. The size cannot change. Not atomic: callers treat the
+    file as unknown until this returns.
+    """
+    where = os.fspath(path)
+    fd = os.open(where, os.O_RDWR)
+    try:
+        def read_node(phys: int, tag: bytes) -> bytearray:
+            node = os.pread(fd, NODE_SIZE, phys * NODE_SIZE)
+            if len(node) != NODE_SIZE or _ZERO_AEAD.encrypt(ZERO_IV, b"", node) != tag:
+                raise IntegrityError(f"node {phys} does not match its MAC", where)
+            return bytearray(node)
+
+        node0 = bytearray(os.pread(fd, NODE_SIZE, 0))
+        if len(node0) != NODE_SIZE:
+            raise IntegrityError("not a protected file (too short)", where)
+        plain = _PLAIN.unpack_from(node0)
+        enc = bytearray(node0[PLAIN_SIZE : PLAIN_SIZE + ENCRYPTED_PART_SIZE])
+        if plain[0] != FILE_ID or plain[10] != 1 or _ZERO_AEAD.encrypt(ZERO_IV, b"", bytes(enc)) != plain[8]:
+            raise IntegrityError("not an intact integrity-only protected file", where)
+        size = _ENC_HEAD.unpack_from(enc)[1]
+        mht: dict[int, bytearray] = {}
+
+        def mht_node(m: int) -> bytearray:
+            if m not in mht:
+                if m == 0:
+                    tag = bytes(enc[_ENC_HEAD.size - 16 : _ENC_HEAD.size])
+                else:
+                    p, off = _mht_parent(m)
+                    tag = bytes(mht_node(p)[off + 16 : off + 32])
+                mht[m] = read_node(_mht_phys(m), tag)
+            return mht[m]
+
+        data: dict[int, bytearray] = {}
+        for offset, raw in edits:
+            if offset < 0 or offset + len(raw) > size:
+                raise ValueError(f"edit at {offset} (+{len(raw)}) outside the file's {size} bytes")
+            done = 0
+            while done < len(raw):
+                at = offset + done
+                if at < MD_USER_DATA_SIZE:
+                    take = min(len(raw) - done, MD_USER_DATA_SIZE - at)
+                    start = _ENC_HEAD.size + at
+                    enc[start : start + take] = raw[done : done + take]
+                else:
+                    d, within = divmod(at - MD_USER_DATA_SIZE, NODE_SIZE)
+                    take = min(len(raw) - done, NODE_SIZE - within)
+                    if d not in data:
+                        leaf = mht_node(d // DATA_PER_MHT)
+                        e = 32 * (d % DATA_PER_MHT)
+                        data[d] = read_node(_data_phys(d), bytes(leaf[e + 16 : e + 32]))
+                    data[d][within : within + take] = raw[done : done + take]
+                done += take
+        for d, node in data.items():
+            e = 32 * (d % DATA_PER_MHT)
+            mht[d // DATA_PER_MHT][e + 16 : e + 32] = _ZERO_AEAD.encrypt(ZERO_IV, b"", bytes(node))
+            os.pwrite(fd, node, _data_phys(d) * NODE_SIZE)
+        for m in sorted(mht, reverse=True):  # children before parents: a parent's number is lower
+            tag = _ZERO_AEAD.encrypt(ZERO_IV, b"", bytes(mht[m]))
+            if m:
+                p, off = _mht_parent(m)
+                mht[p][off + 16 : off + 32] = tag
+            else:
+                enc[_ENC_HEAD.size - 16 : _ENC_HEAD.size] = tag
+            os.pwrite(fd, mht[m], _mht_phys(m) * NODE_SIZE)
+        mac = _ZERO_AEAD.encrypt(ZERO_IV, b"", bytes(enc))
+        node0[: PLAIN_SIZE + ENCRYPTED_PART_SIZE] = _PLAIN.pack(*plain[:8], mac, *plain[9:]) + enc
+        os.pwrite(fd, node0, 0)
+        return mac
+    finally:
+        os.close(fd)
+
+
 def _seal_node(
     node: bytes, keys: _KeySource | None, phys: int, key: bytes | None = None
 ) -> tuple[bytes, bytes, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import os
 import shutil
 import struct
@@ -18,11 +19,12 @@ from array import array
 from dataclasses import dataclass
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.bom.manifest import encode_manifest
 from occlum_rules.stages.securefs import incremental
 from occlum_rules.stages.securefs.mactext import mac_text, parse_mac_text
 from occlum_rules.stages.securefs.pfs import (
     FdSink,
-    ProtectedFileReader,
+    patch_integrity_only,
     protect_stream,
     write_protected,
 )
@@ -35,13 +37,20 @@ from occlum_rules.stages.securefs.sefs_format import (
     KIND_SYMLINK,
     METADATA_NAME,
     ROOT_ID,
+    allocate_ids,
     dir_entries,
     inode_file_name,
     inode_record,
     metadata_content,
 )
 from occlum_rules.stages.securefs.sefs_verify import TreeEntry, unpack_image, verify_image
-from occlum_rules.stages.securefs.tree import _HEX64, Node, scan_tree, tree_from_manifest
+from occlum_rules.stages.securefs.tree import (
+    _HEX64,
+    Node,
+    _norm_path,
+    scan_tree,
+    tree_from_manifest,
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ def pack_image(
     *,
     key: bytes | None = None,
     state_path: str | os.PathLike | None = None,
-    manifest: list[dict] | None = None,
+    manifest: list[dict] | bytes | None = None,
     progress: bool | None = None,
     summary: bool = False,
     rng: RandomSource | None = None,
@@ -142,8 +151,9 @@ def pack_image(
 
     With ``state_path``, the previous pack's state (if intact and matching) is used to
     rewrite only what changed, and a new state is saved; ``manifest`` (list of
-    ``{path,type,mode,size,sha256,target}``, trusted to describe ``src_dir``) replaces the
-    directory walk and hashing. ``progress``: None = live on a TTY for big images,
+    ``{path,type,mode,size,sha256,target}``, or the BOM stage's manifest file bytes; trusted
+    to describe ``src_dir``) replaces the directory walk and hashing. Pass the file bytes
+    when you have them: an incremental pack then decodes only the rows that changed. ``progress``: None = live on a TTY for big images,
     True/False to force; ``summary`` prints one line at the end. Returns the root MAC text
     and how many inode files were rewritten or re-used.
     """
@@ -170,8 +180,13 @@ def pack_image(
         # From here on the old state no longer describes __ROOT.
         incremental.discard_state(state_path)
 
-    if state is not None and manifest is not None:
-        change = _manifest_changes(state, manifest)
+    text = None
+    if isinstance(manifest, (bytes, bytearray, memoryview)):
+        text, manifest = bytes(manifest), None
+    elif manifest is not None and want_state:
+        text = encode_manifest(manifest)
+    if state is not None and text is not None:
+        change = _manifest_changes(state, text)
         if change is not None:
             state.manifest = change[1]
             done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
@@ -180,6 +195,8 @@ def pack_image(
             state = None
             reason = "previous image metadata does not match its pack state"
 
+    if text is not None and manifest is None:
+        manifest = _decode_manifest(text)
     nodes = tree_from_manifest(manifest) if manifest is not None else scan_tree(src)
     if state is not None and manifest is None:
         change = _scan_changes(state, nodes, src)
@@ -264,22 +281,24 @@ def pack_image(
         raise
 
     if want_state:
-        cols = incremental.manifest_columns(manifest) if manifest is not None else None
-        if cols is not None:
-            del cols["_raw"]
+        kept = None
+        if manifest is not None:
+            if not incremental.manifest_lines_are_rows(text, manifest):
+                text = encode_manifest(manifest)
             perm = array("i", [-1]) * len(manifest)
             for pos, n in enumerate(nodes):
                 if n.src_index >= 0:
                     perm[n.src_index] = pos
-            cols["perm"] = perm.tobytes()
+            kept = {"text": text, "perm": perm.tobytes()}
         stats = array("q")
         for n in nodes:
             stats.extend(n.stat_key or (0, 0, 0, 0, 0))
         incremental.save_state(state_path, incremental.PackState(
-            root_mac, started_ns, [n.rel for n in nodes], bytes(n.kind for n in nodes),
+            root_mac, started_ns, incremental.join_paths([n.rel for n in nodes]),
+            bytes(n.kind for n in nodes),
             array("H", [n.mode for n in nodes]), array("q", [n.size for n in nodes]),
             bytearray(bytes.fromhex("".join(digests[i] for i in ids))),
-            bytearray(b"".join(macs[i] for i in ids)), stats, cols, incremental.dir_stat(dst),
+            bytearray(b"".join(macs[i] for i in ids)), stats, kept, incremental.dir_stat(dst),
         ))
     prog.finish("incremental" if state is not None else "")
     return PackResult(
@@ -304,26 +323,35 @@ def _write_metadata(work: str, meta: bytes, key: bytes | None, rng: RandomSource
     return root_mac
 
 
-def _manifest_changes(state, manifest) -> tuple[list, dict] | None:
+def _decode_manifest(text: bytes) -> list:
+    try:
+        rows = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"not valid JSON ({exc})", "image manifest") from None
+    if type(rows) is not list:
+        raise UserError("expected a JSON list of entries", "image manifest")
+    return rows
+
+
+def _manifest_changes(state, text: bytes) -> tuple[list, dict] | None:
     """In-place work from the manifest rows that changed since the last pack.
 
     None when paths or types changed (ids may shift: the caller plans in general) or a
     changed row is malformed (the general path reports it properly).
     """
-    cols = incremental.manifest_columns(manifest)
-    if cols is None or state.manifest is None:
+    if state.manifest is None:
         return None
-    rows = incremental.changed_rows(cols, state.manifest)
+    rows = incremental.changed_manifest_rows(text, state.manifest["text"])
     if rows is None:
         return None
     perm = array("i")
     perm.frombytes(state.manifest["perm"])
     work = []
-    for j in rows:
+    for j, item in rows:
         pos = perm[j]
         if pos < 0:
             continue
-        item, kind = manifest[j], state.kinds[pos]
+        kind = state.kinds[pos]
         mode = item.get("mode", 0o755 if kind == KIND_DIR else 0o644)
         if type(mode) is not int:
             return None
@@ -342,10 +370,8 @@ def _manifest_changes(state, manifest) -> tuple[list, dict] | None:
             mode = 0o777
         else:
             new = None
-        work.append((pos, mode & 0o777, new))
-    del cols["_raw"]
-    cols["perm"] = state.manifest["perm"]
-    return work, cols
+        work.append((pos, mode & 0o777, new, _norm_path(item, j)[0]))
+    return work, {"text": text, "perm": state.manifest["perm"]}
 
 
 def _scan_changes(state, nodes: list[Node], src: str) -> tuple[list, array] | None:
@@ -391,7 +417,7 @@ def _scan_changes(state, nodes: list[Node], src: str) -> tuple[list, array] | No
             if digest != state.content(pos):
                 new = (n.size, digest, n.target)
         if new is not None or n.mode != state.modes[pos]:
-            work.append((pos, n.mode, new))
+            work.append((pos, n.mode, new, n.rel))
     return work, stats
 
 
@@ -399,40 +425,38 @@ def _apply_in_place(src, dst, state, work, state_path, progress, summary, label)
     """Rewrite changed inode files in place and patch their records into the old metadata.
 
     Every inode keeps its id, so directories and all other files stay byte-identical.
-    ``work`` holds (position, mode, None | (size, sha256 hex, symlink target)).
+    ``work`` holds (position, mode, None | (size, sha256 hex, symlink target), path). The
+    metadata file is patched node by node (load_state checked its root MAC).
     """
-    ids = incremental.ids_for(len(state))
-    try:
-        with ProtectedFileReader(os.path.join(dst, METADATA_NAME), expected_name=METADATA_NAME) as r:
-            meta = bytearray(r.read_all())
-            if r.header.mac != state.root_mac:
-                return None
-    except UserError:
-        return None
-    rewrite = [(pos, new) for pos, _m, new in work if new is not None]
-    total = sum(new[0] for pos, new in rewrite if state.kinds[pos] == KIND_FILE)
+    ids = allocate_ids(len(state))
+    rewrite = [(pos, new, rel) for pos, _m, new, rel in work if new is not None]
+    total = sum(new[0] for pos, new, _rel in rewrite if state.kinds[pos] == KIND_FILE)
     prog = Progress(label, len(rewrite), total, live=progress, summary=summary)
     macs = state.macs
-    for pos, new in rewrite:
+    for pos, new, rel in rewrite:
         i = ids[pos]
-        node = Node(i, state.paths[pos], b"", state.kinds[pos], 0, 0)
+        node = Node(i, rel, b"", state.kinds[pos], 0, 0)
         node.size = new[0]
         out = os.path.join(dst, inode_file_name(i) + ".new")
         macs[16 * pos : 16 * pos + 16] = _write_inode(out, node, src, new[2], None, None, None)
         state.sizes[pos] = new[0]
         state.contents[32 * pos : 32 * pos + 32] = bytes.fromhex(new[1])
         prog.advance(1, new[0] if node.kind == KIND_FILE else 0)
-    for pos, _new in rewrite:
+    for pos, _new, _rel in rewrite:
         name = inode_file_name(ids[pos])
         os.replace(os.path.join(dst, name + ".new"), os.path.join(dst, name))
-    for pos, mode, _new in work:
+    edits = []
+    for pos, mode, _new, _rel in work:
         state.modes[pos] = mode
         off = ids[pos] * BLOCK_SIZE
         if state.kinds[pos] != KIND_DIR:
-            struct.pack_into("<Q", meta, off, state.sizes[pos])
-        struct.pack_into("<H", meta, off + 12, mode)
-        meta[off + 96 : off + 112] = macs[16 * pos : 16 * pos + 16]
-    state.root_mac = _write_metadata(dst, bytes(meta), None, None)
+            edits.append((off, struct.pack("<Q", state.sizes[pos])))
+        edits.append((off + 12, struct.pack("<H", mode)))
+        edits.append((off + 96, bytes(macs[16 * pos : 16 * pos + 16])))
+    try:
+        state.root_mac = patch_integrity_only(os.path.join(dst, METADATA_NAME), edits)
+    except (UserError, ValueError):
+        return None
     state.root_dir_stat = incremental.dir_stat(dst)
     incremental.save_state(state_path, state)
     prog.finish("incremental")

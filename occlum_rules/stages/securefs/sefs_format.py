@@ -65,8 +65,15 @@ def inode_ids() -> Iterator[int]:
 
 
 def allocate_ids(count: int) -> list[int]:
-    it = inode_ids()
-    return [next(it) for _ in range(count)]
+    """The first ``count`` ids of :func:`inode_ids`, built a group at a time."""
+    ids = list(range(ROOT_ID, min(BLOCKS_PER_GROUP, ROOT_ID + count)))
+    group = 1
+    while len(ids) < count:
+        base = group * BLOCKS_PER_GROUP
+        ids.append(base)
+        ids.extend(range(base + 2, base + min(BLOCKS_PER_GROUP, count - len(ids) + 2)))
+        group += 1
+    return ids
 
 
 def groups_for(count: int) -> int:

@@ -252,3 +252,97 @@ def test_scan_fast_path_when_only_contents_and_modes_change(tmp_path, monkeypatc
     assert res.incremental and res.rewritten == 2, res
     full = pack_image(src, tmp_path / "full")
     assert res.mac_text == full.mac_text and same_dir_bytes(tmp_path / "img", tmp_path / "full")
+
+
+@pytest.mark.parametrize("form", ["manifest file", "pretty-printed JSON"])
+def test_manifest_given_as_bytes(tmp_path, form):
+    """The build hands over the BOM stage's manifest file; any JSON text must still work."""
+    import json
+
+    from occlum_rules.stages.bom.manifest import encode_manifest
+
+    def text(rows):
+        if form == "manifest file":
+            return encode_manifest(rows)
+        return json.dumps(rows, indent=1).encode()
+
+    src = tmp_path / "src"
+    rng = random.Random(11)
+    make_random_tree(src, rng, files=25)
+    root, state = tmp_path / "img" / "__ROOT", tmp_path / "img" / "state"
+    pack_image(src, root, state_path=state, manifest=text(manifest_of(src)))
+    for step in range(6):
+        random_edit(src, rng)
+        inc = pack_image(src, root, state_path=state, manifest=text(manifest_of(src)))
+        full = pack_image(src, tmp_path / f"full{step}")
+        assert inc.incremental and inc.mac_text == full.mac_text
+        assert same_dir_bytes(root, tmp_path / f"full{step}")
+
+
+def test_changed_manifest_rows_compares_lines():
+    from occlum_rules.stages.bom.manifest import encode_manifest
+    from occlum_rules.stages.securefs.incremental import changed_manifest_rows
+
+    rows = [{"path": "a", "type": "dir", "mode": 493},
+            {"path": "a/f", "type": "file", "mode": 420, "size": 1, "sha256": "0" * 64},
+            {"path": "l", "type": "symlink", "mode": 511, "target": "a"}]
+    old = encode_manifest(rows)
+    assert changed_manifest_rows(old, old) == []
+    edited = [dict(r) for r in rows]
+    edited[1]["sha256"] = "1" * 64
+    edited[2]["target"] = "b"
+    assert changed_manifest_rows(encode_manifest(edited), old) == [(1, edited[1]), (2, edited[2])]
+    moved = [dict(r) for r in rows]
+    moved[1]["path"] = "a/g"
+    assert changed_manifest_rows(encode_manifest(moved), old) is None  # ids may move
+    assert changed_manifest_rows(encode_manifest(rows[:2]), old) is None  # row count
+    lines = old.split(b"\n")
+    lines[1], lines[2] = lines[1] + b"," + lines[2][:-1], b"{}"  # two rows on one line
+    assert changed_manifest_rows(b"\n".join(lines), old) is None
+    lines = old.split(b"\n")
+    lines[3] += b","  # a comma after the last row: not JSON
+    assert changed_manifest_rows(b"\n".join(lines), old) is None
+
+
+@pytest.mark.parametrize("count", [0, 1, 1021, 1022, 1023, 2045, 2046, 5000])
+def test_allocate_ids_follows_allocation_order(count):
+    """The bulk id list the incremental pack uses equals sefs-cli's one-by-one allocation."""
+    import itertools
+
+    from occlum_rules.stages.securefs.sefs_format import allocate_ids, inode_ids
+
+    assert allocate_ids(count) == list(itertools.islice(inode_ids(), count))
+
+
+def _rows_changed_naively(new_rows: list[dict], old_rows: list[dict]):
+    if len(new_rows) != len(old_rows) or any(
+            (a["path"], a["type"]) != (b["path"], b["type"]) for a, b in zip(new_rows, old_rows)):
+        return None
+    return [(i, a) for i, (a, b) in enumerate(zip(new_rows, old_rows)) if a != b]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_changed_manifest_rows_matches_a_row_by_row_comparison(seed):
+    """The prefix/suffix shortcut finds exactly the rows a full comparison finds."""
+    from occlum_rules.stages.bom.manifest import encode_manifest
+    from occlum_rules.stages.securefs.incremental import changed_manifest_rows
+
+    rng = random.Random(seed)
+    old = [{"path": f"d/f{i:03d}", "type": "file", "mode": 420, "size": rng.randrange(10**6),
+            "sha256": f"{rng.getrandbits(256):064x}"} for i in range(rng.randrange(1, 40))]
+    new = [dict(r) for r in old]
+    for _ in range(rng.randrange(1, 4)):
+        row = rng.choice(new)
+        what = rng.choice(["size", "sha256", "mode", "path", "same"])
+        if what == "size":
+            row["size"] = rng.choice([row["size"] + 1, row["size"] * 10, row["size"] // 10])
+        elif what == "sha256":
+            row["sha256"] = f"{rng.getrandbits(256):064x}"
+        elif what == "mode":
+            row["mode"] = 0o755
+        elif what == "path":
+            row["path"] += "x"
+    if rng.random() < 0.2:
+        new.pop(rng.randrange(len(new)))
+    got = changed_manifest_rows(encode_manifest(new), encode_manifest(old))
+    assert got == _rows_changed_naively(new, old)
