@@ -202,6 +202,7 @@ def pack_image(
         change = _scan_changes(state, nodes, src)
         if change is not None:
             state.stats, state.scan_started_ns = change[1], started_ns
+            state.manifest = None  # its text no longer describes what was packed
             done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
             if done is not None:
                 return done

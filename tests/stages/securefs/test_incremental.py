@@ -346,3 +346,23 @@ def test_changed_manifest_rows_matches_a_row_by_row_comparison(seed):
         new.pop(rng.randrange(len(new)))
     got = changed_manifest_rows(encode_manifest(new), encode_manifest(old))
     assert got == _rows_changed_naively(new, old)
+
+
+def test_scan_pack_between_manifest_packs_does_not_leave_a_stale_manifest(tmp_path):
+    """manifest pack, file edited + directory-scan pack, edit undone + manifest pack: the
+    last pack must see the file as changed against what was packed, not against the old
+    manifest text."""
+    from occlum_rules.stages.bom.manifest import encode_manifest
+
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(5), files=20)
+    victim = next(src / p for p, t, *_ in listing_of(src) if t == "file")
+    original = victim.read_bytes()
+    root, state = tmp_path / "img" / "__ROOT", tmp_path / "img" / "state"
+    pack_image(src, root, state_path=state, manifest=encode_manifest(manifest_of(src)))
+    victim.write_bytes(original + b"changed")
+    assert pack_image(src, root, state_path=state).incremental
+    victim.write_bytes(original)
+    last = pack_image(src, root, state_path=state, manifest=encode_manifest(manifest_of(src)))
+    full = pack_image(src, tmp_path / "full")
+    assert last.mac_text == full.mac_text and same_dir_bytes(root, tmp_path / "full")
