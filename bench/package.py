@@ -3,9 +3,10 @@
 A synthetic instance with the ``occlum build`` layout holds a large build/mount/__ROOT
 (half pseudo-random blocks like an encrypted image, half repetitive ELF-ish/text data), so
 deflate does real work. We time ``write_package`` (walk, tar headers, sha256 of every member
-and of the output, gzip) against ``zlib.compressobj(level, wbits=31)`` over the very tar
-stream the package holds, in memory. Deflate dominates both, so the package should keep up.
-Goal: package throughput >= 90 % of raw zlib's.
+and of the output, deflate of independent segments on one thread per CPU) from scratch (no
+previous package to re-use) against one ``zlib.compressobj(level, wbits=31)`` over the very
+tar stream the package holds, in memory, and against the gzip CLI. Goal: package throughput
+>= 90 % of raw zlib's; with more than one CPU the package can beat a single zlib stream.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def make_instance(root: Path, total_mib: int) -> Path:
 
 
 def run(quick: bool) -> list[dict]:
-    from occlum_rules.stages.package import select_members, write_package
+    from occlum_rules.stages.package import select_members
+    from occlum_rules.stages.package_stream import write_package
 
     total = 32 if quick else 256
     runs = 4 if quick else 5
@@ -117,7 +119,7 @@ def run(quick: bool) -> list[dict]:
              "value": round(100 * ratio, 1), "unit": "%", "goal": GOAL,
              "meets_goal": ratio >= 0.9,
              "note": f"median of {runs} back-to-back pairs; CPU-time ratio "
-                     f"{100 * cpu_ratio:.0f}% (sha256 runs on a second thread); "
+                     f"{100 * cpu_ratio:.0f}% (segments deflate on {os.cpu_count()} threads); "
                      f"zlib {zlib.ZLIB_RUNTIME_VERSION}"},
         ]
         if cli_times:

@@ -218,8 +218,9 @@ def run(quick: bool, scratch: str | None = None) -> list[dict]:
         t_scan = statistics.median(scan_times)
         ratio = t_scan / t_state
         records.append(_rec("incremental pack (directory scan), one 1 MiB file changed",
-                            round(t_scan * 1000, 1), "ms", "<= 1% of full pack", ratio <= 0.01,
-                            f"{ratio:.2%}; includes lstat of every file"))
+                            round(t_scan * 1000, 1), "ms", "informational", None,
+                            f"{ratio:.2%} of the full pack; without a manifest (CLI use) every "
+                            "file is lstat'ed; the build passes the BOM's manifest (row above)"))
 
         enc_src = src / "d0"  # a slice: encrypted packing is slower and never incremental
         enc_bytes = sum(n.size for n in scan_tree(enc_src) if n.kind == 1)

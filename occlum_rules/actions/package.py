@@ -47,8 +47,8 @@ def package(ctx: StageContext) -> None:
         package_manifest,
         select_members,
         sha256sums,
-        write_package,
     )
+    from occlum_rules.stages.package_stream import write_package
 
     p = ctx.params
     instance = ctx.root / p["instance_dir"]
@@ -65,7 +65,9 @@ def package(ctx: StageContext) -> None:
     tarball, manifest_file, sums = ctx.outputs
     members = select_members(instance, mode)
     result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
-                           level=p["level"])
+                           level=p["level"], state_path=ctx.state_dir / "package" / hashlib.sha256(
+                               str(tarball).encode()).hexdigest()[:16],
+                           digest_of=ctx.digests.digest)
     manifest = package_manifest(
         file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
         measurements=measurements, image_manifest=image_manifest,
@@ -77,5 +79,6 @@ def package(ctx: StageContext) -> None:
     if p["debug"] and (measurements.get("debuggable") or mode == "SIM"):
         ctx.log(f"warning: packaged a {'debuggable' if measurements.get('debuggable') else 'SIM'}"
                 " enclave (debug = True): not for production")
-    ctx.log(f"packaged {tarball.name} ({result.size} bytes, sha256 {result.sha256[:16]}…); "
+    ctx.log(f"packaged {tarball.name} ({result.size} bytes, sha256 {result.sha256[:16]}…; "
+            f"{result.deflated} segments deflated, {result.reused} reused); "
             f"MRENCLAVE {measurements['mrenclave']}, MRSIGNER {measurements['mrsigner']}")

@@ -19,22 +19,20 @@ targets, and hashes their data in memory.
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import hashlib
 import io
 import json
 import os
 import posixpath
-import queue
 import stat
 import tarfile
-import threading
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.package_stream import Member, PackageResult
 
 DEFAULT_LEVEL = 6  # what `tar -z` (gzip's default) uses
 CHUNK = 1 << 20
@@ -45,25 +43,6 @@ RUN_SKELETON = ("run", "run/initfs", "run/initfs/__ROOT", "run/mount", "run/moun
 # A built-in image key (buildin_image_key) is a secret: keep it owner-only in the package.
 SECRET_FILES = ("initfs/etc/image_key",)
 _PAL_EXTRA = {"SIM": "libocclum-pal_sim.so*", "HYPER": "libocclum-pal_hyper.so*"}
-
-
-@dataclass(frozen=True)
-class Member:
-    """One entry of the package, relative to the instance directory (no top directory)."""
-
-    name: str
-    kind: str  # "file" | "dir" | "symlink"
-    mode: int
-    size: int = 0
-    source: str | None = None  # absolute path of a file's content
-    target: str | None = None  # a symlink's target, as stored
-
-
-@dataclass
-class PackageResult:
-    sha256: str
-    size: int
-    contents: list[dict] = field(default_factory=list)
 
 
 def normalized_mode(kind: str, st_mode: int, name: str = "") -> int:
@@ -134,131 +113,6 @@ def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
     seen: set[str] = set()
     unique = [m for m in members if not (m.name in seen or seen.add(m.name))]
     return sorted(unique, key=lambda m: _sort_key(m.name))
-
-
-class _BackgroundHashing:
-    """sha256 updates on one worker thread, in submission order.
-
-    hashlib and zlib both release the GIL on large buffers, so hashing every member and the
-    output overlaps deflate instead of adding to it.
-    """
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
-        self._thread = threading.Thread(target=self._run, name="package-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            item[0].update(item[1])
-
-    def update(self, sha, data) -> None:
-        if data:
-            self._queue.put((sha, bytes(data)))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-class _HashingWriter:
-    """A write-only file that hashes (in the background) and counts what passes through it."""
-
-    def __init__(self, raw, hashing: _BackgroundHashing):
-        self.raw = raw
-        self.hashing = hashing
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.hashing.update(self.sha, data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
-class _HashingReader:
-    def __init__(self, raw, hashing: _BackgroundHashing):
-        self.raw = raw
-        self.hashing = hashing
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hashing.update(self.sha, data)
-        return data
-
-
-def tar_info(member: Member, top: str, mtime: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(f"{top}/{member.name}")
-    info.mtime = mtime
-    info.mode = member.mode
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    if member.kind == "dir":
-        info.type = tarfile.DIRTYPE
-    elif member.kind == "symlink":
-        info.type = tarfile.SYMTYPE
-        info.linkname = member.target or ""
-    else:
-        info.type = tarfile.REGTYPE
-        info.size = member.size
-    return info
-
-
-def _add(tar: tarfile.TarFile, member: Member, top: str, mtime: int,
-         hashing: _BackgroundHashing, digests: list) -> dict:
-    info = tar_info(member, top, mtime)
-    record = {"path": info.name, "type": member.kind, "mode": f"{member.mode:04o}"}
-    if member.kind == "file":
-        with open(member.source, "rb") as src:
-            reader = _HashingReader(src, hashing)
-            try:
-                tar.addfile(info, reader)
-            except OSError as exc:
-                raise UserError(f"{member.source}: changed while packaging ({exc})") from None
-        record.update(size=member.size, sha256=None)
-        digests.append((record, reader.sha))
-    else:
-        tar.addfile(info)
-        if member.kind == "symlink":
-            record["target"] = member.target
-    return record
-
-
-def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
-                  level: int = DEFAULT_LEVEL) -> PackageResult:
-    """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member."""
-    if not top or "/" in top or top in (".", ".."):
-        raise UserError(f"package name {top!r} must be a plain directory name")
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    contents: list[dict] = []
-    digests: list[tuple[dict, object]] = []
-    hashing = _BackgroundHashing()
-    try:
-        with open(tmp, "wb") as raw:
-            hashed = _HashingWriter(raw, hashing)
-            with gzip.GzipFile(filename="", mode="wb", fileobj=hashed, compresslevel=level,
-                               mtime=0) as gz:
-                with tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT,
-                                     encoding="utf-8", copybufsize=CHUNK) as tar:
-                    for member in members:
-                        contents.append(_add(tar, member, top, mtime, hashing, digests))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        hashing.close()
-    for record, sha in digests:
-        record["sha256"] = sha.hexdigest()
-    os.replace(tmp, out)
-    return PackageResult(sha256=hashed.sha.hexdigest(), size=hashed.size, contents=contents)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from occlum_rules.stages.package import first_difference, select_members, write_package
+from occlum_rules.stages.package import first_difference, select_members
+from occlum_rules.stages.package_stream import write_package
 from tests.support.workspace import copy_examples, outcomes, run_cli, run_doit
 
 PKG_DIR = "out/bin/examples/hello_c/package"

@@ -26,8 +26,8 @@ from occlum_rules.stages.package import (
     read_package,
     select_members,
     sha256sums,
-    write_package,
 )
+from occlum_rules.stages.package_stream import write_package
 
 SDE = 1704067200
 

@@ -1,0 +1,137 @@
+"""The segmented .tar.gz: a plain gzip'd tar stream, and incremental == full, byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+import shutil
+import subprocess
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from occlum_rules.stages import package_stream as ps
+from occlum_rules.stages.crc32_combine import crc32_combine
+from occlum_rules.stages.package import select_members
+
+from .test_package import SDE, make_instance
+
+
+def _instance(tmp_path: Path, seed: int = 0) -> Path:
+    """An instance whose image holds big (multi-segment), middling and tiny files."""
+    inst = make_instance(tmp_path / "inst")
+    rng = random.Random(seed)
+    image = inst / "build" / "mount" / "__ROOT"
+    for i in range(300):
+        size = rng.choice([0, 10, 600, 5000, 70_000])
+        (image / f"{i:032x}").write_bytes(rng.randbytes(size // 2) + bytes(size - size // 2))
+    (image / "big").write_bytes(rng.randbytes(ps.SEGMENT + ps.BIG + 123))
+    return inst
+
+
+def _write(inst: Path, out: Path, **kw) -> ps.PackageResult:
+    return ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, **kw)
+
+
+def test_stream_is_the_tar_that_tarfile_writes(tmp_path):
+    inst = _instance(tmp_path)
+    out = tmp_path / "app.tar.gz"
+    result = _write(inst, out)
+    expected = io.BytesIO()
+    with tarfile.TarFile(fileobj=expected, mode="w", format=tarfile.GNU_FORMAT,
+                         encoding="utf-8") as tar:
+        for m in select_members(inst, "HW"):
+            info = ps.tar_info(m, "app", SDE)
+            if m.kind == "file":
+                with open(m.source, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    data = out.read_bytes()
+    assert gzip.decompress(data) == expected.getvalue()
+    assert data[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0
+    assert result.size == len(data) and result.deflated > 3 and result.reused == 0
+    if shutil.which("gzip"):
+        subprocess.run(["gzip", "-t", str(out)], check=True)
+
+
+def test_workers_do_not_change_the_bytes(tmp_path):
+    inst = _instance(tmp_path)
+    one, two = tmp_path / "one.tar.gz", tmp_path / "two.tar.gz"
+    _write(inst, one, workers=1)
+    _write(inst, two, workers=3)
+    assert one.read_bytes() == two.read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["small file", "big file", "add", "remove", "nothing"])
+def test_incremental_package_equals_a_full_one(tmp_path, edit):
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "inc.tar.gz", tmp_path / "state" / "package"
+    first = _write(inst, out, state_path=state)
+    assert first.reused == 0 and state.exists()
+    image = inst / "build" / "mount" / "__ROOT"
+    if edit == "small file":
+        (image / f"{7:032x}").write_bytes(b"changed")
+    elif edit == "big file":
+        with open(image / "big", "r+b") as f:
+            f.seek(ps.SEGMENT + 10)
+            f.write(b"X")
+    elif edit == "add":
+        (image / f"{150:032x}a").write_bytes(b"new member")
+    elif edit == "remove":
+        (image / f"{200:032x}").unlink()
+    again = _write(inst, out, state_path=state)
+    full = tmp_path / "full.tar.gz"
+    reference = _write(inst, full)
+    assert out.read_bytes() == full.read_bytes()
+    assert again.sha256 == reference.sha256 and again.contents == reference.contents
+    assert again.reused > 0 and again.deflated < first.deflated
+    if edit == "nothing":
+        assert again.deflated == 0
+    elif edit == "big file":
+        assert again.deflated == 2  # the changed member's two pieces, nothing else
+
+
+def test_a_package_changed_behind_its_back_is_not_reused(tmp_path):
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "app.tar.gz", tmp_path / "state"
+    _write(inst, out, state_path=state)
+    data = bytearray(out.read_bytes())
+    data[100] ^= 1
+    out.write_bytes(bytes(data))
+    again = _write(inst, out, state_path=state)
+    _write(inst, tmp_path / "full.tar.gz")
+    assert again.reused == 0
+    assert out.read_bytes() == (tmp_path / "full.tar.gz").read_bytes()
+
+
+def test_a_damaged_state_means_a_full_package(tmp_path):
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "app.tar.gz", tmp_path / "state"
+    _write(inst, out, state_path=state)
+    state.write_text('{"version": 1, "segments": [')
+    again = _write(inst, out, state_path=state)
+    _write(inst, tmp_path / "full.tar.gz")
+    assert again.reused == 0
+    assert out.read_bytes() == (tmp_path / "full.tar.gz").read_bytes()
+
+
+def test_crc32_combine_matches_zlib():
+    rng = random.Random(3)
+    for _ in range(200):
+        a = rng.randbytes(rng.randrange(0, 5000))
+        b = rng.randbytes(rng.choice([0, 1, rng.randrange(0, 70_000)]))
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_unreadable_member_is_one_clear_error(tmp_path):
+    inst = _instance(tmp_path)
+    members = select_members(inst, "HW")
+    os.unlink(next(m.source for m in members if m.kind == "file" and m.size))
+    with pytest.raises(ps.UserError, match="cannot read it"):
+        ps.write_package(members, "app", tmp_path / "x.tar.gz", mtime=SDE)
+    assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / ".x.tar.gz.tmp").exists()
