@@ -50,6 +50,9 @@ def package_impl(ctx: RuleContext) -> dict:
                 "zlib": zlib.ZLIB_RUNTIME_VERSION},
         # a built-in image key inside initfs/ is a secret: never put it in a shared cache
         cacheable=not holds_key,
+        # in place: the stage copies unchanged deflate segments from the previous package,
+        # which it finds where it left it (the tarball itself is replaced atomically)
+        in_place=True,
         description=f"package {name}.tar.gz")
     return {"files": [tarball, manifest, sums],
             "package": {"tarball": tarball, "manifest": manifest, "sha256sums": sums,

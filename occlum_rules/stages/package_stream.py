@@ -246,6 +246,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     hashing = _BackgroundSha()
     placed: list[tuple[_Segment, list[int]]] = []

@@ -243,3 +243,20 @@ def test_verify_rebuild_names_the_first_differing_file(two_checkouts, tmp_path):
     assert result.returncode == 1, result.output
     assert "DIFFERENT" in result.stderr
     assert "first differing file: hello_c/build/.Occlum_sys.json.protected" in result.stderr
+
+
+def test_incremental_package_reuses_segments_and_equals_a_clean_build(tmp_path):
+    """Change the app: the package stage copies the unchanged deflate segments from the
+    previous package, and the result is the bytes a clean checkout builds."""
+    ws = copy_examples(tmp_path / "ws", ["hello_c"])
+    cache = tmp_path / "cache"
+    assert run_doit(ws, cache=cache).returncode == 0
+    src = ws / "examples" / "hello_c" / "hello.c"
+    src.write_text(src.read_text().replace("Hello", "Hullo"))
+    again = run_doit(ws, cache=cache)
+    assert again.returncode == 0 and outcomes(ws)["//examples/hello_c:package:package"] == "run"
+    assert " reused)" in again.stderr and ", 0 reused)" not in again.stderr, again.stderr
+    clean = copy_examples(tmp_path / "clean", ["hello_c"])
+    (clean / "examples" / "hello_c" / "hello.c").write_text(src.read_text())
+    assert run_doit(clean, cache=tmp_path / "cache2").returncode == 0
+    assert sha(ws / PACKAGE) == sha(clean / PACKAGE)
