@@ -68,6 +68,7 @@ def package(ctx: StageContext) -> None:
                            level=p["level"], state_path=ctx.state_dir / "package" / hashlib.sha256(
                                str(tarball).encode()).hexdigest()[:16],
                            digest_of=ctx.digests.digest)
+    ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
     manifest = package_manifest(
         file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
         measurements=measurements, image_manifest=image_manifest,

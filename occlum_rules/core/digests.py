@@ -34,49 +34,91 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class DigestCache:
-    """path -> (stamp, sha256); shared by everything in one process."""
+class _Shard:
+    """One persisted dict of the cache; loaded on first use."""
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None):
         self.path = path
-        self._entries: dict[str, tuple] | None = None
-        self._dirty = False
-        self._lock = threading.Lock()
-        self._seen: tuple | None = None  # the file's stamp when we last read or wrote it
+        self.entries: dict[str, tuple] | None = None
+        self.dirty = False
+        self.seen: tuple | None = None  # the file's stamp when we last read or wrote it
 
-    def _file_stamp(self) -> tuple | None:
+    def file_stamp(self) -> tuple | None:
         try:
             return _stamp(os.stat(self.path))
         except (OSError, TypeError):
             return None
 
-    def _load(self) -> dict[str, tuple]:
-        if self._entries is None:
-            self._entries = {}
-            if self.path is not None:
-                try:
-                    self._seen = self._file_stamp()
-                    with open(self.path, "rb") as f:
-                        data = marshal.loads(f.read())  # marshal.load(f) reads in tiny pieces
-                    if isinstance(data, dict):
-                        self._entries = data
-                except (OSError, EOFError, ValueError, TypeError):
-                    self._entries = {}
-        return self._entries
+    def read(self) -> dict[str, tuple]:
+        try:
+            with open(self.path, "rb") as f:
+                data = marshal.loads(f.read())  # marshal.load(f) reads in tiny pieces
+        except (OSError, EOFError, ValueError, TypeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def load(self) -> dict[str, tuple]:
+        if self.entries is None:
+            self.seen = self.file_stamp()
+            self.entries = self.read() if self.path is not None else {}
+        return self.entries
+
+    def save(self) -> None:
+        if not self.dirty or self.path is None or self.entries is None:
+            return
+        try:
+            merged: dict[str, tuple] = {}
+            if self.file_stamp() != self.seen:  # another process wrote it: keep its entries
+                merged.update(self.read())
+            merged.update(self.entries)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                marshal.dump(merged, f)
+            os.replace(tmp, self.path)
+            self.entries = merged
+            self.seen = self.file_stamp()
+            self.dirty = False
+        except OSError:
+            pass
+
+
+class DigestCache:
+    """path -> (stamp, sha256); shared by everything in one process.
+
+    With ``split_prefix`` (the output directory), paths under it live in a second file:
+    a null build only checks source and host files, and should not decode an entry for
+    every file of every image it built.
+    """
+
+    def __init__(self, path: Path | None = None, split_prefix: str | None = None):
+        self.path = path
+        self._split = split_prefix
+        self._main = _Shard(path)
+        self._outputs = None
+        if split_prefix:
+            self._outputs = _Shard(path.with_name(path.name + ".outputs") if path else None)
+        self._lock = threading.Lock()
+
+    def _shard(self, key: str) -> _Shard:
+        if self._outputs is not None and key.startswith(self._split):
+            return self._outputs
+        return self._main
 
     def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
         key = str(os.fspath(path))
         if st is None:
             st = os.stat(key)
         stamp = _stamp(st)
-        entries = self._load()
+        shard = self._shard(key)
+        entries = shard.load()
         hit = entries.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
         value = sha256_file(key)
         with self._lock:
             entries[key] = (stamp, value)
-            self._dirty = True
+            shard.dirty = True
         return value
 
     def remember(self, path: str | os.PathLike, digest: str) -> None:
@@ -86,34 +128,15 @@ class DigestCache:
             st = os.stat(key)
         except OSError:
             return
+        shard = self._shard(key)
         with self._lock:
-            self._load()[key] = (_stamp(st), digest)
-            self._dirty = True
+            shard.load()[key] = (_stamp(st), digest)
+            shard.dirty = True
 
     def save(self) -> None:
-        if not self._dirty or self.path is None or self._entries is None:
-            return
-        try:
-            merged: dict[str, tuple] = {}
-            if self._file_stamp() != self._seen:  # another process wrote it: keep its entries
-                try:
-                    with open(self.path, "rb") as f:
-                        old = marshal.loads(f.read())
-                    if isinstance(old, dict):
-                        merged.update(old)
-                except (OSError, EOFError, ValueError, TypeError):
-                    pass
-            merged.update(self._entries)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                marshal.dump(merged, f)
-            os.replace(tmp, self.path)
-            self._entries = merged
-            self._seen = self._file_stamp()
-            self._dirty = False
-        except OSError:
-            pass
+        self._main.save()
+        if self._outputs is not None:
+            self._outputs.save()
 
 
 def tree_entries(root: Path, cache: DigestCache | None, rel_prefix: str = "") -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import time
@@ -20,6 +21,36 @@ from occlum_rules.core.digests import CHUNK
 
 class CorruptBlob(Exception):
     """A blob's bytes no longer match its name."""
+
+
+MAP_FROM = 1 << 20
+
+
+def _copy_hashed(fd_in: int, fd_out: int) -> str:
+    """Copy one file descriptor to another; the sha256 of what was copied.
+
+    Big blobs are mapped, hashed and written from the mapping (no copy into Python
+    objects); both hashing and writing release the GIL, so restores run on several threads.
+    """
+    h = hashlib.sha256()
+    size = os.fstat(fd_in).st_size
+    if size >= MAP_FROM:
+        with mmap.mmap(fd_in, 0, prot=mmap.PROT_READ) as mm:
+            view = memoryview(mm)
+            try:
+                h.update(view)
+                done = 0
+                while done < size:
+                    done += os.write(fd_out, view[done:])
+            finally:
+                view.release()
+        return h.hexdigest()
+    while chunk := os.read(fd_in, CHUNK):
+        h.update(chunk)
+        done = 0
+        while done < len(chunk):
+            done += os.write(fd_out, chunk[done:] if done else chunk)
+    return h.hexdigest()
 
 
 class LocalStore:
@@ -77,31 +108,31 @@ class LocalStore:
         return digest
 
     def restore(self, digest: str, dest: Path, mode: int) -> None:
-        """Copy a blob to ``dest`` (atomically), verifying its digest on the way.
+        """Copy a blob to ``dest``, verifying its digest on the way.
 
-        Raises CorruptBlob (after deleting the bad blob) or FileNotFoundError.
+        ``dest`` must not exist: callers stage whole results in a scratch directory and
+        rename them into place, so a file needs no temporary name of its own. Raises
+        CorruptBlob (after deleting the bad blob and the partial copy) or FileNotFoundError.
         """
         src = self.cas_path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.restore.{os.getpid()}.tmp")
+        fd_in = os.open(src, os.O_RDONLY)
         try:
-            h = hashlib.sha256()
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(CHUNK):
-                    h.update(chunk)
-                    fout.write(chunk)
-            if h.hexdigest() != digest:
-                self.corrupt_found += 1
-                try:
-                    src.unlink()
-                except OSError:
-                    pass
-                raise CorruptBlob(f"cache blob {digest[:12]}… is corrupted; it was removed")
-            os.chmod(tmp, mode)
-            os.replace(tmp, dest)
+            fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                ok = _copy_hashed(fd_in, fd_out) == digest
+                os.fchmod(fd_out, mode)
+            finally:
+                os.close(fd_out)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            os.close(fd_in)
+        if not ok:
+            self.corrupt_found += 1
+            dest.unlink(missing_ok=True)
+            try:
+                src.unlink()
+            except OSError:
+                pass
+            raise CorruptBlob(f"cache blob {digest[:12]}… is corrupted; it was removed")
 
     # -- action results
     def get_action(self, key: str) -> dict | None:

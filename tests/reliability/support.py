@@ -145,17 +145,17 @@ def false_up_to_date(ws: Path) -> list[str]:
     outputs' size/mtime/mode stamps all match) while the bytes on disk differ from what the
     state records: exactly the "half-written output treated as done" failure."""
     problems: list[str] = []
-    for f in sorted((ws / "out/.occlum-rules/actions").glob("*.json")):
-        if f.name.endswith(".previous.json"):
-            continue
+    from occlum_rules.core.executor import load_state_file
+
+    for f in sorted((ws / "out/.occlum-rules/actions").glob("*.state")):
         try:
-            state = json.loads(f.read_bytes())
+            state = load_state_file(f)
             stamps = state["stamps"]
             outs = state["manifest"]["outputs"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # an unreadable state only makes the action run again
         try:
-            intact = all([st.st_size, st.st_mtime_ns, st.st_mode] == stamp
+            intact = all((st.st_size, st.st_mtime_ns, st.st_mode) == tuple(stamp)
                          for rel, stamp in stamps.items() for st in [os.lstat(ws / rel)])
         except OSError:
             intact = False

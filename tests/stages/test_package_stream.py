@@ -30,6 +30,8 @@ def _instance(tmp_path: Path, seed: int = 0) -> Path:
         size = rng.choice([0, 10, 600, 5000, 70_000])
         (image / f"{i:032x}").write_bytes(rng.randbytes(size // 2) + bytes(size - size // 2))
     (image / "big").write_bytes(rng.randbytes(ps.SEGMENT + ps.BIG + 123))
+    (inst / "initfs" / ("long-name-" * 15)).write_bytes(b"GNU longname header")
+    os.symlink("t/" * 60, inst / "initfs" / "long-link")  # GNU longlink header
     return inst
 
 

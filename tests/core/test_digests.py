@@ -1,0 +1,37 @@
+"""The stat-keyed digest cache: right digests, and output paths kept in their own file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from occlum_rules.core.digests import DigestCache
+
+
+def test_digests_are_remembered_per_shard_and_reloaded(tmp_path):
+    src = tmp_path / "src" / "a.c"
+    out = tmp_path / "out" / "bin" / "a.o"
+    for path, data in ((src, b"int x;"), (out, b"\x7fELF")):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    store = tmp_path / "out" / ".occlum-rules" / "digests.marshal"
+    cache = DigestCache(store, split_prefix=os.path.join(str(tmp_path / "out"), ""))
+    assert cache.digest(src) == hashlib.sha256(b"int x;").hexdigest()
+    assert cache.digest(out) == hashlib.sha256(b"\x7fELF").hexdigest()
+    cache.save()
+    assert store.exists() and store.with_name("digests.marshal.outputs").exists()
+
+    again = DigestCache(store, split_prefix=os.path.join(str(tmp_path / "out"), ""))
+    assert again.digest(src) == hashlib.sha256(b"int x;").hexdigest()
+    assert again._outputs.entries is None  # a source lookup never decodes the outputs' file
+    out.write_bytes(b"\x7fELF changed")
+    assert again.digest(out) == hashlib.sha256(b"\x7fELF changed").hexdigest()
+
+
+def test_a_changed_file_is_hashed_again(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"one")
+    cache = DigestCache(tmp_path / "d.marshal")
+    first = cache.digest(f)
+    f.write_bytes(b"two, longer")
+    assert cache.digest(f) != first == hashlib.sha256(b"one").hexdigest()
