@@ -22,7 +22,8 @@ def assemble(ctx: StageContext) -> None:
         ctx.log(f"warning: {warning}")
     ctx.add_inputs(p for p in plan.host_inputs if not _inside(p, ctx.root / params["out_dir"]))
     image.mkdir(parents=True, exist_ok=True)
-    result = apply_plan(plan, image, sync=True, digests=ctx.digests)
+    result = apply_plan(plan, image, sync=True, digests=ctx.digests,
+                        previous_manifest=_previous_manifest(manifest_path))
     if result.written or result.removed:
         ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
                 f"{len(result.removed)} removed")
@@ -31,6 +32,14 @@ def assemble(ctx: StageContext) -> None:
 
 def _inside(path: str, directory) -> bool:
     return os.path.abspath(path).startswith(os.fspath(directory) + os.sep)
+
+
+def _previous_manifest(path) -> list[dict] | None:
+    """The manifest this action wrote last time, if it is still there and readable."""
+    try:
+        return load_manifest(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_manifest(path) -> list[dict]:

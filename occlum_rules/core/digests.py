@@ -121,6 +121,12 @@ class DigestCache:
             shard.dirty = True
         return value
 
+    def known(self, path: str | os.PathLike, st: os.stat_result) -> str | None:
+        """The cached digest of ``path`` if ``st`` is still the stamp it was hashed at."""
+        key = str(os.fspath(path))
+        hit = self._shard(key).load().get(key)
+        return hit[1] if hit is not None and hit[0] == _stamp(st) else None
+
     def remember(self, path: str | os.PathLike, digest: str) -> None:
         """Record a digest the caller just computed while writing the file."""
         key = str(os.fspath(path))

@@ -188,10 +188,14 @@ def input_digests(action: dict, env: BuildEnv) -> list[tuple[str, str]]:
 def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
     cache = digest_cache(env)
     result = []
+    prefix = os.path.join(os.path.normpath(env.root), "")
     for p in paths:
         full = os.path.normpath(_abs(env, p))  # one digest-cache entry per file, not per spelling
-        rel = os.path.relpath(full, env.root)
-        key_path = rel if not rel.startswith("..") else full
+        if full.startswith(prefix):
+            key_path = full[len(prefix):]
+        else:
+            rel = os.path.relpath(full, env.root)
+            key_path = rel if not rel.startswith("..") else full
         result.append([key_path, cache.digest(full)])
     return result
 
@@ -325,7 +329,7 @@ class UnfitManifest(CorruptBlob):
 
 
 def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and len(value) == 64 and not value.strip("0123456789abcdef")
 
 
 def _is_mode(value: Any) -> bool:
@@ -428,14 +432,19 @@ def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: di
 
 
 def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: bool = False) -> None:
+    cache = digest_cache(env)
+
+    def put(path: Path, digest: str) -> None:
+        store.put_file(path, digest, replace, known=lambda st: cache.known(path, st) == digest)
+
     for out in manifest["outputs"]:
         if out["type"] == "file":
-            store.put_file(Path(_abs(env, out["path"])), out["sha256"], replace)
+            put(Path(_abs(env, out["path"])), out["sha256"])
         elif out["type"] == "dir":
             base = Path(_abs(env, out["path"]))
             for e in out["entries"]:
                 if e["type"] == "file":
-                    store.put_file(base / e["path"], e["sha256"], replace)
+                    put(base / e["path"], e["sha256"])
 
 
 # --------------------------------------------------------------------------- running
@@ -667,7 +676,7 @@ def _execute(action: dict, env: BuildEnv) -> str:
             remote = _remote(env)
             if remote is not None and remote.upload_enabled:
                 _upload_remote(remote, store, key, stored)
-    state = {"key": key, "manifest": {"outputs": manifest["outputs"]},
+    state = {"key": key, "manifest": {"outputs": [_compact_output(o) for o in manifest["outputs"]]},
              "dynamic": manifest.get("dynamic", []),
              "stamps": _stamps(action, env),
              "material": key_material(action, digests), "previous": previous}
@@ -675,6 +684,21 @@ def _execute(action: dict, env: BuildEnv) -> str:
     digest_cache(env).save()
     _journal(env, action, outcome, time.monotonic() - started, key)
     return outcome
+
+
+def _compact_output(out: dict) -> dict:
+    """A state keeps a tree's entries as one marshal blob: every null build decodes every
+    state, and only the tree digest is read then (``tree_entries_of`` decodes the rest)."""
+    if "entries" not in out:
+        return out
+    compact = {k: v for k, v in out.items() if k != "entries"}
+    compact["entries_marshal"] = marshal.dumps(out["entries"], 4)
+    return compact
+
+
+def tree_entries_of(out: dict) -> list[dict]:
+    """The entries of a tree output as recorded in an action state."""
+    return marshal.loads(out["entries_marshal"]) if "entries_marshal" in out else out["entries"]
 
 
 def _fetch_remote(remote, store: LocalStore, key: str, action: dict | None = None) -> dict | None:

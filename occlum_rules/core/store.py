@@ -14,6 +14,7 @@ import mmap
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from occlum_rules.core.digests import CHUNK
@@ -56,6 +57,7 @@ def _copy_hashed(fd_in: int, fd_out: int) -> str:
 class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._cas = str(self.root / "cas")
         self.corrupt_found = 0
 
     # -- paths
@@ -73,24 +75,38 @@ class LocalStore:
     def has_blob(self, digest: str) -> bool:
         return self.cas_path(digest).is_file()
 
-    def put_file(self, src: Path, digest: str, replace: bool = False) -> bool:
+    def put_file(self, src: Path, digest: str, replace: bool = False,
+                 known: Callable[[os.stat_result], bool] | None = None) -> bool:
         """Store ``src`` under ``digest``; returns False when it was already there.
+
+        ``known(stat)`` says whether the caller's digest is still that file's (its stat
+        stamp matches when it was hashed): then the bytes are copied by the kernel and not
+        hashed again, and the stamp must not move during the copy. Otherwise the copy is
+        hashed on the way. Restores verify every blob anyway.
 
         ``replace`` rewrites an existing blob: after a restore found damage, the other blobs
         of that result are suspect too and are never re-read to check (that is the cost a
         restore pays), so the fresh bytes replace them."""
-        dest = self.cas_path(digest)
-        if dest.is_file() and not replace:
+        if not replace and os.path.isfile(f"{self._cas}/{digest[:2]}/{digest}"):
             return False
+        dest = self.cas_path(digest)
         tmp = self._tmp_near(dest)
         try:
-            h = hashlib.sha256()
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(CHUNK):
-                    h.update(chunk)
-                    fout.write(chunk)
-            if h.hexdigest() != digest:
-                raise CorruptBlob(f"{src} changed while it was being stored")
+            before = os.stat(src)
+            if known is not None and known(before):
+                shutil.copyfile(src, tmp)
+                after = os.stat(src)
+                if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                        before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+                    raise CorruptBlob(f"{src} changed while it was being stored")
+            else:
+                h = hashlib.sha256()
+                with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    while chunk := fin.read(CHUNK):
+                        h.update(chunk)
+                        fout.write(chunk)
+                if h.hexdigest() != digest:
+                    raise CorruptBlob(f"{src} changed while it was being stored")
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
         finally:

@@ -145,7 +145,7 @@ def false_up_to_date(ws: Path) -> list[str]:
     outputs' size/mtime/mode stamps all match) while the bytes on disk differ from what the
     state records: exactly the "half-written output treated as done" failure."""
     problems: list[str] = []
-    from occlum_rules.core.executor import load_state_file
+    from occlum_rules.core.executor import load_state_file, tree_entries_of
 
     for f in sorted((ws / "out/.occlum-rules/actions").glob("*.state")):
         try:
@@ -168,7 +168,7 @@ def false_up_to_date(ws: Path) -> list[str]:
             elif out["type"] == "symlink":
                 ok = os.readlink(path) == out["target"]
             else:
-                ok = all(_sha256(path / e["path"]) == e["sha256"] for e in out["entries"]
+                ok = all(_sha256(path / e["path"]) == e["sha256"] for e in tree_entries_of(out)
                          if e["type"] == "file")
             if not ok:
                 problems.append(f"{out['path']} differs from its recorded state ({f.name})")

@@ -128,12 +128,16 @@ def _write_file(src: str, dst_dir: str, name: str, mode: int) -> str:
 
 
 class _Applier:
-    def __init__(self, root: str, sync: bool, result: ApplyResult, digests=None):
+    def __init__(self, root: str, sync: bool, result: ApplyResult, digests=None,
+                 needed_by_digest: dict[str, list[str] | None] | None = None):
         self.root = root
+        self.needed_by_digest = needed_by_digest
         self.sync = sync
         self.result = result
         self.digests = digests
         self.dir_modes: list[tuple[str, int]] = []
+        self._prefix = os.path.join(root, "") if root not in ("", ".") and "/." not in root \
+            and "//" not in root and not root.endswith("/") else "\0"
 
     def same_file(self, src: str, dst: str, size: int) -> tuple[bool, str]:
         """(equal, sha256 of src). With a stat-keyed digest cache (the build's), unchanged
@@ -147,6 +151,8 @@ class _Applier:
         return self.digests.digest(path) if self.digests is not None else _hash_file(path)
 
     def rel(self, path: str) -> str:
+        if path.startswith(self._prefix):  # paths are built by joining names onto the root
+            return path[len(self._prefix):]
         r = os.path.relpath(path, self.root)
         return "." if r == "." else r
 
@@ -225,7 +231,8 @@ class _Applier:
                 self.result.written.append(rel)
         size = os.stat(full).st_size
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
-        needed = _needed(full)
+        known = self.needed_by_digest
+        needed = known[digest] if known is not None and digest in known else _needed(full)
         if needed is not None:
             item["needed"] = needed
         self.entry(rel, **item)
@@ -236,22 +243,50 @@ def _needed(path: str) -> list[str] | None:
     return None if info is None else list(info.needed)
 
 
+def _needed_by_digest(manifest: list[dict] | None) -> dict[str, list[str] | None] | None:
+    """sha256 -> DT_NEEDED list (None: not an ELF we read) from an earlier image manifest."""
+    if not isinstance(manifest, list):
+        return None
+    known: dict[str, list[str] | None] = {}
+    for item in manifest:
+        if isinstance(item, dict) and item.get("type") == "file" and isinstance(item.get("sha256"), str):
+            needed = item.get("needed")
+            if needed is None or (isinstance(needed, list) and all(isinstance(n, str) for n in needed)):
+                known[item["sha256"]] = needed
+    return known
+
+
 def _refuse_to_sync_over_inputs(plan: Plan, root: str) -> None:
-    """--sync deletes what the plan does not produce: never let that hit the plan's own inputs."""
+    """--sync deletes what the plan does not produce: never let that hit the plan's own inputs.
+
+    Directories are resolved once each; a file is resolved on its own only when it is a
+    link (a BOM copying a whole tree has thousands of inputs in a few directories)."""
     real_root = os.path.realpath(root)
+    inside = real_root.rstrip("/") + "/"
+    real_dirs: dict[str, str] = {}
     for path in plan.host_inputs:
-        real = os.path.realpath(path)
-        if real == real_root or real.startswith(real_root.rstrip("/") + "/"):
+        head, name = os.path.split(os.path.abspath(path))
+        real_dir = real_dirs.get(head)
+        if real_dir is None:
+            real_dir = real_dirs[head] = os.path.realpath(head)
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            link = True  # let realpath decide what it names
+        real = os.path.realpath(path) if link or name in ("", ".", "..") else os.path.join(real_dir, name)
+        if real == real_root or real.startswith(inside):
             raise UserError(f"refusing to sync the image: it contains input file {path}, which "
                             "--sync would delete", where=root, exit_code=EXIT_MKDIR_OR_COPY_DIR)
 
 
 def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,
-               digests=None) -> ApplyResult:
+               digests=None, previous_manifest: list[dict] | None = None) -> ApplyResult:
     """Bring ``root`` to the planned state and return what changed plus the image manifest.
 
     ``digests`` is an optional stat-keyed digest cache (``digest(path)``, ``remember(path,
     digest)``), such as the build engine's; without it files are compared byte for byte.
+    ``previous_manifest`` (the last run's) lends the DT_NEEDED of files whose sha256 it
+    lists, so unchanged files are not opened to read their ELF headers again.
     """
     root_s = os.fspath(root)
     if sync:
@@ -263,7 +298,7 @@ def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,
             raise UserError("image root exists and is not a directory", where=root_s,
                             exit_code=EXIT_MKDIR_OR_COPY_DIR)
         Path(root_s).mkdir(parents=True, exist_ok=True)
-        applier = _Applier(root_s, sync, result, digests)
+        applier = _Applier(root_s, sync, result, digests, _needed_by_digest(previous_manifest))
         applier.sync_dir(root_s, tree.root)
         for path, mode in reversed(applier.dir_modes):
             if stat.S_IMODE(os.stat(path).st_mode) != mode:

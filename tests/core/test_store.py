@@ -1,0 +1,44 @@
+"""The local store: blobs go in by kernel copy when their digest is known, hashed otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from occlum_rules.core.digests import DigestCache
+from occlum_rules.core.store import CorruptBlob, LocalStore
+
+
+def test_known_digest_is_copied_and_unknown_one_is_checked(tmp_path):
+    f = tmp_path / "out.bin"
+    f.write_bytes(b"output bytes" * 1000)
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    cache = DigestCache(tmp_path / "d.marshal")
+    assert cache.digest(f) == digest
+    store = LocalStore(tmp_path / "store")
+    assert store.put_file(f, digest, known=lambda st: cache.known(f, st) == digest)
+    assert store.cas_path(digest).read_bytes() == f.read_bytes()
+    wrong = "0" * 64  # a digest nobody vouches for is checked while copying
+    with pytest.raises(CorruptBlob, match="changed while it was being stored"):
+        store.put_file(f, wrong, known=lambda st: cache.known(f, st) == wrong)
+    assert not store.cas_path(wrong).exists()
+
+
+def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path):
+    f = tmp_path / "out.bin"
+    f.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: the mapped path
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    store = LocalStore(tmp_path / "store")
+    store.put_file(f, digest)
+    store.restore(digest, tmp_path / "copy", 0o640)
+    assert (tmp_path / "copy").read_bytes() == f.read_bytes()
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o640
+    blob = store.cas_path(digest)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[12345] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptBlob):
+        store.restore(digest, tmp_path / "again", 0o644)
+    assert not blob.exists() and not (tmp_path / "again").exists()
