@@ -6,7 +6,7 @@ import json
 import os
 
 from occlum_rules.core.executor import StageContext
-from occlum_rules.stages.bom import apply_plan, plan_bom, write_manifest
+from occlum_rules.stages.bom import apply_plan, elf_deps, plan_bom, write_manifest
 
 
 def assemble(ctx: StageContext) -> None:
@@ -17,6 +17,8 @@ def assemble(ctx: StageContext) -> None:
     extra = {image_dir: [str(ctx.root / p) for p in paths]
              for image_dir, paths in params["extra_files"].items()}
     loader = params.get("loader_config")
+    elf_cache = ctx.state_dir / "elf-headers.marshal"
+    elf_deps.load_elf_cache(elf_cache)
     plan = plan_bom(bom, includes, loader, env=params.get("env", {}), extra_files=extra)
     for warning in plan.warnings:
         ctx.log(f"warning: {warning}")
@@ -28,6 +30,7 @@ def assemble(ctx: StageContext) -> None:
         ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
                 f"{len(result.removed)} removed")
     write_manifest(manifest_path, result.manifest)
+    elf_deps.save_elf_cache(elf_cache)
 
 
 def _inside(path: str, directory) -> bool:

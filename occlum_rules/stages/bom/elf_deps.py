@@ -14,7 +14,9 @@ missing name and which object needed it.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import marshal
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -132,7 +134,9 @@ class ElfInfo:
     soname: str | None
 
 
-_ELF_CACHE: dict[tuple[int, int, int, int], ElfInfo | None] = {}
+_ELF_CACHE: dict[tuple[int, int, int, int, int], ElfInfo | None] = {}
+_USED: set[tuple[int, int, int, int, int]] = set()
+_CACHE_VERSION = 1
 
 
 def read_elf(path: str) -> ElfInfo | None:
@@ -141,7 +145,8 @@ def read_elf(path: str) -> ElfInfo | None:
         st = os.stat(path)
     except OSError:
         return None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    _USED.add(key)
     if key in _ELF_CACHE:
         return _ELF_CACHE[key]
     info = None
@@ -156,6 +161,43 @@ def read_elf(path: str) -> ElfInfo | None:
         info = None
     _ELF_CACHE[key] = info
     return info
+
+
+def load_elf_cache(path: str | os.PathLike) -> None:
+    """Seed the in-process cache from :func:`save_elf_cache`'s file.
+
+    Entries are keyed by the file's stat stamp (device, inode, size, mtime, ctime), like the
+    build's digest cache: a changed file simply misses. Planning a BOM that copies a tree of
+    20k files otherwise opens every one of them to look for an ELF header.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = marshal.loads(f.read())
+        if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
+            return
+        for key, value in data["entries"].items():
+            if key not in _ELF_CACHE:
+                _ELF_CACHE[key] = None if value is None else ElfInfo(*value)
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return
+
+
+def save_elf_cache(path: str | os.PathLike) -> None:
+    """Persist what this process looked up (only that: files gone since are forgotten)."""
+    entries = {}
+    for key in _USED:
+        if key in _ELF_CACHE:
+            v = _ELF_CACHE[key]
+            entries[key] = None if v is None else (v.etype, v.elfclass, v.machine, v.interp,
+                                                   v.needed, v.rpath, v.runpath, v.soname)
+    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(marshal.dumps({"version": _CACHE_VERSION, "entries": entries}))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 _STRUCTS: dict[tuple, ELFStructs] = {}

@@ -48,13 +48,16 @@ def image_manifest(root: str | os.PathLike[str]) -> list[dict]:
     return out
 
 
+_ROW = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one encoder, not one per row
+
+
 def encode_manifest(entries: list[dict]) -> bytes:
     """Canonical manifest text: a JSON array with exactly one record per line.
 
     One record per line lets a consumer (the SEFS pack) find the rows that changed since
     its last run by comparing lines, without decoding the 20k unchanged ones.
     """
-    rows = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in entries]
+    rows = [_ROW.encode(e) for e in entries]
     return ("[\n" + ",\n".join(rows) + ("\n" if rows else "") + "]\n").encode()
 
 

@@ -178,3 +178,32 @@ def test_non_elf_and_relocatable_files_have_no_deps(tmp_path: Path) -> None:
     (tmp_path / "o.c").write_text("int x;\n")
     subprocess.run(["gcc", "-c", "-o", str(tmp_path / "o.o"), str(tmp_path / "o.c")], check=True)
     assert find_dependencies(str(tmp_path / "o.o"), CONFIG).loader is None
+
+
+def test_elf_header_cache_survives_the_process_and_misses_on_change(tmp_path, monkeypatch):
+    """What read_elf found is saved keyed by stat stamp; a new process reads it back instead
+    of opening the file, and a rewritten file is parsed again."""
+    import builtins
+
+    from occlum_rules.stages.bom import elf_deps
+
+    need_tool("cc")
+    exe, text = tmp_path / "app", tmp_path / "notes.txt"
+    subprocess.run(["cc", "-x", "c", "-", "-o", str(exe)], input="int main(void){return 0;}\n",
+                   text=True, check=True)
+    text.write_text("not an ELF\n")
+    first = read_elf(str(exe))
+    assert first is not None and read_elf(str(text)) is None
+    cache = tmp_path / "elf.marshal"
+    elf_deps.save_elf_cache(cache)
+    monkeypatch.setattr(elf_deps, "_ELF_CACHE", {})  # a fresh process
+    elf_deps.load_elf_cache(cache)
+    opened: list[str] = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    assert read_elf(str(exe)) == first and read_elf(str(text)) is None
+    assert opened == []
+    exe.write_bytes(b"\x7fELF but truncated")
+    assert read_elf(str(exe)) is None and opened == [str(exe)]
+    (tmp_path / "garbage.marshal").write_bytes(b"\x00not marshal")
+    elf_deps.load_elf_cache(tmp_path / "garbage.marshal")  # ignored, no error
