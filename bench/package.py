@@ -68,7 +68,7 @@ def run(quick: bool) -> list[dict]:
     from occlum_rules.stages.package_stream import write_package
 
     total = 32 if quick else 256
-    runs = 4 if quick else 5
+    runs = 3
     with tempfile.TemporaryDirectory(prefix="bench-package-") as d:
         tmp = Path(d)
         inst = make_instance(tmp / "inst", total)
