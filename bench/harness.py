@@ -3,6 +3,7 @@ reading build reports, and a cProfile of a doit run for the scenarios that miss 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pstats
@@ -160,6 +161,13 @@ def profile_doit(ws: Path, *args: str, cache: Path, top: int = 6,
     ours_s = ", ".join(f"{where(f, ln, fn)} {ct:.2f}s" for f, ln, fn, _, ct in ours)
     return (f"profile ({total:.2f}s in-process): most own time: {own_s}; "
             f"project functions by cumulative time: {ours_s}")
+
+
+def run_as_script(run: Callable[[bool], list[dict]], doc: str) -> None:
+    """``python bench/<module>.py [--quick]`` for a module whose only option is --quick."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    print_table(run(parser.parse_args().quick))
 
 
 def print_table(records: list[dict], out=sys.stdout) -> None:

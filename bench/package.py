@@ -11,7 +11,6 @@ tar stream the package holds, in memory, and against the gzip CLI. Goal: package
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import random
@@ -134,15 +133,8 @@ def run(quick: bool) -> list[dict]:
         return records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import harness  # bench/ is on sys.path when a module runs as a script
-
-    harness.print_table(run(args.quick))
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    main()
+    import harness  # bench/ is on sys.path when a module runs as a script
+
+    harness.run_as_script(run, __doc__)

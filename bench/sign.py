@@ -9,7 +9,6 @@ Goal: <= 2 s and <= 2x the real sgx_sign (0.85 s for the seed-like config on thi
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
@@ -101,15 +100,8 @@ def run(quick: bool) -> list[dict]:
     return records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    import harness  # bench/ is on sys.path when a module runs as a script
-
-    harness.print_table(run(args.quick))
-
-
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    main()
+    import harness  # bench/ is on sys.path when a module runs as a script
+
+    harness.run_as_script(run, __doc__)
