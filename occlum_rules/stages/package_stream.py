@@ -270,7 +270,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                 nonlocal crc, total
                 while len(pending) > keep:
                     seg, job = pending.popleft()
-                    packed, seg_crc, length = job.result() if hasattr(job, "result") else job
+                    packed, seg_crc, length = job if isinstance(job, tuple) else job.result()
                     placed.append((seg, [offset, len(packed), seg_crc, length]))
                     emit(packed)
                     crc = crc32_combine(crc, seg_crc, length)
