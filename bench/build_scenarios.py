@@ -142,11 +142,6 @@ def _blobs_of(cache: Path, report: dict) -> list[Path]:
 def _fresh_clone(ws: Path, base: Path, cache: Path, runs: int, profile: bool) -> list[dict]:
     clone = base / "clone"
     times, reports = [], []
-    # One untimed clone build first: restore and the copy it is compared with then both read
-    # the blobs from a warm page cache (the copy always ran after the restores had warmed it).
-    h.rmtree(clone)
-    wl.clone_sources(ws, clone)
-    h.run_doit(clone, "build", cache=cache)
     for _ in range(runs):
         h.rmtree(clone)
         wl.clone_sources(ws, clone)
