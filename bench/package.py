@@ -66,7 +66,7 @@ def run(quick: bool) -> list[dict]:
     from occlum_rules.stages.package import select_members
     from occlum_rules.stages.package_stream import write_package
 
-    total = 32 if quick else 256
+    total = 32 if quick else 128
     runs = 3
     with tempfile.TemporaryDirectory(prefix="bench-package-") as d:
         tmp = Path(d)

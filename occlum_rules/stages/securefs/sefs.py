@@ -153,9 +153,10 @@ def pack_image(
     rewrite only what changed, and a new state is saved; ``manifest`` (list of
     ``{path,type,mode,size,sha256,target}``, or the BOM stage's manifest file bytes; trusted
     to describe ``src_dir``) replaces the directory walk and hashing. Pass the file bytes
-    when you have them: an incremental pack then decodes only the rows that changed. ``progress``: None = live on a TTY for big images,
-    True/False to force; ``summary`` prints one line at the end. Returns the root MAC text
-    and how many inode files were rewritten or re-used.
+    when you have them: an incremental pack then decodes only the rows that changed.
+    ``progress``: None = live on a TTY for big images, True/False to force; ``summary``
+    prints one line at the end. Returns the root MAC text and how many inode files were
+    rewritten or re-used.
     """
     if not os.path.isdir(src_dir):
         raise UserError("image directory does not exist", os.fspath(src_dir))
@@ -180,11 +181,11 @@ def pack_image(
         # From here on the old state no longer describes __ROOT.
         incremental.discard_state(state_path)
 
-    text = None
+    text, canonical = None, False  # canonical: one row per line by construction
     if isinstance(manifest, (bytes, bytearray, memoryview)):
         text, manifest = bytes(manifest), None
     elif manifest is not None and want_state:
-        text = encode_manifest(manifest)
+        text, canonical = encode_manifest(manifest), True
     if state is not None and text is not None:
         change = _manifest_changes(state, text)
         if change is not None:
@@ -284,7 +285,7 @@ def pack_image(
     if want_state:
         kept = None
         if manifest is not None:
-            if not incremental.manifest_lines_are_rows(text, manifest):
+            if not canonical and not incremental.manifest_lines_are_rows(text, manifest):
                 text = encode_manifest(manifest)
             perm = array("i", [-1]) * len(manifest)
             for pos, n in enumerate(nodes):
