@@ -234,8 +234,8 @@ def pack_image(
 
     if state is None:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
+        _remove_leftovers(dst)
         work = f"{dst}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
         os.mkdir(work)
     else:
         work = dst
@@ -466,6 +466,17 @@ def _apply_in_place(src, dst, state, work, state_path, progress, summary, label)
         mac_text=mac_text(state.root_mac), rewritten=len(rewrite), reused=len(state) - len(rewrite),
         inodes=len(state), bytes=prog.bytes, incremental=True,
     )
+
+
+def _remove_leftovers(dst: str) -> None:
+    """Remove work and old directories that a killed pack left beside ``dst``: their names
+    carry the dead process's id, so nothing else would ever clean them, and they would
+    end up in the instance (and its release package)."""
+    parent, base = os.path.split(dst)
+    for name in os.listdir(parent):
+        for tag in (".tmp-", ".old-"):
+            if name.startswith(base + tag) and name[len(base) + len(tag):].isdigit():
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _swap_in(work: str, dst: str) -> None:

@@ -366,3 +366,16 @@ def test_scan_pack_between_manifest_packs_does_not_leave_a_stale_manifest(tmp_pa
     last = pack_image(src, root, state_path=state, manifest=encode_manifest(manifest_of(src)))
     full = pack_image(src, tmp_path / "full")
     assert last.mac_text == full.mac_text and same_dir_bytes(root, tmp_path / "full")
+
+
+def test_a_killed_packs_work_directories_are_removed(tmp_path):
+    """A pack killed mid-way leaves ``__ROOT.tmp-<pid>`` / ``__ROOT.old-<pid>`` behind; the
+    next full pack removes them (they would otherwise end up in the instance)."""
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(6), files=5)
+    root = tmp_path / "img" / "__ROOT"
+    for stale in ("__ROOT.tmp-999999", "__ROOT.old-999998"):
+        (tmp_path / "img" / stale / "x").mkdir(parents=True)
+    (tmp_path / "img" / "__ROOT.tmp-notapid").mkdir()
+    pack_image(src, root)
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["__ROOT", "__ROOT.tmp-notapid"]
