@@ -30,7 +30,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is unchanged since it was hashed: inode, size, mtime, ctime."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -45,7 +46,7 @@ class _Shard:
 
     def file_stamp(self) -> tuple | None:
         try:
-            return _stamp(os.stat(self.path))
+            return stat_stamp(os.stat(self.path))
         except (OSError, TypeError):
             return None
 
@@ -109,7 +110,7 @@ class DigestCache:
         key = str(os.fspath(path))
         if st is None:
             st = os.stat(key)
-        stamp = _stamp(st)
+        stamp = stat_stamp(st)
         shard = self._shard(key)
         entries = shard.load()
         hit = entries.get(key)
@@ -125,7 +126,7 @@ class DigestCache:
         """The cached digest of ``path`` if ``st`` is still the stamp it was hashed at."""
         key = str(os.fspath(path))
         hit = self._shard(key).load().get(key)
-        return hit[1] if hit is not None and hit[0] == _stamp(st) else None
+        return hit[1] if hit is not None and hit[0] == stat_stamp(st) else None
 
     def remember(self, path: str | os.PathLike, digest: str) -> None:
         """Record a digest the caller just computed while writing the file."""
@@ -136,7 +137,7 @@ class DigestCache:
             return
         shard = self._shard(key)
         with self._lock:
-            shard.load()[key] = (_stamp(st), digest)
+            shard.load()[key] = (stat_stamp(st), digest)
             shard.dirty = True
 
     def save(self) -> None:

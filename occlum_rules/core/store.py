@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from occlum_rules.core.digests import CHUNK
+from occlum_rules.core.digests import CHUNK, stat_stamp
 
 
 class CorruptBlob(Exception):
@@ -61,8 +61,11 @@ class LocalStore:
         self.corrupt_found = 0
 
     # -- paths
+    def _blob(self, digest: str) -> str:
+        return f"{self._cas}/{digest[:2]}/{digest}"
+
     def cas_path(self, digest: str) -> Path:
-        return self.root / "cas" / digest[:2] / digest
+        return Path(self._blob(digest))
 
     def ac_path(self, key: str) -> Path:
         return self.root / "ac" / key[:2] / key
@@ -87,7 +90,7 @@ class LocalStore:
         ``replace`` rewrites an existing blob: after a restore found damage, the other blobs
         of that result are suspect too and are never re-read to check (that is the cost a
         restore pays), so the fresh bytes replace them."""
-        if not replace and os.path.isfile(f"{self._cas}/{digest[:2]}/{digest}"):
+        if not replace and os.path.isfile(self._blob(digest)):
             return False
         dest = self.cas_path(digest)
         tmp = self._tmp_near(dest)
@@ -95,18 +98,12 @@ class LocalStore:
             before = os.stat(src)
             if known is not None and known(before):
                 shutil.copyfile(src, tmp)
-                after = os.stat(src)
-                if (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                        before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
-                    raise CorruptBlob(f"{src} changed while it was being stored")
+                unchanged = stat_stamp(os.stat(src)) == stat_stamp(before)
             else:
-                h = hashlib.sha256()
                 with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    while chunk := fin.read(CHUNK):
-                        h.update(chunk)
-                        fout.write(chunk)
-                if h.hexdigest() != digest:
-                    raise CorruptBlob(f"{src} changed while it was being stored")
+                    unchanged = _copy_hashed(fin.fileno(), fout.fileno()) == digest
+            if not unchanged:
+                raise CorruptBlob(f"{src} changed while it was being stored")
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)
         finally:

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
 
@@ -242,7 +243,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     if previous:
         for i, m in enumerate(members):
             if m.kind == "file":
-                digests[i] = (digest_of or _sha256_file)(m.source)
+                digests[i] = (digest_of or sha256_file)(m.source)
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
@@ -342,14 +343,6 @@ def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
             parts.append(data)
             parts.append(_padding(m.size))
     return b"".join(parts)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _record(m: Member, top: str, digest: str | None) -> dict:

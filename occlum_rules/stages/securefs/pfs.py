@@ -87,6 +87,11 @@ def _mht_phys(m: int) -> int:
     return 1 + 97 * m
 
 
+def _mht_parent(m: int) -> tuple[int, int]:
+    """(parent MHT number, offset of m's entry in it) for MHT node ``m`` >= 1."""
+    return (m - 1) // CHILD_MHT_PER_MHT, DATA_PER_MHT * 32 + 32 * ((m - 1) % CHILD_MHT_PER_MHT)
+
+
 def _data_phys(d: int) -> int:
     return d + 2 + d // DATA_PER_MHT
 
@@ -277,7 +282,7 @@ def protect_stream(
         node[: len(entries)] = entries
         for c in range(CHILD_MHT_PER_MHT * m + 1, min(CHILD_MHT_PER_MHT * m + 33, nmht)):
             ck, ct = mht_entries.pop(c)
-            off = DATA_PER_MHT * 32 + 32 * ((c - 1) % CHILD_MHT_PER_MHT)
+            off = _mht_parent(c)[1]
             node[off : off + 32] = ck + ct
         k, t, on_disk = _seal_node(bytes(node), keys, _mht_phys(m))
         mht_entries[m] = (k, t)
@@ -330,11 +335,6 @@ def write_protected(
     return protect_stream(
         FdSink(out_fd), clean_name, src.read, size, key=key, rng=rng, on_data=on_data, where=where
     )
-
-
-def _mht_parent(m: int) -> tuple[int, int]:
-    """(parent MHT number, offset of m's entry in it) for MHT node ``m`` >= 1."""
-    return (m - 1) // CHILD_MHT_PER_MHT, DATA_PER_MHT * 32 + 32 * ((m - 1) % CHILD_MHT_PER_MHT)
 
 
 def patch_integrity_only(path: str | os.PathLike, edits: list[tuple[int, bytes]]) -> bytes:
@@ -637,7 +637,7 @@ class ProtectedFileReader:
             if mht[child_end:] != bytes(NODE_SIZE - child_end):
                 raise self._fail(f"MHT node {m} has entries for missing MHT nodes")
             for c in used_children:
-                off = DATA_PER_MHT * 32 + 32 * ((c - 1) % 32)
+                off = _mht_parent(c)[1]
                 expect[c] = (mht[off : off + 16], mht[off + 16 : off + 32])
             phys0 = _data_phys(first)
             length = count * NODE_SIZE
