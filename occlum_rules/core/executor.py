@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import compute_key, key_material
 from occlum_rules.core.digests import DigestCache, tree_digest, tree_entries
 from occlum_rules.core.store import CorruptBlob, LocalStore, manifest_blobs
@@ -111,12 +112,7 @@ def load_state_file(path: str | os.PathLike) -> dict | None:
 
 def _write_state(path: Path, state: dict) -> None:
     payload = marshal.dumps(state, 4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(STATE_MAGIC + b"%08x\n" % zlib.crc32(payload))
-        f.write(payload)
-    os.replace(tmp, path)
+    write_atomic(path, STATE_MAGIC + b"%08x\n" % zlib.crc32(payload), payload)
 
 
 _STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}
@@ -147,10 +143,7 @@ def read_state(env: BuildEnv, action_id: str) -> dict | None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
 
 
 # --------------------------------------------------------------------------- keys

@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.core.digests import sha256_file
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.digests import sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
 
@@ -172,10 +173,9 @@ class _BackgroundSha:
 
 def _stamp(path: Path) -> list[int] | None:
     try:
-        st = os.stat(path)
+        return list(stat_stamp(os.stat(path)))
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _load_state(state_path: Path | None, out: Path, salt: str) -> dict[str, list[int]]:
@@ -199,12 +199,8 @@ def _load_state(state_path: Path | None, out: Path, salt: str) -> dict[str, list
 
 
 def _save_state(state_path: Path, out: Path, salt: str, segments: dict) -> None:
-    state_path = Path(state_path)
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state_path.with_name(f".{state_path.name}.tmp")
-    tmp.write_text(json.dumps({"version": STATE_VERSION, "salt": salt, "stamp": _stamp(out),
-                               "segments": segments}))
-    os.replace(tmp, state_path)
+    write_atomic(state_path, json.dumps({"version": STATE_VERSION, "salt": salt,
+                                         "stamp": _stamp(out), "segments": segments}).encode())
 
 
 # --------------------------------------------------------------------------- writer

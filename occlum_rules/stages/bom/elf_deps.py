@@ -27,6 +27,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.errors import UserError
 
 from .paths import rust_join
@@ -190,14 +191,8 @@ def save_elf_cache(path: str | os.PathLike) -> None:
             v = _ELF_CACHE[key]
             entries[key] = None if v is None else (v.etype, v.elfclass, v.machine, v.interp,
                                                    v.needed, v.rpath, v.runpath, v.soname)
-    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(marshal.dumps({"version": _CACHE_VERSION, "entries": entries}))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # a cache: failing to keep it only costs time
+        write_atomic(path, marshal.dumps({"version": _CACHE_VERSION, "entries": entries}))
 
 
 _STRUCTS: dict[tuple, ELFStructs] = {}

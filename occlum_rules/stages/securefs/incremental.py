@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.stages.securefs.pfs import (
     _PLAIN,
     ENCRYPTED_PART_SIZE,
@@ -56,7 +57,6 @@ from occlum_rules.stages.securefs.pfs import (
     MAX_NAME,
     NODE_SIZE,
     PLAIN_SIZE,
-    _writev_all,
     mac_of_protected,
 )
 from occlum_rules.stages.securefs.primitives import ZERO_IV, ZERO_KEY
@@ -125,7 +125,7 @@ def dir_stat(path: str) -> tuple:
 
 
 # The big columns are raw sections after a small marshal header that gives their lengths:
-# written with one writev and sliced on load, never copied into one payload first.
+# written part by part and sliced on load, never copied into one payload first.
 _SECTIONS = ("paths", "kinds", "modes", "sizes", "contents", "macs", "stats", "manifest_text",
              "manifest_perm")
 
@@ -152,14 +152,7 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
-    dst = os.fspath(path)
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _writev_all(fd, [STATE_MAGIC + b"%08x\n" % crc, *parts])
-    finally:
-        os.close(fd)
-    os.replace(tmp, dst)
+    write_atomic(path, STATE_MAGIC + b"%08x\n" % crc, *parts)
 
 
 def discard_state(path: str | os.PathLike | None) -> None:
