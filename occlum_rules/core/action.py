@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Bump when the meaning of an action key or of a stored manifest changes.
 ENGINE_FORMAT = 1
+
+# Files occlum-rules itself ships (stand-in LibOS sources, templates, the development key) are
+# inputs by absolute path, but where the package is installed must not decide a key: two
+# virtualenvs at different paths share cache entries.
+PACKAGE_PREFIX = "@occlum_rules//"
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+
+
+def key_path(path: str) -> str:
+    """The name an input has in an action key: package files by their place in the package."""
+    if path.startswith(_PACKAGE_DIR):
+        return PACKAGE_PREFIX + path[len(_PACKAGE_DIR):]
+    return path
+
+
+def _key_inputs(input_digests: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return sorted((key_path(path), digest) for path, digest in input_digests)
 
 
 @dataclass
@@ -58,7 +76,7 @@ def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) ->
         "params": action["params"],
         "toolchains": sorted(action["toolchains"]),
         "env": action["env"],
-        "inputs": sorted(input_digests),
+        "inputs": _key_inputs(input_digests),
         "outputs": list(zip(action["outputs"], action["output_types"])),
     }
     return hashlib.sha256(canonical(material)).hexdigest()
@@ -73,6 +91,6 @@ def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -
         "params": action["params"],
         "toolchains": sorted(action["toolchains"]),
         "env": action["env"],
-        "inputs": dict(sorted(input_digests)),
+        "inputs": dict(_key_inputs(input_digests)),
         "outputs": list(action["outputs"]),
     }

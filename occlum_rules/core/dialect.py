@@ -50,6 +50,10 @@ _SAFE_BUILTINS = ["abs", "all", "any", "bool", "dict", "enumerate", "float", "ha
 
 def check_source(source: str, path: str) -> ast.Module:
     """Parse and refuse forbidden constructs; every error names ``path:line``."""
+    nul = source.find("\0")
+    if nul >= 0:  # Python < 3.12 reports this as a ValueError without a line
+        line = source.count("\n", 0, nul) + 1
+        raise UserError("a NUL byte in the source (BUILD files are text)", where=f"{path}:{line}")
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:

@@ -44,6 +44,7 @@ def error_of(tmp_path: Path, build: str, extra: dict | None = None) -> str:
     ("eval('1')\n", "app/BUILD.py:1: eval() is not available in BUILD files"),
     ("__import__('os')\n", "app/BUILD.py:1: __import__() is not available in BUILD files"),
     ("x = = 1\n", "app/BUILD.py:1: syntax error: invalid syntax"),
+    ("x = 1\ny = '\0'\n", "app/BUILD.py:2: a NUL byte in the source (BUILD files are text)"),
 ])
 def test_forbidden_constructs(tmp_path, code, message):
     assert error_of(tmp_path, code) == message

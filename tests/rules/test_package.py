@@ -14,6 +14,7 @@ import pytest
 
 from occlum_rules.stages.package import first_difference, select_members
 from occlum_rules.stages.package_stream import write_package
+from tests.support.tar import extract_all
 from tests.support.workspace import copy_examples, outcomes, run_cli, run_doit
 
 PKG_DIR = "out/bin/examples/hello_c/package"
@@ -145,8 +146,7 @@ def test_verify_passes_then_names_the_changed_file(two_checkouts, tmp_path):
 
     # change one byte inside one file of the package, repack it the same way
     unpacked = tmp_path / "x"
-    with tarfile.open(a / PACKAGE) as tar:
-        tar.extractall(unpacked, filter="tar")
+    extract_all(a / PACKAGE, unpacked)
     hosts = unpacked / "hello_c/initfs/etc/hosts"
     data = bytearray(hosts.read_bytes())
     data[0] ^= 1

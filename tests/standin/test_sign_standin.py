@@ -1,13 +1,11 @@
 """End to end on the stand-in: patch `.builtin_config` with a config MAC, then sign and measure it.
 
 This is what an instance build does when no Occlum install is found. It uses the project's
-own `.builtin_config` patcher and Python signer (other packages); each test skips with a
-reason when the piece it needs is not importable.
+own `.builtin_config` patcher and Python signer.
 """
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +13,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from occlum_rules.stages.securefs.builtin_config import patch_builtin_config
+from occlum_rules.stages.securefs.config_mac import show_mac_line
+from occlum_rules.stages.sign import measure, sign_enclave
 from occlum_rules.standin.build import StandinFiles
 from tests.conftest import vectors_path
 
@@ -22,37 +23,14 @@ FIXED_DATE = 1704067200  # 2024-01-01, as the golden vectors pin it
 SAMPLE_MAC = bytes.fromhex("3e0b8c71fa129d44a05ec327b6d9018f")
 
 
-def _import(module: str, *names: str):
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        pytest.skip(f"{module} is not importable yet ({exc})")
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        pytest.skip(f"{module} does not provide {', '.join(missing)} yet")
-    return [getattr(mod, n) for n in names]
-
-
-def _mac_line(mac: bytes) -> bytes:
-    """The 48-byte `show-mac` text, from the project's own formatter when present."""
-    try:
-        from occlum_rules.stages.securefs.config_mac import show_mac_line
-    except ImportError:
-        return "-".join(f"{b:02x}" for b in mac).encode() + b"\n"
-    return show_mac_line(mac).encode()
-
-
 @pytest.fixture(scope="module")
 def patched_instance(standin: StandinFiles, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """build/lib as occlum_build.mk leaves it: the patched versioned file plus its symlink."""
-    (patch_builtin_config,) = _import(
-        "occlum_rules.stages.securefs.builtin_config", "patch_builtin_config"
-    )
     lib = tmp_path_factory.mktemp("build-lib")
     real = lib / "libocclum-libos.so.0.31.0"
     shutil.copyfile(standin.libos, real)
     (lib / "libocclum-libos.so.0").symlink_to(real.name)
-    patch_builtin_config(lib / "libocclum-libos.so.0", _mac_line(SAMPLE_MAC))
+    patch_builtin_config(lib / "libocclum-libos.so.0", show_mac_line(SAMPLE_MAC).encode())
     return lib
 
 
@@ -63,7 +41,7 @@ def test_python_patch_equals_objcopy(standin: StandinFiles, patched_instance: Pa
     reference = tmp_path / "objcopy.so"
     shutil.copyfile(standin.libos, reference)
     mac_file = tmp_path / "tmp_mac"
-    mac_file.write_bytes(_mac_line(SAMPLE_MAC))
+    mac_file.write_bytes(show_mac_line(SAMPLE_MAC).encode())
     subprocess.run(
         [objcopy, "--update-section", f".builtin_config={mac_file}", str(reference)], check=True
     )
@@ -71,13 +49,12 @@ def test_python_patch_equals_objcopy(standin: StandinFiles, patched_instance: Pa
     assert patched == reference.read_bytes()
     with open(patched_instance / "libocclum-libos.so.0.31.0", "rb") as fh:
         sec = ELFFile(fh).get_section_by_name(".builtin_config")
-        assert sec["sh_size"] == 48 and sec.data() == _mac_line(SAMPLE_MAC)
+        assert sec["sh_size"] == 48 and sec.data() == show_mac_line(SAMPLE_MAC).encode()
 
 
 def test_sign_patched_stand_in_with_occlum_profile(
     standin: StandinFiles, patched_instance: Path, tmp_path: Path
 ) -> None:
-    sign_enclave, measure = _import("occlum_rules.stages.sign", "sign_enclave", "measure")
     vectors = vectors_path("libos-standin")
     enclave_xml = vectors / "Enclave.xml"
     key = vectors / "signing_key.pem"
@@ -116,7 +93,6 @@ def test_sdk_minor_picks_the_signer_profile(
     standin: StandinFiles, standin_221: StandinFiles
 ) -> None:
     """2.21 selects the occlum-2.21 profile; sdk_version is not measured, so MRENCLAVE is equal."""
-    (sign_enclave,) = _import("occlum_rules.stages.sign", "sign_enclave")
     vectors = vectors_path("libos-standin")
     enclave_xml, key = vectors / "Enclave.xml", vectors / "signing_key.pem"
     r20 = sign_enclave(standin.libos, enclave_xml, key, None, date=FIXED_DATE)

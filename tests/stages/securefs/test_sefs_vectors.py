@@ -9,12 +9,12 @@ import tarfile
 from occlum_rules.cli import main as cli
 from occlum_rules.stages.securefs.sefs import verify_image
 from tests.conftest import vectors_path
+from tests.support.tar import extract_all
 
 
 def _extract(tar_path, dst):
     dst.mkdir()
-    with tarfile.open(tar_path) as tf:
-        tf.extractall(dst, filter="tar")  # keeps permission bits
+    extract_all(tar_path, dst)
 
 
 def test_tree1_byte_for_byte(tmp_path, capsys):
