@@ -9,6 +9,7 @@ happens to be installed.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,12 @@ from tests.support.workspace import REPO, Result, copy_examples, outcomes
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # setuptools writes build/ into the source tree: build from a copy of it
+    src = out / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "out", "build", "__pycache__", "*.egg-info", "tests", "examples", "bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(REPO)],
+                    "--no-build-isolation", "-w", str(out), str(src)],
                    check=True, capture_output=True)
     (found,) = out.glob("occlum_rules-*.whl")
     return found

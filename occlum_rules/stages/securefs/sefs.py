@@ -18,6 +18,7 @@ import time
 from array import array
 from dataclasses import dataclass
 
+from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom.manifest import encode_manifest
 from occlum_rules.stages.securefs import incremental
@@ -125,8 +126,7 @@ def _write_inode(
 
 def _hash_file(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError as exc:
         raise UserError(f"cannot read file: {exc.strerror}", path) from None
 
