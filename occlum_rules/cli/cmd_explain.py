@@ -10,40 +10,14 @@ from __future__ import annotations
 import argparse
 
 from occlum_rules.cli.common import load
-from occlum_rules.core.action import key_material
+from occlum_rules.core.action import key_material, material_changes
 from occlum_rules.core.doit_bridge import build_env
 from occlum_rules.core.executor import (
-    _previous_material,
     input_digests,
+    previous_material,
     read_state,
 )
 from occlum_rules.errors import UserError
-
-
-def diff_material(old: dict, new: dict) -> list[str]:
-    reasons: list[str] = []
-    old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
-    for path in sorted(set(old_in) | set(new_in)):
-        if path not in old_in:
-            reasons.append(f"input added: {path}")
-        elif path not in new_in:
-            reasons.append(f"input removed: {path}")
-        elif old_in[path] != new_in[path]:
-            reasons.append(f"input changed: {path} ({old_in[path][:12]} -> {new_in[path][:12]})")
-    if old.get("toolchains") != new.get("toolchains"):
-        before, after = set(old.get("toolchains", [])), set(new.get("toolchains", []))
-        for t in sorted(before - after):
-            reasons.append(f"toolchain removed: {t}")
-        for t in sorted(after - before):
-            reasons.append(f"toolchain now: {t}")
-    for field in ("kind", "argv", "func", "env", "outputs"):
-        if old.get(field) != new.get(field):
-            reasons.append(f"{field} changed")
-    op, np_ = old.get("params", {}), new.get("params", {})
-    for key in sorted(set(op) | set(np_)):
-        if op.get(key) != np_.get(key):
-            reasons.append(f"parameter changed: {key}")
-    return reasons
 
 
 def main(argv: list[str]) -> int:
@@ -67,12 +41,12 @@ def main(argv: list[str]) -> int:
             continue
         if not state:
             print(f"{action.id}: not built yet (or its last run did not finish)")
-            previous = _previous_material(env, action.id)
+            previous = previous_material(env, action.id)
             if previous:
-                for reason in diff_material(previous, current) or ["nothing in its key changed"]:
+                for reason in material_changes(previous, current) or ["nothing in its key changed"]:
                     print(f"  - {reason}")
             continue
-        pending = diff_material(state.get("material") or {}, current)
+        pending = material_changes(state.get("material") or {}, current)
         if pending:
             print(f"{action.id}: will re-run:")
             for reason in pending:
@@ -80,7 +54,7 @@ def main(argv: list[str]) -> int:
         else:
             print(f"{action.id}: up to date (key {state['key'][:16]})")
             if state.get("previous"):
-                why = diff_material(state["previous"], state["material"])
+                why = material_changes(state["previous"], state["material"])
                 if why:
                     print("  last re-run because:")
                     for reason in why:

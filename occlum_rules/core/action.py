@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Bump when the meaning of an action key or of a stored manifest changes.
-ENGINE_FORMAT = 1
+ENGINE_FORMAT = 2
 
 # Files occlum-rules itself ships (stand-in LibOS sources, templates, the development key) are
 # inputs by absolute path, but where the package is installed must not decide a key: two
@@ -66,9 +66,13 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> str:
-    """sha256 over a canonical encoding of everything that decides the action's outputs."""
-    material = {
+def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> dict[str, Any]:
+    """Everything that decides an action's outputs.
+
+    The key is the hash of exactly this, and `occlum-rules explain` compares two of these, so
+    what explain names is always what changed the key.
+    """
+    return {
         "format": ENGINE_FORMAT,
         "kind": action["kind"],
         "argv": action["argv"],
@@ -76,21 +80,38 @@ def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) ->
         "params": action["params"],
         "toolchains": sorted(action["toolchains"]),
         "env": action["env"],
-        "inputs": _key_inputs(input_digests),
-        "outputs": list(zip(action["outputs"], action["output_types"])),
-    }
-    return hashlib.sha256(canonical(material)).hexdigest()
-
-
-def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> dict[str, Any]:
-    """The same material as compute_key, kept readable for `occlum-rules explain`."""
-    return {
-        "kind": action["kind"],
-        "argv": action["argv"],
-        "func": action["func"],
-        "params": action["params"],
-        "toolchains": sorted(action["toolchains"]),
-        "env": action["env"],
         "inputs": dict(_key_inputs(input_digests)),
-        "outputs": list(action["outputs"]),
+        "outputs": [[path, kind] for path, kind in zip(action["outputs"], action["output_types"])],
     }
+
+
+def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> str:
+    return hashlib.sha256(canonical(key_material(action, input_digests))).hexdigest()
+
+
+def material_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two key materials, one reason per changed field."""
+    reasons: list[str] = []
+    old_in, new_in = old.get("inputs", {}), new.get("inputs", {})
+    for path in sorted(set(old_in) | set(new_in)):
+        if path not in old_in:
+            reasons.append(f"input added: {path}")
+        elif path not in new_in:
+            reasons.append(f"input removed: {path}")
+        elif old_in[path] != new_in[path]:
+            reasons.append(f"input changed: {path} ({old_in[path][:12]} -> {new_in[path][:12]})")
+    before, after = set(old.get("toolchains", [])), set(new.get("toolchains", []))
+    reasons += [f"toolchain removed: {t}" for t in sorted(before - after)]
+    reasons += [f"toolchain now: {t}" for t in sorted(after - before)]
+    for name in ("format", "kind", "argv", "func", "outputs"):
+        if old.get(name) != new.get(name):
+            reasons.append(f"{name} changed")
+    for name in ("params", "env"):
+        was, now = old.get(name) or {}, new.get(name) or {}
+        what = "parameter" if name == "params" else "environment variable"
+        reasons += [f"{what} changed: {k}" for k in sorted(set(was) | set(now))
+                    if was.get(k, _ABSENT) != now.get(k, _ABSENT)]
+    return reasons
+
+
+_ABSENT = object()

@@ -559,7 +559,7 @@ def _previous_path(env: BuildEnv, action_id: str) -> Path:
     return state_path(env, action_id).with_suffix(".previous.json")
 
 
-def _previous_material(env: BuildEnv, action_id: str) -> dict | None:
+def previous_material(env: BuildEnv, action_id: str) -> dict | None:
     try:
         return json.loads(_previous_path(env, action_id).read_bytes())
     except (OSError, ValueError):
@@ -616,7 +616,7 @@ def _execute(action: dict, env: BuildEnv) -> str:
             and dynamic_unchanged(state.get("dynamic"), env):
         _journal(env, action, "up_to_date", time.monotonic() - started, key)
         return "up_to_date"
-    previous = (state or {}).get("material") or _previous_material(env, action["id"])
+    previous = (state or {}).get("material") or previous_material(env, action["id"])
     _remember_previous(env, action["id"], previous)
     # From here on the outputs may change: forget that they were ever complete.
     if spath.exists():
