@@ -99,7 +99,8 @@ def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
         if comment is not None and comment <= pos:
             line, col = _line_col(text, comment)
             raise UserError(
-                "comments are not allowed in Occlum.json (JSON has no comments); remove them",
+                "invalid JSON: comments are not allowed in Occlum.json (JSON has no comments); "
+                "remove them",
                 f"{source}:{line}:{col}",
             ) from None
         if message == "Extra data":

@@ -13,7 +13,7 @@ from occlum_rules.stages.config import default_occlum_json, load_user_json
 from occlum_rules.stages.config.json_source import find_comment, parse_json_text
 from tests.support.workspace import make_workspace, run_doit
 
-COMMENT_ERROR = "comments are not allowed in Occlum.json (JSON has no comments); remove them"
+COMMENT_ERROR = "invalid JSON: comments are not allowed in Occlum.json (JSON has no comments); remove them"
 
 
 def _with_comment(comment: str) -> str:
@@ -33,7 +33,7 @@ def test_comment_after_the_value_and_slashes_in_strings():
     text = '{"env": {"default": ["URL=http://x/*y*/"]}} // done\n'
     assert find_comment(text) == text.index("// done")
     assert find_comment('{"a": "//", "b": "\\"/*"}') is None
-    with pytest.raises(UserError, match=r"x.json:1:45: comments are not allowed"):
+    with pytest.raises(UserError, match=r"x.json:1:45: invalid JSON: comments are not allowed"):
         parse_json_text(text, "x.json")
 
 
@@ -47,7 +47,7 @@ def test_other_errors_before_a_comment_keep_their_message():
 def test_load_user_json_reports_the_comment(tmp_path):
     path = tmp_path / "Occlum.json"
     path.write_text(_with_comment("// note"))
-    with pytest.raises(UserError, match=rf"^{path}:3:5: comments are not allowed"):
+    with pytest.raises(UserError, match=rf"^{path}:3:5: invalid JSON: comments are not allowed"):
         load_user_json(path)
 
 
