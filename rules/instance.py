@@ -122,6 +122,22 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
             "init_input": [init], "real": False, "fingerprint": gcc.fingerprint}
 
 
+def _config_version(ctx: RuleContext, install, rt: dict) -> str | None:
+    """The Occlum version whose gen_internal_conf the config actions reproduce (None: the
+    newest, as with the stand-in). An install whose release has no config profile stops
+    the build here, naming its version header."""
+    if not rt["real"]:
+        return None
+    from occlum_rules.errors import UserError
+    from occlum_rules.stages.config.profiles import profile_for_version
+
+    try:
+        profile_for_version(rt["version"], str(install.version_header))
+    except UserError as exc:
+        raise ctx.error(str(exc)) from None
+    return rt["version"]
+
+
 def instance_impl(ctx: RuleContext) -> dict:
     ws = ctx.workspace
     attr = ctx.attr
@@ -202,11 +218,17 @@ def instance_impl(ctx: RuleContext) -> dict:
     template = source_files(attr["occlum_json"])[0] if attr["occlum_json"] else None
     attrs = {k: attr[k] for k in _CONFIG_ATTRS if attr[k] is not None}
     variables = {**ws.vars, **(attr["vars"] or {}), "name": ctx.label.name, "sgx_mode": mode}
+    config_version = _config_version(ctx, install, rt)
+    # Without a user template, start from the install's own template (keys differ by release).
+    base = (_file(str(install.templates["Occlum.json"]))
+            if template is None and install is not None and "Occlum.json" in install.templates
+            else None)
     ctx.actions.stage(
         name="occlum-json", kind="occlum.json", func="occlum_rules.actions.instance:occlum_json",
-        inputs=[template] if template else [], outputs=[occlum_json],
+        inputs=[x for x in (template, base) if x], outputs=[occlum_json],
         params={"template": template.path if template else None, "variables": variables,
-                "attrs": attrs},
+                "attrs": attrs, "base": base.path if base else None,
+                "occlum_version": config_version},
         description="render Occlum.json")
 
     # gen_internal_conf
@@ -215,7 +237,8 @@ def instance_impl(ctx: RuleContext) -> dict:
     ctx.actions.stage(
         name="config", kind="config", func="occlum_rules.actions.instance:gen_config",
         inputs=[occlum_json, mount_mac, initfs_mac], outputs=[enclave_xml, sys_json],
-        params={"edmm": bool(edmm), "sgx_mode": mode, "source": f"{inst}/Occlum.json", **tools},
+        params={"edmm": bool(edmm), "sgx_mode": mode, "source": f"{inst}/Occlum.json",
+                "occlum_version": config_version, **tools},
         description="generate Enclave.xml and .Occlum_sys.json")
 
     protected = ctx.declare_file("build/.Occlum_sys.json.protected", action="protect")

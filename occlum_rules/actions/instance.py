@@ -116,15 +116,20 @@ def pack(ctx: StageContext) -> None:
 
 def occlum_json(ctx: StageContext) -> None:
     from occlum_rules.stages.config import render_occlum_json
+    from occlum_rules.stages.config.profiles import profile_for_version
 
     p = ctx.params
     template = ctx.root / p["template"] if p.get("template") else None
-    data = render_occlum_json(template, p.get("variables") or {}, p.get("attrs") or None)
+    base = ctx.root / p["base"] if p.get("base") else None  # the install's template
+    profile = profile_for_version(p.get("occlum_version"), "the Occlum install's version")
+    data = render_occlum_json(template, p.get("variables") or {}, p.get("attrs") or None,
+                              base_path=base, profile=profile)
     _write(ctx.outputs[0], data)
 
 
 def gen_config(ctx: StageContext) -> None:
     from occlum_rules.stages.config import generate_config
+    from occlum_rules.stages.config.profiles import profile_for_version
 
     occlum_json_path, image_mac, init_mac = ctx.inputs[:3]
     enclave_xml, sys_json = ctx.outputs
@@ -142,7 +147,9 @@ def gen_config(ctx: StageContext) -> None:
         return
     generated = generate_config(occlum_json_path.read_bytes(), image_mac.read_text().strip(),
                                 init_mac.read_text().strip(), edmm=ctx.params["edmm"],
-                                sgx_mode=ctx.params["sgx_mode"], source=ctx.params["source"])
+                                sgx_mode=ctx.params["sgx_mode"], source=ctx.params["source"],
+                                profile=profile_for_version(ctx.params.get("occlum_version"),
+                                                            "the Occlum install's version"))
     for warning in generated.warnings:
         ctx.log(f"warning: {warning}")
     _write(enclave_xml, generated.enclave_xml)

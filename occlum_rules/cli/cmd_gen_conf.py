@@ -4,6 +4,10 @@ Same flags and the same INSTANCE_IS_FOR_EDMM_PLATFORM environment variable, same
 out. Unlike the real tool, a bad Occlum.json is a non-zero exit with one message naming
 the field, and neither output file is touched (the real tool prints the message, exits 0
 and leaves both files truncated to 0 bytes).
+
+``--occlum-version X.Y.Z`` reproduces that release's tool instead of the newest (see
+occlum_rules/stages/config/profiles.py): Occlum 0.29 has no EDMM, so it neither reads
+INSTANCE_IS_FOR_EDMM_PLATFORM nor prints the "Build on platform" line.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from occlum_rules.errors import UserError
 from occlum_rules.stages.config.json_source import parse_json_text
 from occlum_rules.stages.config.output_files import write_config_outputs
 from occlum_rules.stages.config.pipeline import SGX_MODES, generate_config
+from occlum_rules.stages.config.profiles import SUPPORTED, profile_for_version
 from occlum_rules.stages.config.schema import read_config
 
 EDMM_ENV = "INSTANCE_IS_FOR_EDMM_PLATFORM"
@@ -48,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
             "from resource_limits.marshal_buffer_size); default: $SGX_MODE if it is HYPER, else HW"
         ),
     )
+    parser.add_argument(
+        "--occlum-version",
+        metavar="X.Y.Z",
+        default=None,
+        help=f"behave like this Occlum release's tool (supported: {SUPPORTED}); default: the newest",
+    )
     sub = parser.add_subparsers(dest="command", metavar="gen_conf", required=True)
     gen = sub.add_parser("gen_conf", help="generate the image config", allow_abbrev=False)
     gen.add_argument(
@@ -71,14 +82,15 @@ def sgx_mode_from(option: str | None) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    profile = profile_for_version(args.occlum_version, "--occlum-version")
     user_json = Path(args.user_json)
     if not user_json.is_file():
         raise UserError("file not found", f"--user_json {user_json}")
     data = user_json.read_bytes()
     platform = os.environ.get(EDMM_ENV)
-    if platform is None:
+    if platform is None and profile.edmm:
         # Like the real tool, a broken Occlum.json is reported before the missing variable.
-        read_config(parse_json_text(data, str(user_json)), source=str(user_json))
+        read_config(parse_json_text(data, str(user_json)), source=str(user_json), profile=profile)
         raise UserError(
             f"the environment variable {EDMM_ENV} is not set; set it to YES for an EDMM platform "
             "(HW mode with ENABLE_EDMM) or NO otherwise",
@@ -92,9 +104,11 @@ def main(argv: list[str]) -> int:
         edmm=edmm,
         sgx_mode=sgx_mode_from(args.sgx_mode),
         source=str(user_json),
+        profile=profile,
     )
     for warning in out.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     write_config_outputs(args.sdk_xml, args.output_json, out.enclave_xml, out.sys_json)
-    print(f"Build on platform {'WITH' if out.edmm else 'WITHOUT'} EDMM support")
+    if profile.edmm:
+        print(f"Build on platform {'WITH' if out.edmm else 'WITHOUT'} EDMM support")
     return 0

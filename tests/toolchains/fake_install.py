@@ -96,3 +96,34 @@ def make_standin(home: Path) -> Path:
     (home / "glibc/lib").mkdir(parents=True, exist_ok=True)
     shutil.copy("/lib64/ld-linux-x86-64.so.2", home / "glibc/lib/ld-linux-x86-64.so.2")
     return home
+
+
+def make_signable_install(home: Path, version: str, template: dict | None = None) -> Path:
+    """A STAND-IN install whose LibOS, PAL, init and occlum-run are this project's stand-in
+    binaries (so an instance builds, patches and signs), with ``version`` in its version
+    header and, when given, ``template`` as its etc/template/Occlum.json."""
+    import json
+
+    from occlum_rules.standin.build import build_standin
+
+    files = build_standin(home / "standin-build")
+    lib, bin_dir = home / "build/lib", home / "build/bin"
+    lib.mkdir(parents=True)
+    bin_dir.mkdir(parents=True)
+    for suffix in ("", "_sim"):
+        shutil.copy(files.libos, lib / f"libocclum-libos{suffix}.so.{version}")
+        shutil.copy(files.pal, lib / f"libocclum-pal{suffix}.so.{version}")
+    shutil.copy(files.init, bin_dir / "init")
+    for name in ("occlum-run", "occlum_exec_client", "occlum_exec_server"):
+        shutil.copy(files.occlum_run, bin_dir / name)
+    _script(bin_dir / "occlum", 'echo "occlum (stand-in install)"')
+    major, minor, patch = version.split(".")
+    (home / "include").mkdir()
+    (home / "include/occlum_version.h").write_text(
+        f"#define OCCLUM_MAJOR_VERSION {major}\n#define OCCLUM_MINOR_VERSION {minor}\n"
+        f"#define OCCLUM_PATCH_VERSION {patch}\n")
+    if template is not None:
+        (home / "etc/template").mkdir(parents=True)
+        (home / "etc/template/Occlum.json").write_text(json.dumps(template, indent=4) + "\n")
+    shutil.rmtree(home / "standin-build")
+    return home

@@ -45,6 +45,29 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     return line, col
 
 
+def find_comment(text: str) -> int | None:
+    """Offset of the first ``//`` or ``/*`` outside a JSON string, or None.
+
+    Occlum's documentation shows Occlum.json with comments, but JSON (and gen_internal_conf)
+    has none; finding them lets the error say so instead of "expecting property name".
+    """
+    in_string = False
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if in_string:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "/" and text[i + 1 : i + 2] in ("/", "*"):
+            return i
+        i += 1
+    return None
+
+
 def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
     """Parse JSON text into plain values with :class:`JsonObject` objects.
 
@@ -72,6 +95,14 @@ def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
         )
     except json.JSONDecodeError as exc:
         message, pos = exc.msg, exc.pos
+        comment = find_comment(text)
+        if comment is not None and comment <= pos:
+            line, col = _line_col(text, comment)
+            raise UserError(
+                "invalid JSON: comments are not allowed in Occlum.json (JSON has no comments); "
+                "remove them",
+                f"{source}:{line}:{col}",
+            ) from None
         if message == "Extra data":
             message = "trailing characters after the JSON value"
         elif not text[pos:].strip(" \t\r\n"):

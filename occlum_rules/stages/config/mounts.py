@@ -5,6 +5,10 @@ cache_size and disk_size, then rebuilds every mount from its typed form: unknown
 vanish, default options vanish, ``temporary: false`` vanishes. The root unionfs must
 exist and carry an image SEFS layer whose MAC is replaced by the root image's MAC; the
 init stage is fixed apart from the init image's MAC.
+
+Occlum 0.29 (profile ``app_mounts="slots"``) builds the app stage differently: four fixed
+slots (root, host, /proc, /dev), the user's root unionfs and first hostfs mount replacing
+the built-in ones, and every other user mount dropped (:func:`slot_app_mounts`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.resources import size_field
 from occlum_rules.stages.config.schema import Mount, OcclumConfig, json_quote
 
@@ -21,6 +26,25 @@ MIN_DISK_SIZE = 5 << 30
 
 INIT_ROOT_SOURCE = "./build/initfs/__ROOT"
 INIT_RUN_SOURCE = "./run/initfs/__ROOT"
+APP_ROOT_SOURCE = "./build/mount/__ROOT"
+APP_RUN_SOURCE = "./run/mount/__ROOT"
+PROC_MOUNT = {"target": "/proc", "type": "procfs"}
+DEV_MOUNT = {"target": "/dev", "type": "devfs"}
+BUILTIN_HOST_MOUNT = {"source": ".", "target": "/host", "type": "hostfs"}
+
+
+def _union_root(image_source: str, run_source: str, mac: str) -> dict[str, Any]:
+    """A unionfs root: the image SEFS (with its MAC) over the run-time SEFS."""
+    return {
+        "target": "/",
+        "type": "unionfs",
+        "options": {
+            "layers": [
+                {"target": "/", "type": "sefs", "source": image_source, "options": {"MAC": mac}},
+                {"target": "/", "type": "sefs", "source": run_source},
+            ]
+        },
+    }
 
 
 def check_mount_sizes(config: OcclumConfig, heap_max: int, source: str = "Occlum.json") -> None:
@@ -115,42 +139,69 @@ def check_root_mount(config: OcclumConfig, source: str = "Occlum.json") -> None:
     _root_image_layer(config, source)
 
 
+def slot_app_mounts(
+    config: OcclumConfig, user_fs_mac: str, source: str, label: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Occlum 0.29's app-stage mounts (root, host, /proc, /dev) and warnings for the rest.
+
+    The user's first ``/`` unionfs replaces the built-in root; it must have layers and an
+    image SEFS layer (as in later releases), and the tool then writes the image MAC into
+    ``layers[0]``, so that first layer must carry a ``MAC`` option (0.29 panics otherwise).
+    Without such a mount the built-in root is used. The first hostfs mount, whatever its
+    target, replaces the built-in ``/host``.
+    """
+    root = next((m for m in config.mount if m.target == "/" and m.type == "unionfs"), None)
+    if root is None:
+        root_value = _union_root(APP_ROOT_SOURCE, APP_RUN_SOURCE, user_fs_mac)
+    else:
+        _root_image_layer(config, source)
+        first = root.options.layers[0]
+        if first.options.mac is None:
+            raise UserError(
+                f'has no "MAC" option; {label} writes the image MAC into the first layer of the '
+                'root unionfs, so the image SEFS (with "options": {"MAC": ""}) must come first',
+                f"{source}: {first.path}",
+            )
+        root_value = mount_value(root, {first.path: user_fs_mac})
+    host = next((m for m in config.mount if m.type == "hostfs"), None)
+    host_value = BUILTIN_HOST_MOUNT if host is None else mount_value(host)
+    warnings = [
+        f"{source}: {m.path}: dropped: {label} keeps only the root unionfs and the first "
+        f"hostfs mount ({json_quote(m.target)}, {json_quote(m.type)} is neither)"
+        for m in config.mount
+        if m is not root and m is not host
+    ]
+    return [root_value, host_value, PROC_MOUNT, DEV_MOUNT], warnings
+
+
 def app_stages(
-    config: OcclumConfig, user_fs_mac: str, init_fs_mac: str, source: str = "Occlum.json"
+    config: OcclumConfig,
+    user_fs_mac: str,
+    init_fs_mac: str,
+    source: str = "Occlum.json",
+    profile: ConfigProfile = NEWEST,
+    warnings: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``app`` array: the fixed init stage, then the user's app stage."""
-    image_layer = _root_image_layer(config, source)
+    """The ``app`` array: the fixed init stage, then the user's app stage.
+
+    Mounts the profile's tool drops are reported by appending to ``warnings``.
+    """
     init_stage = {
         "stage": "init",
         "entry_points": ["/bin"],
         "mount": [
-            {
-                "target": "/",
-                "type": "unionfs",
-                "options": {
-                    "layers": [
-                        {
-                            "target": "/",
-                            "type": "sefs",
-                            "source": INIT_ROOT_SOURCE,
-                            "options": {"MAC": init_fs_mac},
-                        },
-                        {"target": "/", "type": "sefs", "source": INIT_RUN_SOURCE},
-                    ]
-                },
-            },
-            {"target": "/proc", "type": "procfs"},
-            {"target": "/dev", "type": "devfs"},
+            _union_root(INIT_ROOT_SOURCE, INIT_RUN_SOURCE, init_fs_mac),
+            PROC_MOUNT,
+            DEV_MOUNT,
         ],
     }
-    overrides = {image_layer.path: user_fs_mac}
-    app_stage = {
-        "stage": "app",
-        "entry_points": config.entry_points,
-        "mount": [
-            {"target": "/proc", "type": "procfs"},
-            {"target": "/dev", "type": "devfs"},
-            *(mount_value(m, overrides) for m in config.mount),
-        ],
-    }
+    if profile.app_mounts == "slots":
+        mounts, dropped = slot_app_mounts(config, user_fs_mac, source, profile.label)
+        if warnings is not None:
+            warnings.extend(dropped)
+    else:
+        image_layer = _root_image_layer(config, source)
+        overrides = {image_layer.path: user_fs_mac}
+        mounts = [PROC_MOUNT, DEV_MOUNT, *(mount_value(m, overrides) for m in config.mount)]
+    app_stage = {"stage": "app", "entry_points": config.entry_points, "mount": mounts}
     return [init_stage, app_stage]

@@ -7,7 +7,9 @@ Three ways in, one canonical way out:
     undefined variable is an error naming the template and line);
 (c) structured attributes (``resource_limits``, ``process``, ``entry_points``, ``env``,
     ``metadata``, ``mount``, ``feature``) deep-merged over a base, which is the rendered
-    template when there is one and Occlum's own template (``occlum init``) otherwise.
+    template when there is one and Occlum's own template (``occlum init``) otherwise: the
+    installed Occlum's ``etc/template/Occlum.json`` when the build uses an install (its
+    keys differ between releases), else the copy bundled here (the newest release's).
 
 :func:`render_occlum_json` does (b) and (c) and writes canonical bytes, so the same
 inputs always give the same file (and the same cache key downstream):
@@ -43,6 +45,7 @@ import jinja2
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.config.json_source import JsonObject, parse_json_text, to_plain
+from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.schema import read_config
 from occlum_rules.stages.config.sizes import ALLOWED_SIZE_TEXT, SizeError, format_size, parse_size
 
@@ -81,11 +84,12 @@ def default_occlum_json() -> dict[str, Any]:
     return json.loads(text)
 
 
-def load_user_json(path: str | Path) -> dict[str, Any]:
+def load_user_json(path: str | Path, profile: ConfigProfile = NEWEST) -> dict[str, Any]:
     """Read a user's Occlum.json: JSON errors carry line:column, schema errors the JSON path.
 
     Only the shape is checked here (types, required keys, repeated keys); sizes, thread
     counts and mounts are checked when the config is generated, where the EDMM mode is known.
+    Also reads an installed Occlum's template (with that release's ``profile``).
     """
     path = Path(path)
     try:
@@ -95,7 +99,7 @@ def load_user_json(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror}", str(path)) from None
     tree = parse_json_text(data, str(path))
-    read_config(tree, source=str(path))
+    read_config(tree, source=str(path), profile=profile)
     return to_plain(tree)
 
 
@@ -288,11 +292,16 @@ def render_occlum_json(
     template_path: str | Path | None,
     variables: dict[str, Any] | None = None,
     structured_attrs: dict[str, Any] | None = None,
+    *,
+    base_path: str | Path | None = None,
+    profile: ConfigProfile = NEWEST,
 ) -> bytes:
     """Occlum.json bytes from an optional template, its variables and structured attributes.
 
-    The result is checked against gen_internal_conf's schema (types, required keys) so a
-    mistake is reported here, naming the template or attribute, rather than later.
+    Without a template the attributes merge over ``base_path`` (an installed Occlum's
+    ``etc/template/Occlum.json``) or, without that, the bundled copy of Occlum's template.
+    The result is checked against the ``profile``'s gen_internal_conf schema (types,
+    required keys) so a mistake is reported here, naming the template or attribute.
     """
     if template_path is not None:
         rendered = render_template(template_path, variables or {})
@@ -302,10 +311,13 @@ def render_occlum_json(
         base = to_plain(tree)
         if not isinstance(base, dict):
             raise UserError("must render to a JSON object", source)
+    elif base_path is not None:
+        base = load_user_json(base_path, profile)
+        source = f"Occlum.json ({base_path} + attributes)"
     else:
         base = default_occlum_json()
         source = "Occlum.json (Occlum's template + attributes)"
     merged = merge_attrs(base, structured_attrs or {}) if structured_attrs else base
     data = dump_occlum_json(merged)
-    read_config(parse_json_text(data, source), source=source)
+    read_config(parse_json_text(data, source), source=source, profile=profile)
     return data

@@ -3,6 +3,9 @@
 Everything is validated before anything is rendered, so a bad config never yields
 half-made or empty outputs (gen_internal_conf prints its message, exits 0 and leaves
 empty files). The checks run in the tool's order so the same problem is reported first.
+
+Which tool is reproduced is a :class:`ConfigProfile` (one per Occlum release series, see
+:mod:`profiles`); without one it is the newest.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from occlum_rules.errors import UserError
 from occlum_rules.stages.config.json_source import JsonObject, parse_json_text
 from occlum_rules.stages.config.kss import KssIds, kss_ids
 from occlum_rules.stages.config.mounts import app_stages, check_mount_sizes
+from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.resources import EnclaveResources, resolve_resources
 from occlum_rules.stages.config.schema import OcclumConfig, read_config
 from occlum_rules.stages.config.templating import render
@@ -21,6 +25,7 @@ from occlum_rules.stages.config.templating import render
 SGX_MODES = ("HW", "SIM", "HYPER")
 MISC_EDMM = ("1", "0xFFFFFFFF")
 MISC_NON_EDMM = ("0", "0")
+MISC_WITHOUT_EDMM_SUPPORT = ("1", "0x0")  # Occlum 0.29: one layout, dynamic parts allowed
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class EnclaveValues:
     isv_family_id_h: int
     isv_family_id_l: int
     pkru: int
-    amx: int
+    amx: int | None  # None: the profile's Enclave.xml has no <AMX>
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Resolution:
     resources: EnclaveResources
     kss: KssIds
     warnings: list[str] = field(default_factory=list)
+    profile: ConfigProfile = NEWEST
 
 
 def ms_buffer_for(sgx_mode: str) -> bool:
@@ -81,15 +87,19 @@ def resolve(
     edmm: bool,
     sgx_mode: str = "HW",
     source: str = "Occlum.json",
+    profile: ConfigProfile = NEWEST,
 ) -> Resolution:
     """Parse and check an Occlum.json (all checks except the root-mount/MAC step)."""
     ms_buffer = ms_buffer_for(sgx_mode)
     tree = as_tree(occlum_json, source)
-    config, warnings = read_config(tree, source=source, ms_buffer=ms_buffer)
-    resources = resolve_resources(config, platform_edmm=edmm, ms_buffer=ms_buffer, source=source)
-    check_mount_sizes(config, resources.heap_max.value, source)
+    config, warnings = read_config(tree, source=source, ms_buffer=ms_buffer, profile=profile)
+    resources = resolve_resources(
+        config, platform_edmm=edmm, ms_buffer=ms_buffer, source=source, profile=profile
+    )
+    if profile.mount_size_checks:
+        check_mount_sizes(config, resources.heap_max.value, source)
     kss = kss_ids(config, source)
-    return Resolution(config, resources, kss, warnings)
+    return Resolution(config, resources, kss, warnings, profile)
 
 
 def as_tree(occlum_json: Any, source: str = "Occlum.json") -> Any:
@@ -122,8 +132,11 @@ def _dict_to_tree(value: Any, path: str = "") -> Any:
 
 
 def enclave_values(res: Resolution) -> EnclaveValues:
-    r, meta, kss = res.resources, res.config.metadata, res.kss
-    misc = MISC_EDMM if r.edmm else MISC_NON_EDMM
+    r, meta, kss, profile = res.resources, res.config.metadata, res.kss, res.profile
+    if not profile.edmm:
+        misc = MISC_WITHOUT_EDMM_SUPPORT
+    else:
+        misc = MISC_EDMM if r.edmm else MISC_NON_EDMM
     return EnclaveValues(
         prod_id=meta.product_id,
         isv_svn=meta.version_number,
@@ -135,7 +148,7 @@ def enclave_values(res: Resolution) -> EnclaveValues:
         tcs_num=r.tcs_num.value,
         tcs_max_num=r.tcs_max_num.value,
         tcs_min_pool=r.tcs_min_pool.value,
-        tcs_policy=0,
+        tcs_policy=profile.tcs_policy,
         disable_debug=0 if meta.debuggable else 1,
         misc_select=misc[0],
         misc_mask=misc[1],
@@ -150,8 +163,8 @@ def enclave_values(res: Resolution) -> EnclaveValues:
         isv_ext_prod_id_l=kss.ext_prod_id_low,
         isv_family_id_h=kss.family_id_high,
         isv_family_id_l=kss.family_id_low,
-        pkru=res.config.feature.pkru,
-        amx=res.config.feature.amx,
+        pkru=meta.pkru if profile.pkru_in_metadata else res.config.feature.pkru,
+        amx=res.config.feature.amx if profile.amx_element else None,
     )
 
 
@@ -174,15 +187,26 @@ def sorted_value(value: Any) -> Any:
 def sys_json_values(
     res: Resolution, user_fs_mac: str, init_fs_mac: str, source: str
 ) -> dict[str, Any]:
-    config = res.config
+    """What the .Occlum_sys.json template prints; sections the profile lacks are None."""
+    config, profile = res.config, res.profile
+    if profile.thread_and_space_limits:
+        limits = {
+            "user_space_init_size": f"{res.resources.user_space_init.value}B",
+            "user_space_max_size": f"{res.resources.user_space_max.value}B",
+        }
+    else:  # Occlum 0.29 passes the user's string through
+        limits = {"user_space_size": config.resource_limits.user_space_size}
+    feature = None
+    if profile.feature_keys is not None:  # in the Rust struct's order, not sorted
+        feature = {key: getattr(config.feature, key) for key in profile.feature_keys}
+    apps = app_stages(config, user_fs_mac, init_fs_mac, source, profile, res.warnings)
     return {
-        "user_space_init_size": f"{res.resources.user_space_init.value}B",
-        "user_space_max_size": f"{res.resources.user_space_max.value}B",
+        "resource_limits": limits,
         "process": config.process,
         "env": sorted_value(config.env),
-        "disable_log": disable_log(config),
-        "app": sorted_value(app_stages(config, user_fs_mac, init_fs_mac, source)),
-        "feature": config.feature,
+        "disable_log": disable_log(config) if profile.disable_log else None,
+        "app": sorted_value(apps),
+        "feature": feature,
     }
 
 
@@ -211,6 +235,7 @@ def generate_config(
     edmm: bool,
     sgx_mode: str = "HW",
     source: str = "Occlum.json",
+    profile: ConfigProfile = NEWEST,
 ) -> Generated:
     """:func:`generate` keeping the resolution and the warnings (fields Occlum ignores)."""
     for flag, mac in (("--user_fs_mac", user_fs_mac), ("--init_fs_mac", init_fs_mac)):
@@ -220,7 +245,7 @@ def generate_config(
             mac.encode("utf-8")
         except UnicodeEncodeError:
             raise UserError("the MAC string is not valid UTF-8", flag) from None
-    res = resolve(occlum_json, edmm=edmm, sgx_mode=sgx_mode, source=source)
+    res = resolve(occlum_json, edmm=edmm, sgx_mode=sgx_mode, source=source, profile=profile)
     sys_values = sys_json_values(res, user_fs_mac, init_fs_mac, source)
     enclave_xml = render("Enclave.xml.j2", enclave=enclave_values(res))
     sys_json = render("Occlum_sys.json.j2", sys=sys_values)
@@ -235,15 +260,23 @@ def generate(
     edmm: bool,
     sgx_mode: str = "HW",
     source: str = "Occlum.json",
+    profile: ConfigProfile = NEWEST,
 ) -> tuple[bytes, bytes]:
     """Enclave.xml and .Occlum_sys.json bytes, identical to gen_internal_conf's.
 
     ``edmm`` is what Occlum passes as INSTANCE_IS_FOR_EDMM_PLATFORM=YES (HW mode with
     ENABLE_EDMM); ``feature.enable_edmm`` in the JSON turns the EDMM layout on as well.
     ``sgx_mode="HYPER"`` selects the ms_buffer variant of the tool (MarshalBufferSize).
+    ``profile`` selects the Occlum release series (:func:`profiles.profile_for_version`).
     Raises UserError naming the JSON path of the first problem.
     """
     out = generate_config(
-        occlum_json, user_fs_mac, init_fs_mac, edmm=edmm, sgx_mode=sgx_mode, source=source
+        occlum_json,
+        user_fs_mac,
+        init_fs_mac,
+        edmm=edmm,
+        sgx_mode=sgx_mode,
+        source=source,
+        profile=profile,
     )
     return out.enclave_xml, out.sys_json

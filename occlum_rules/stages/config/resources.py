@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.schema import OcclumConfig, json_quote
 from occlum_rules.stages.config.sizes import ALLOWED_SIZE_TEXT, SizeError, parse_size
 
@@ -75,14 +76,78 @@ def _quote(text: str | None) -> str:
     return "absent" if text is None else json_quote(text)
 
 
+def _marshal_buffer(config: OcclumConfig, ms_buffer: bool, source: str) -> Resolved | None:
+    if not ms_buffer:
+        return None
+    text = config.resource_limits.marshal_buffer_size
+    if text is None:
+        return Resolved(DEFAULT_MARSHAL_BUFFER, "HYPER-mode default 1MB")
+    value = size_field(text, "resource_limits.marshal_buffer_size", source)
+    return Resolved(value, f"resource_limits.marshal_buffer_size {_quote(text)}")
+
+
+def _resolve_without_edmm_support(
+    config: OcclumConfig, ms_buffer: bool, source: str, label: str
+) -> EnclaveResources:
+    """Occlum 0.29's rules: one layout, a TCS and heap range, no user-space maximum.
+
+    The thread count is both the initial and minimum pool with room to grow to 4096, the
+    heap may grow to kernel_space_heap_max_size (default max(heap, 1GB)) and the reserved
+    memory is exactly user_space_size. Nothing is range-checked, only parsed (in the
+    order stack, heap, heap max, user space, marshal buffer).
+    """
+    rl = config.resource_limits
+    threads = rl.max_num_of_threads
+    tcs_num = Resolved(threads, "resource_limits.max_num_of_threads")
+    tcs_max = Resolved(
+        max(threads, DEFAULT_TCS_MAX), f"max(max_num_of_threads={threads}, {DEFAULT_TCS_MAX})"
+    )
+    stack = size_field(
+        rl.kernel_space_stack_size, "resource_limits.kernel_space_stack_size", source
+    )
+    heap = size_field(rl.kernel_space_heap_size, "resource_limits.kernel_space_heap_size", source)
+    heap_src = f"resource_limits.kernel_space_heap_size {_quote(rl.kernel_space_heap_size)}"
+    if rl.kernel_space_heap_max_size is not None:
+        heap_max = Resolved(
+            size_field(
+                rl.kernel_space_heap_max_size, "resource_limits.kernel_space_heap_max_size", source
+            ),
+            f"resource_limits.kernel_space_heap_max_size {_quote(rl.kernel_space_heap_max_size)}",
+        )
+    else:
+        heap_max = Resolved(max(heap, DEFAULT_KERNEL_HEAP_MAX), f"max({heap_src}, 1GB)")
+    user = size_field(rl.user_space_size, "resource_limits.user_space_size", source)
+    user_r = Resolved(user, f"resource_limits.user_space_size {_quote(rl.user_space_size)}")
+    return EnclaveResources(
+        edmm=False,
+        edmm_origin=f"{label} has no EDMM support: one layout for every platform",
+        tcs_num=tcs_num,
+        tcs_min_pool=Resolved(threads, "same as TCSNum"),
+        tcs_max_num=tcs_max,
+        stack_size=Resolved(
+            stack, f"resource_limits.kernel_space_stack_size {_quote(rl.kernel_space_stack_size)}"
+        ),
+        heap_init=Resolved(heap, heap_src),
+        heap_max=heap_max,
+        user_space_init=user_r,
+        user_space_max=user_r,
+        reserved_mem=user_r,
+        user_region=None,
+        marshal_buffer=_marshal_buffer(config, ms_buffer, source),
+    )
+
+
 def resolve_resources(
     config: OcclumConfig,
     *,
     platform_edmm: bool,
     ms_buffer: bool = False,
     source: str = "Occlum.json",
+    profile: ConfigProfile = NEWEST,
 ) -> EnclaveResources:
     """Apply gen_internal_conf's memory and thread rules; UserError on the first problem."""
+    if not profile.edmm:
+        return _resolve_without_edmm_support(config, ms_buffer, source, profile.label)
     edmm, edmm_origin = edmm_mode(config, platform_edmm)
     rl = config.resource_limits
     where = f"{source}: resource_limits"
@@ -205,17 +270,7 @@ def resolve_resources(
         reserved = Resolved(user_max.value, f"non-EDMM: user space max ({user_max.origin})")
         region = None
 
-    marshal = None
-    if ms_buffer:
-        if rl.marshal_buffer_size is not None:
-            value = size_field(
-                rl.marshal_buffer_size, "resource_limits.marshal_buffer_size", source
-            )
-            marshal = Resolved(
-                value, f"resource_limits.marshal_buffer_size {_quote(rl.marshal_buffer_size)}"
-            )
-        else:
-            marshal = Resolved(DEFAULT_MARSHAL_BUFFER, "HYPER-mode default 1MB")
+    marshal = _marshal_buffer(config, ms_buffer, source)
 
     return EnclaveResources(
         edmm=edmm,

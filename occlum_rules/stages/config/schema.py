@@ -20,6 +20,7 @@ from typing import Any
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.config.json_source import JsonObject, to_plain
+from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 
 U32_MAX = 2**32 - 1
 
@@ -58,6 +59,7 @@ class Metadata:
     enable_kss: bool
     family_id: MetaId
     ext_prod_id: MetaId
+    pkru: int = 0  # Occlum 0.29 only: PKRU lived in metadata before the feature section
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,12 @@ class Field:
 
 
 class Reader:
-    """Carries the source name, the ms_buffer switch and the warnings collected so far."""
+    """Carries the source name, the ms_buffer switch, the profile and the warnings so far."""
 
-    def __init__(self, source: str, ms_buffer: bool):
+    def __init__(self, source: str, ms_buffer: bool, profile: ConfigProfile = NEWEST):
         self.source = source
         self.ms_buffer = ms_buffer
+        self.profile = profile
         self.warnings: list[str] = []
 
     def error(self, path: str, message: str) -> UserError:
@@ -192,8 +195,9 @@ def _read_struct(
         sub = f"{path}.{key}" if path else key
         field = by_key.get(key)
         if field is None:
+            tool = "Occlum" if r.profile is NEWEST else r.profile.label
             r.warn(
-                sub, f"unknown key, ignored by Occlum (known keys of {what}: {', '.join(by_key)})"
+                sub, f"unknown key, ignored by {tool} (known keys of {what}: {', '.join(by_key)})"
             )
             continue
         if field.attr in out and not field.repeatable:
@@ -211,7 +215,10 @@ def _read_struct(
     return out
 
 
-def _resource_limit_fields(ms_buffer: bool) -> tuple[Field, ...]:
+_LIMIT_FIELDS = ("init_num_of_threads", "user_space_max_size")  # 0.30 and later
+
+
+def _resource_limit_fields(ms_buffer: bool, profile: ConfigProfile) -> tuple[Field, ...]:
     fields = (
         Field("init_num_of_threads", "init_num_of_threads", read_u32, False, True),
         Field("max_num_of_threads", "max_num_of_threads", read_u32),
@@ -223,13 +230,15 @@ def _resource_limit_fields(ms_buffer: bool) -> tuple[Field, ...]:
         Field("user_space_size", "user_space_size", read_size_str),
         Field("user_space_max_size", "user_space_max_size", read_size_str, False, True),
     )
+    if not profile.thread_and_space_limits:
+        fields = tuple(f for f in fields if f.key not in _LIMIT_FIELDS)
     if ms_buffer:
         fields += (Field("marshal_buffer_size", "marshal_buffer_size", read_size_str, False, True),)
     return fields
 
 
 def read_resource_limits(value: Any, path: str, r: Reader) -> ResourceLimits:
-    fields = _resource_limit_fields(r.ms_buffer)
+    fields = _resource_limit_fields(r.ms_buffer, r.profile)
     if not r.ms_buffer and isinstance(value, JsonObject):
         # Say why instead of the generic "unknown key" warning.
         fields += (
@@ -243,7 +252,8 @@ def read_resource_limits(value: Any, path: str, r: Reader) -> ResourceLimits:
             ),
         )
     out = _read_struct(value, path, r, fields, "resource_limits")
-    out.setdefault("marshal_buffer_size", None)
+    for attr in ("marshal_buffer_size", *_LIMIT_FIELDS):
+        out.setdefault(attr, None)
     if not r.ms_buffer:
         out["marshal_buffer_size"] = None
     return ResourceLimits(**out)
@@ -284,7 +294,14 @@ METADATA_FIELDS = (
 
 
 def read_metadata(value: Any, path: str, r: Reader) -> Metadata:
-    return Metadata(**_read_struct(value, path, r, METADATA_FIELDS, "metadata"))
+    fields = METADATA_FIELDS
+    if not r.profile.disable_log:
+        fields = tuple(f for f in fields if f.key != "disable_log")
+    if r.profile.pkru_in_metadata:
+        fields += (Field("pkru", "pkru", read_u32, False, False, 0),)
+    out = _read_struct(value, path, r, fields, "metadata")
+    out.setdefault("disable_log", None)
+    return Metadata(**out)
 
 
 FEATURE_FIELDS = (
@@ -297,7 +314,9 @@ FEATURE_FIELDS = (
 
 
 def read_feature(value: Any, path: str, r: Reader) -> Feature:
-    return Feature(**_read_struct(value, path, r, FEATURE_FIELDS, "feature"))
+    keys = r.profile.feature_keys or ()
+    fields = tuple(f for f in FEATURE_FIELDS if f.key in keys)
+    return Feature(**_read_struct(value, path, r, fields, "feature"))
 
 
 def read_mount_list(value: Any, path: str, r: Reader) -> tuple[Mount, ...]:
@@ -316,7 +335,9 @@ MOUNT_OPTION_FIELDS = (
 
 
 def read_mount_options(value: Any, path: str, r: Reader) -> MountOptions:
-    return MountOptions(**_read_struct(value, path, r, MOUNT_OPTION_FIELDS, "mount options"))
+    keys = r.profile.mount_option_keys
+    fields = tuple(f for f in MOUNT_OPTION_FIELDS if f.key in keys)
+    return MountOptions(**_read_struct(value, path, r, fields, "mount options"))
 
 
 MOUNT_FIELDS = (
@@ -345,11 +366,23 @@ DEFAULT_MMAP_SIZE = "100MB"  # the value in Occlum's template Occlum.json
 
 
 def read_config(
-    tree: Any, *, source: str = "Occlum.json", ms_buffer: bool = False
+    tree: Any,
+    *,
+    source: str = "Occlum.json",
+    ms_buffer: bool = False,
+    profile: ConfigProfile = NEWEST,
 ) -> tuple[OcclumConfig, list[str]]:
-    """Build the typed model from a parsed JSON tree; returns it with the warnings."""
-    r = Reader(source, ms_buffer)
-    config = OcclumConfig(**_read_struct(tree, "", r, TOP_FIELDS, "Occlum.json"))
+    """Build the typed model from a parsed JSON tree; returns it with the warnings.
+
+    ``profile`` decides which keys the tool knows (the rest warn as ignored).
+    """
+    r = Reader(source, ms_buffer, profile)
+    fields = TOP_FIELDS
+    if profile.feature_keys is None:
+        fields = tuple(f for f in fields if f.key != "feature")
+    out = _read_struct(tree, "", r, fields, "Occlum.json")
+    out.setdefault("feature", Feature())
+    config = OcclumConfig(**out)
     if config.process.default_mmap_size != DEFAULT_MMAP_SIZE:
         r.warn(
             "process.default_mmap_size",
