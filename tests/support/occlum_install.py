@@ -285,6 +285,11 @@ def make_occlum_install(home: Path, version: str = DEFAULT_VERSION,
                      soname="libocclum_dcap.so.0.1.0")
             _link(dcap / "libocclum_dcap.so", "libocclum_dcap.so.0.1.0")
         _compile(musl / "libcjson.so.1", "stand-in musl cjson", "so", 0o644, soname="libcjson.so.1")
-        for name in ("libaecs_client.so", "libual.so"):
-            _compile(home / "toolchains/aecs_client" / name, f"stand-in {name}", "so")
+        # aecs_client/build.sh copies its client libs, libcurl_static.a and (cp dereferences)
+        # the OpenSSL 1.1 files it was built with
+        aecs = home / "toolchains/aecs_client"
+        for name in ("libaecs_client.so", "libual.so", "libssl.so", "libssl.so.1.1",
+                     "libcrypto.so", "libcrypto.so.1.1"):
+            _compile(aecs / name, f"stand-in {name}", "so")
+        _text(aecs / "libcurl_static.a", "!<arch>\n")
     return StandinInstall(home=home, version=version, modes=tuple(modes), ra=ra)
