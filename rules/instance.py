@@ -368,7 +368,8 @@ occlum_instance = Rule(
         "image_key": Attr(SOURCE, default=None, doc="image key: encrypts the image SEFS"),
         "buildin_image_key": Attr(BOOL, default=False, doc="put the image key into the initfs"),
         "init_ra": Attr(STRING, default=None, values=("grpc_ratls", "aecs"),
-                        doc="init-ra variant (needs an Occlum install)"),
+                        doc="init-ra variant: the initfs of `occlum init --init-ra` (needs the "
+                            "install's RA toolchain)"),
         "init_ra_conf": Attr(SOURCE, default=None, doc="init_ra_conf.json for init-ra"),
     },
     impl=instance_impl,
