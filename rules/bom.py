@@ -36,6 +36,7 @@ def bom_impl(ctx: RuleContext) -> dict:
     includes = source_files(ctx.attr["includes"])
     include_dirs = sorted({f.path.rsplit("/", 1)[0] for f in includes})
     extra: dict[str, list[str]] = {}
+    origins: dict[str, str] = {}
     dep_files = []
     for image_dir, refs in sorted(ctx.attr["deps"].items()):
         files = source_files(refs)
@@ -44,6 +45,12 @@ def bom_impl(ctx: RuleContext) -> dict:
                             "(such as '/bin') and must not contain '..'")
         extra[image_dir] = [f.path for f in files]
         dep_files += files
+        for ref in refs if isinstance(refs, list) else [refs]:
+            if getattr(ref, "providers", None):  # a target: name it (and its toolchain) in errors
+                how = ref.providers.get("toolchain") or ref.rule.name
+                origins.update({f.path: f"{ref.label} ({how})" for f in ref.providers["files"]})
+            else:
+                origins.update({f.path: f"{f.path} (source file)" for f in source_files(ref)})
     loader = ctx.attr["loader_config"]
     loader_path = _loader_config(ctx, source_files(loader)[0] if loader else None)
     image = ctx.declare_file("image", action="image", is_dir=True)
@@ -52,6 +59,7 @@ def bom_impl(ctx: RuleContext) -> dict:
         name="image", kind="copy_bom", func="occlum_rules.actions.bom:assemble",
         inputs=[bom_file, *includes, *dep_files], outputs=[image, manifest],
         params={"bom": bom_file.path, "include_dirs": include_dirs, "extra_files": extra,
+                "origins": origins,
                 "env": dict(ctx.attr["env"]), "loader_config": loader_path,
                 "out_dir": ctx.workspace.output_dir},
         in_place=True, description=f"assemble image from {bom_file.path}")

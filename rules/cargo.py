@@ -122,7 +122,8 @@ def _toolchain(ctx: RuleContext, crate_dir: str) -> tuple[list[str], dict]:
                               "tool_name": tc.cargo.name}
 
 
-def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -> None:
+def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -> str:
+    """Declare the cargo build; return how it builds, for messages ('cargo, host toolchain')."""
     manifest = ctx.attr["manifest"]
     crate_dir = os.path.dirname(manifest.path)
     inputs = tree_inputs(ctx, crate_dir, skip={"target"})
@@ -139,6 +140,8 @@ def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -
                       func="occlum_rules.stages.cargo_build:build",
                       inputs=inputs, outputs=[output], params=params, toolchains=fingerprints,
                       description=f"cargo build {kind} {target_name} ({crate_dir or '.'})")
+    name = tool_params.get("tool_name", "cargo")
+    return name if name.startswith("occlum") else f"{name}, host toolchain"
 
 
 def cargo_binary_impl(ctx: RuleContext) -> dict:
@@ -151,8 +154,8 @@ def cargo_binary_impl(ctx: RuleContext) -> dict:
     if "/" in bin_name or bin_name in (".", ".."):
         raise ctx.error(f"bin: {bin_name!r} is not a binary target name")
     binary = ctx.declare_file(bin_name, action="cargo-build")
-    _cargo_action(ctx, "bin", bin_name, binary)
-    return {"files": [binary], "executable": binary}
+    how = _cargo_action(ctx, "bin", bin_name, binary)
+    return {"files": [binary], "executable": binary, "toolchain": how}
 
 
 def cargo_cdylib_impl(ctx: RuleContext) -> dict:
@@ -160,8 +163,8 @@ def cargo_cdylib_impl(ctx: RuleContext) -> dict:
     lib_name = (data.get("lib") or {}).get("name") or _package_name(ctx, data, manifest)
     lib_name = str(lib_name).replace("-", "_")
     library = ctx.declare_file(f"lib{lib_name}.so", action="cargo-build")
-    _cargo_action(ctx, "cdylib", lib_name, library)
-    return {"files": [library], "shared_library": library}
+    how = _cargo_action(ctx, "cdylib", lib_name, library)
+    return {"files": [library], "shared_library": library, "toolchain": how}
 
 
 cargo_binary = Rule(

@@ -98,7 +98,12 @@ def cc_binary_impl(ctx: RuleContext) -> dict:
                       inputs=[*objects, *dep_libs], outputs=[binary],
                       params={"argv": argv}, toolchains=[tool.fingerprint],
                       description=f"link {binary.path}")
-    return {"files": [binary], "executable": binary}
+    return {"files": [binary], "executable": binary, "toolchain": _describe(tool)}
+
+
+def _describe(tool) -> str:
+    """How a target was built, for messages: 'musl-gcc', 'gcc, host toolchain'."""
+    return f"{tool.name}, host toolchain" if tool.name in ("gcc", "cc", "clang") else tool.name
 
 
 occlum_cc_library = Rule(

@@ -91,16 +91,12 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
         version = install.version
         libos = _file(str(install.libos_lib(mode)))
         pal = _file(str(install.pal_lib(mode)))
-        if install.init is None:
-            raise ctx.error(f"the Occlum install at {install.home} has no build/bin/init")
-        runtime_libs = [str(p) for _, p in sorted(install.musl_runtime().items())]
         _note(ctx, f"occlum-rules: LibOS: Occlum {version} from {install.home}")
-        return {"libos": libos, "pal": pal, "init": str(install.init),
+        return {"libos": libos, "pal": pal, "init": str(install.init) if install.init else None,
                 "bins": {n: str(install.bin_dir / n) for n in ("occlum_exec_client",
                                                                "occlum_exec_server", "occlum-run")},
-                "libs": runtime_libs, "version": version,
-                "desc": f"Occlum {version} ({install.home})",
-                "init_input": [_file(str(install.init))], "real": True,
+                "version": version, "desc": f"Occlum {version} ({install.home})",
+                "init_input": [], "real": True,  # the initfs action records what it copies
                 "fingerprint": install.fingerprint}
     gcc = ctx.toolchains.find("cc", ["gcc", "cc"], why="stand-in LibOS compiler")
     from occlum_rules.standin.build import standin_sources
@@ -118,7 +114,7 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
     libos, pal, init, run = outs
     return {"libos": libos, "pal": pal, "init": init.path,
             "bins": {"occlum_exec_client": run, "occlum_exec_server": run, "occlum-run": run},
-            "libs": [], "version": STANDIN_VERSION, "desc": "stand-in LibOS",
+            "version": STANDIN_VERSION, "desc": "stand-in LibOS",
             "init_input": [init], "real": False, "fingerprint": gcc.fingerprint}
 
 
@@ -138,6 +134,44 @@ def _config_version(ctx: RuleContext, install, rt: dict) -> str | None:
     return rt["version"]
 
 
+def _initfs_plan(ctx: RuleContext, install, rt: dict, variant: str | None) -> tuple[list[dict], str]:
+    """What ``occlum init [--init-ra VARIANT]`` puts in initfs/, and the init_ra_conf template.
+
+    Checked against the install here, so a missing part is one clear error rather than a
+    different initfs. The default init takes the musl runtime files there are (as before).
+    """
+    from dataclasses import asdict
+
+    from occlum_rules.stages.instance_layout import InitfsSources, initfs_plan, missing_sources
+
+    if install is None:
+        sources = InitfsSources(home="", init=rt["init"], musl_runtime={}, glibc_lib=None, os_lib="")
+    else:
+        os_lib = "/usr/lib/x86_64-linux-gnu"  # occlum init: Ubuntu's, else /usr/lib64
+        sources = InitfsSources(
+            home=str(install.home), init=rt["init"],
+            musl_runtime={n: str(p) for n, p in install.musl_runtime().items()},
+            glibc_lib=str(install.glibc_lib) if install.glibc_lib else None,
+            os_lib=os_lib if os.path.isdir(os_lib) else "/usr/lib64")
+    entries, template = initfs_plan(
+        variant, sources, listdir=lambda d: os.listdir(d) if os.path.isdir(d) else [])
+    if variant is None:
+        entries = [e for e in entries if not (e.path.startswith("lib/") and e.src is None)]
+    if install is not None:
+        missing = missing_sources(entries, os.path.exists)
+        if template and not os.path.isfile(template):
+            missing.append(os.path.relpath(template, install.home))
+        if missing and variant is None:
+            raise ctx.error(f"the Occlum install at {install.home} has no {', '.join(missing)}")
+        if missing:
+            raise ctx.error(
+                f"init_ra = {variant!r}: the Occlum install at {install.home} lacks what `occlum "
+                f"init --init-ra {variant}` copies: {', '.join(missing)} (install Occlum's "
+                f"{'grpc_ratls and dcap_lib' if variant == 'grpc_ratls' else 'aecs_client'} "
+                "toolchain, or drop init_ra)")
+    return [asdict(e) for e in entries], template
+
+
 def instance_impl(ctx: RuleContext) -> dict:
     ws = ctx.workspace
     attr = ctx.attr
@@ -152,7 +186,6 @@ def instance_impl(ctx: RuleContext) -> dict:
     image_manifest: File = bom.providers["image_manifest"]
     install = _occlum_install(ctx)
     rt = _runtime(ctx, install, mode)
-    major = rt["version"].split(".")[0]
     suffix = _MODE_SUFFIX[mode]
     inst = f"{ctx.package_out}/{ctx.label.name}"
     tools: dict = {}
@@ -180,14 +213,15 @@ def instance_impl(ctx: RuleContext) -> dict:
     # initfs (+ build/image_config.json)
     initfs = ctx.declare_file("initfs", action="initfs", is_dir=True)
     image_config = ctx.declare_file("build/image_config.json", action="initfs")
-    init_ra_conf = source_files(attr["init_ra_conf"])[0] if attr["init_ra_conf"] else None
+    initfs_entries, ra_template = _initfs_plan(ctx, install, rt, attr["init_ra"])
+    init_ra_conf = source_files(attr["init_ra_conf"])[0] if attr["init_ra_conf"] else (
+        _file(ra_template) if ra_template else None)
     secrets = {"image_key": image_key} if (attr["buildin_image_key"] and image_key) else {}
     ctx.actions.stage(
         name="initfs", kind="initfs", func="occlum_rules.actions.instance:assemble_initfs",
         inputs=[*rt["init_input"], *([init_ra_conf] if init_ra_conf else [])],
         outputs=[initfs, image_config],
-        params={"init": rt["init"], "libs": rt["libs"], "localtime": "/etc/localtime",
-                "encrypted": image_key is not None,
+        params={"entries": initfs_entries, "encrypted": image_key is not None,
                 "buildin_image_key": bool(attr["buildin_image_key"]),
                 "image_key_fp": image_key_fp if attr["buildin_image_key"] else None,
                 "init_ra_conf": init_ra_conf.path if init_ra_conf else None},
@@ -299,18 +333,21 @@ def instance_impl(ctx: RuleContext) -> dict:
             secrets={"key": key_path}, description="sign the enclave")
 
     # links, copies and status files
+    from occlum_rules.stages.instance_layout import build_lib
+
+    lib_names = build_lib(rt["version"], mode)
     entries: dict[str, dict] = {
-        f"build/lib/libocclum-libos.so.{major}": {"kind": "symlink", "target": libos_file},
-        "build/lib/libocclum-libos.so": {"kind": "symlink", "target": f"libocclum-libos.so.{major}"},
-        f"build/lib/libocclum-pal{suffix}.so.{rt['version']}": {"kind": "copy", "src": rt["pal"].path},
-        f"build/lib/libocclum-pal.so.{major}": {"kind": "symlink",
-                                                "target": f"libocclum-pal{suffix}.so.{rt['version']}"},
-        "build/lib/libocclum-pal.so": {"kind": "symlink", "target": f"libocclum-pal.so.{major}"},
+        f"build/lib/{n}": ({"kind": "copy", "src": rt["pal"].path} if e["kind"] == "pal" else e)
+        for n, e in lib_names.items() if e["kind"] in ("symlink", "pal")}
+    entries.update({
         ".__occlum_status": {"kind": "text", "text": "built\n"},
         ".sgx_mode": {"kind": "text", "text": f"{mode}\n"},
         "image": {"kind": "symlink", "target": os.path.relpath(image.path, inst)},
-    }
-    layout_inputs = [rt["pal"]]
+    })
+    layout_inputs = [rt["pal"]]  # build/lib only receives atomic renames: pruning is safe
+    if attr["init_ra"] and init_ra_conf is not None:  # occlum init --init-ra leaves it there
+        entries["init_ra_conf.json"] = {"kind": "copy", "src": init_ra_conf.path}
+        layout_inputs.append(init_ra_conf)
     for name, src in rt["bins"].items():
         if rt["real"]:
             entries[f"build/bin/{name}"] = {"kind": "symlink", "target": src}
@@ -324,6 +361,8 @@ def instance_impl(ctx: RuleContext) -> dict:
         inputs=layout_inputs, outputs=outs,
         params={"names": names, "entries": entries, "instance_dir": inst},
         ensure_dirs=[f"{inst}/run/mount/__ROOT", f"{inst}/run/initfs/__ROOT"],
+        # only this mode's LibOS/PAL: `occlum build` empties build/ when the SGX mode changes
+        prune_dirs={f"{inst}/build/lib": list(lib_names)},
         description="links and status files of the instance")
     return {
         "files": [signed, measurements, *outs],
@@ -352,7 +391,8 @@ occlum_instance = Rule(
         "image_key": Attr(SOURCE, default=None, doc="image key: encrypts the image SEFS"),
         "buildin_image_key": Attr(BOOL, default=False, doc="put the image key into the initfs"),
         "init_ra": Attr(STRING, default=None, values=("grpc_ratls", "aecs"),
-                        doc="init-ra variant (needs an Occlum install)"),
+                        doc="init-ra variant: the initfs of `occlum init --init-ra` (needs the "
+                            "install's RA toolchain)"),
         "init_ra_conf": Attr(SOURCE, default=None, doc="init_ra_conf.json for init-ra"),
     },
     impl=instance_impl,

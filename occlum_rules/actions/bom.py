@@ -6,6 +6,7 @@ import json
 import os
 
 from occlum_rules.core.executor import StageContext
+from occlum_rules.errors import UserError
 from occlum_rules.stages.bom import apply_plan, elf_deps, plan_bom, write_manifest
 
 
@@ -19,7 +20,14 @@ def assemble(ctx: StageContext) -> None:
     loader = params.get("loader_config")
     elf_cache = ctx.state_dir / "elf-headers.marshal"
     elf_deps.load_elf_cache(elf_cache)
-    plan = plan_bom(bom, includes, loader, env=params.get("env", {}), extra_files=extra)
+    origins = {str(ctx.root / p): who for p, who in params.get("origins", {}).items()}
+    try:
+        plan = plan_bom(bom, includes, loader, env=params.get("env", {}), extra_files=extra,
+                        origins=origins)
+    except UserError as exc:
+        if exc.where is None:  # about the rule's deps: say which image
+            raise UserError(f"{ctx.label}: {exc.message}", exit_code=exc.exit_code) from None
+        raise
     for warning in plan.warnings:
         ctx.log(f"warning: {warning}")
     ctx.add_inputs(p for p in plan.host_inputs if not _inside(p, ctx.root / params["out_dir"]))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from occlum_rules.core.executor import StageContext
 from occlum_rules.errors import UserError
-
-HOSTS = b"127.0.0.1   localhost\n"
+from occlum_rules.stages.instance_layout import cp_mode
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -26,9 +25,10 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _copy(src: Path, dst: Path, mode: int | None = None) -> None:
+    """Copy like a plain ``cp`` under umask 022 (the source's mode less 022) unless ``mode``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
-    os.chmod(dst, mode if mode is not None else (os.stat(src).st_mode & 0o777))
+    os.chmod(dst, mode if mode is not None else cp_mode(os.stat(src).st_mode))
 
 
 def image_config_json(encrypted: bool) -> bytes:
@@ -54,28 +54,31 @@ def build_standin(ctx: StageContext) -> None:
 # ----------------------------------------------------------------------------- initfs
 
 def assemble_initfs(ctx: StageContext) -> None:
-    """The default initfs of ``occlum init`` plus what occlum_build.mk adds at build time."""
+    """The initfs ``occlum init`` makes (the plan of stages.instance_layout) plus what
+    occlum_build.mk adds at build time. Copies keep their source's mode, as ``cp`` does."""
     initfs, image_config = ctx.outputs
     p = ctx.params
-    for d in ("bin", "lib", "dev", "proc", "etc"):
-        (initfs / d).mkdir(parents=True, exist_ok=True)
-    _copy(ctx.root / p["init"] if not os.path.isabs(p["init"]) else Path(p["init"]),
-          initfs / "bin" / "init", 0o755)
-    for lib in p["libs"]:
-        src = Path(lib)
-        _copy(src.resolve(), initfs / "lib" / src.name, 0o755)
-        ctx.add_inputs([src.resolve()])
-    _write(initfs / "etc" / "hosts", HOSTS)
-    localtime = p.get("localtime")
-    if localtime and os.path.exists(localtime):
-        real = Path(localtime).resolve()
-        _copy(real, initfs / "etc" / "localtime", 0o644)
-        ctx.add_inputs([real])
+    for e in p["entries"]:
+        dest = initfs / e["path"]
+        if e["kind"] == "dir":
+            dest.mkdir(parents=True, exist_ok=True)
+        elif e["kind"] == "text":
+            _write(dest, e["text"].encode())
+        elif e["kind"] == "symlink":
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(e["target"], dest)
+        elif e["src"] is not None and (not e["optional"] or os.path.exists(e["src"])):
+            src = Path(e["src"]) if os.path.isabs(e["src"]) else ctx.root / e["src"]
+            real = src.resolve()  # cp follows links: the copy holds the target's bytes and mode
+            _copy(real, dest)
+            if os.path.isabs(e["src"]):
+                ctx.add_inputs([real])
     config = image_config_json(p["encrypted"])
     _write(image_config, config)
     _write(initfs / "etc" / "image_config.json", config)
     if p.get("init_ra_conf"):
-        _copy(ctx.root / p["init_ra_conf"], initfs / "etc" / "init_ra_conf.json", 0o644)
+        conf = Path(p["init_ra_conf"])
+        _copy(conf if conf.is_absolute() else ctx.root / conf, initfs / "etc" / "init_ra_conf.json")
     if p["buildin_image_key"]:
         _copy(ctx.secrets["image_key"], initfs / "etc" / "image_key", 0o600)
 
@@ -185,7 +188,7 @@ def patch_libos(ctx: StageContext) -> None:
         out = ctx.outputs[0]
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(libos, out)
-        os.chmod(out, 0o755)
+        os.chmod(out, cp_mode(os.stat(libos).st_mode))
         mac_file = out.parent / "tmp_mac"
         env = occlum_tools.tool_env(home)
         occlum_tools.run(occlum_tools.show_mac(home, str(protected), str(mac_file)),
@@ -196,7 +199,7 @@ def patch_libos(ctx: StageContext) -> None:
         return
     mac_line = show_mac_line(read_protected_mac(protected)).encode()
     patched = patch_builtin_config_bytes(libos.read_bytes(), mac_line, where=str(libos))
-    _write(ctx.outputs[0], patched, 0o755)
+    _write(ctx.outputs[0], patched, cp_mode(os.stat(libos).st_mode))
 
 
 # ----------------------------------------------------------------------------- signing
@@ -341,7 +344,7 @@ def layout(ctx: StageContext) -> None:
             os.symlink(spec["target"], path)
         elif spec["kind"] == "copy":
             _copy(Path(spec["src"]) if os.path.isabs(spec["src"]) else ctx.root / spec["src"],
-                  path, spec.get("mode", 0o755))
+                  path, spec.get("mode"))
         else:
             _write(path, spec["text"].encode())
     instance = ctx.root / p["instance_dir"]

@@ -57,6 +57,8 @@ class Action:
     description: str = ""
     ensure_dirs: list[str] = field(default_factory=list)  # created after every outcome, never
     # removed and not outputs (an instance's run/: the application's own data)
+    prune_dirs: dict[str, list[str]] = field(default_factory=dict)  # dir -> the only names it
+    # may hold after every outcome (an instance's build/lib after an SGX mode switch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -598,11 +598,29 @@ def _ensure_dirs(action: dict, env: BuildEnv) -> None:
         os.makedirs(_abs(env, rel), exist_ok=True)
 
 
+def _prune_dirs(action: dict, env: BuildEnv) -> None:
+    """Remove what an owned directory holds beyond the names the action keeps there.
+
+    Outputs an action no longer declares (the other SGX mode's LibOS and PAL after a mode
+    switch) would otherwise stay beside the new ones; this runs after a cache hit too, which
+    runs no stage code."""
+    for rel, keep in action.get("prune_dirs", {}).items():
+        where = _abs(env, rel)
+        try:
+            names = os.listdir(where)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in sorted(set(names) - set(keep)):
+            _remove(os.path.join(where, name))
+
+
 def execute(action: dict, env: BuildEnv) -> str:
     """Bring one action's outputs up to date; return the outcome."""
     os.umask(0o022)  # outputs (and so SEFS images and MRENCLAVE) must not depend on the umask
     try:
-        return _execute(action, env)
+        outcome = _execute(action, env)
+        _prune_dirs(action, env)
+        return outcome
     finally:
         _ensure_dirs(action, env)
 

@@ -180,7 +180,8 @@ class Actions:
               params: dict | None = None, toolchains: list[str] | None = None,
               secrets: dict[str, str] | None = None, in_place: bool = False,
               cacheable: bool = True, description: str = "",
-              ensure_dirs: list[str] | None = None) -> None:
+              ensure_dirs: list[str] | None = None,
+              prune_dirs: dict[str, list[str]] | None = None) -> None:
         """A Python stage function ``module:function(ctx: StageContext)``."""
         action_id = self._ctx.action_id(name)
         ins, producers, upstream = self._common(name, inputs, outputs)
@@ -190,7 +191,8 @@ class Actions:
             func=func, params=dict(params or {}), toolchains=list(toolchains or []),
             secrets=dict(secrets or {}), in_place=in_place, cacheable=cacheable,
             producers=upstream, input_producers=producers, description=description or name,
-            ensure_dirs=list(ensure_dirs or [])))
+            ensure_dirs=list(ensure_dirs or []),
+            prune_dirs={d: sorted(names) for d, names in (prune_dirs or {}).items()}))
         self._claim(outputs, action_id)
 
     def _claim(self, outputs: list[File], action_id: str) -> None:

@@ -21,9 +21,12 @@ from .elf_deps import (
     find_dependencies,
     infer_default_loader,
     load_loader_config,
+    loader_pair,
+    read_elf,
 )
 from .envexpand import expand
 from .hostwalk import walk_source
+from .libc_mix import explain_missing
 from .paths import normalize_image_path, rust_file_name, rust_join, rust_parent
 from .schema import (
     EXIT_COPY_FILE,
@@ -86,6 +89,8 @@ class _Ctx:
     cwd: str
     warnings: list[str] = field(default_factory=list)
     host_inputs: set[str] = field(default_factory=set)
+    origins: Mapping[str, str] = field(default_factory=dict)  # rule-placed file -> its target
+    extra_paths: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -543,6 +548,7 @@ def _extra_bom(ctx: _Ctx, extra: Mapping[str, Sequence[str | os.PathLike[str]]],
             name = absolute.rstrip("/").rsplit("/", 1)[-1]
             dest = f"{tdest}/{name}" if tdest else name
             ctx.host_inputs.add(absolute)
+            ctx.extra_paths.append(absolute)
             mode = os.stat(absolute).st_mode & 0o7777
             ops.files.append(Op("copy_file", dest, f"copy -aL {host} {rust_join(ctx.root, dest)}",
                                 EXTRA_BOM_NAME, node=VFile(absolute, mode, EXPLICIT), src_name=name))
@@ -560,15 +566,18 @@ def plan_bom(
     *,
     source_dir: str | os.PathLike[str] | None = None,
     root: str | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> Plan:
     """Plan the image for ``bom_file``. Pure apart from reading host files.
 
     Relative sources resolve against ``source_dir`` when given (default: the BOM file's
     directory). With ``root`` and no ``source_dir`` they follow copy_bom exactly: against the
-    parent of ``root``, and a bare ``from`` against the current directory.
+    parent of ``root``, and a bare ``from`` against the current directory. ``origins`` names
+    the target each ``extra_files`` path comes from, for error messages.
     """
     try:
-        return _plan_bom(bom_file, include_dirs, loader_config, env, extra_files, source_dir, root)
+        return _plan_bom(bom_file, include_dirs, loader_config, env, extra_files, source_dir, root,
+                         origins or {})
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename}: {exc.strerror}", exit_code=EXIT_FILE_NOT_FOUND) from None
 
@@ -581,6 +590,7 @@ def _plan_bom(
     extra_files: Mapping[str, Sequence[str | os.PathLike[str]]] | None,
     source_dir: str | os.PathLike[str] | None,
     root: str | None,
+    origins: Mapping[str, str],
 ) -> Plan:
     cwd = os.getcwd()
     config = loader_config if isinstance(loader_config, LoaderConfig) else load_loader_config(loader_config)
@@ -592,7 +602,8 @@ def _plan_bom(
         parent = rust_parent(root)
         work, bare = ("." if parent is None else parent), ""
     ctx = _Ctx(work=work, bare_base=bare, root=root if root is not None else "<image>",
-               env=dict(os.environ) if env is None else dict(env), config=config, cwd=cwd)
+               env=dict(os.environ) if env is None else dict(env), config=config, cwd=cwd,
+               origins=origins)
     if config.path:
         ctx.host_inputs.add(_abs_host(ctx, config.path))
     order, parsed = collect_boms(bom_path, [os.fspath(d) for d in include_dirs], cwd)
@@ -637,7 +648,13 @@ def _check_missing(ctx: _Ctx, tree: VTree, missing: list[_Missing]) -> None:
     bad = [m for m in missing if m.name not in names]
     if not bad:
         return
-    first = bad[0]
+    if all(m.bom == EXTRA_BOM_NAME for m in bad):  # rule-placed files: no BOM line to show
+        loader = infer_default_loader(ctx.extra_paths, ctx.config)
+        users = [p for p in ctx.extra_paths if loader and loader_pair(p, ctx.config) == loader]
+        detail = explain_missing([(m.elf, m.name, m.needed_by) for m in bad], ctx.origins,
+                                 loader, users, read_elf)
+        raise UserError(f"missing libraries: {detail}", exit_code=EXIT_MISSING_LIBRARY)
+    first = next(m for m in bad if m.bom != EXTRA_BOM_NAME)
     detail = "; ".join(
         f"{m.elf} needs {m.name}" + (f" (via {m.needed_by})" if m.needed_by != m.elf else "")
         for m in bad)
