@@ -19,15 +19,37 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 
+GLIBC_STANDIN = ("stand-in: the host's glibc (no Occlum install); not Occlum's glibc, "
+                 "cannot run in Occlum")
+GLIBC_NOTE = ("occlum-rules: glibc: host glibc as a stand-in for Occlum's glibc (no Occlum "
+              "install): glibc programs get the host's loader at their interpreter path and the "
+              "host's libraries at /opt/occlum/glibc/lib in the image, which cannot run in Occlum")
 
-def _loader_config(ctx: RuleContext, explicit) -> str | None:
+
+def _note(ctx: RuleContext, text: str) -> None:
+    """Say ``text`` once per build (the build prints the toolchains' notes when it loads)."""
+    notes = getattr(ctx.toolchains, "notes", None)
+    if isinstance(notes, list) and text not in notes:
+        notes.append(text)
+
+
+def _glibc(ctx: RuleContext, explicit) -> tuple[str | None, str, str]:
+    """(loader config path, glibc choice for the action, what to record as the image's glibc).
+
+    With an Occlum install: its loader config, so glibc programs get Occlum's glibc. Without
+    one, the host's glibc stands in (named as such); the action never looks at /opt/occlum.
+    """
     if explicit is not None:
-        return explicit.path
+        return explicit.path, "config", f"as the loader_config {explicit.path} says"
     occlum = getattr(ctx.toolchains, "occlum", None)
     install = occlum() if callable(occlum) else None
-    if install is not None and install.templates.get("occlum_elf_loader.config"):
-        return str(install.templates["occlum_elf_loader.config"])
-    return None  # the stage's built-in copy of Occlum's default
+    if install is None:
+        _note(ctx, GLIBC_NOTE)
+        return None, "host", GLIBC_STANDIN
+    config = install.templates.get("occlum_elf_loader.config")
+    where = str(install.glibc_lib) if install.glibc_lib else f"{install.home}/glibc/lib"
+    return (str(config) if config else None, "occlum",
+            f"Occlum {install.version} glibc ({where})")
 
 
 def bom_impl(ctx: RuleContext) -> dict:
@@ -52,7 +74,7 @@ def bom_impl(ctx: RuleContext) -> dict:
             else:
                 origins.update({f.path: f"{f.path} (source file)" for f in source_files(ref)})
     loader = ctx.attr["loader_config"]
-    loader_path = _loader_config(ctx, source_files(loader)[0] if loader else None)
+    loader_path, glibc, glibc_desc = _glibc(ctx, source_files(loader)[0] if loader else None)
     image = ctx.declare_file("image", action="image", is_dir=True)
     manifest = ctx.declare_file("image.manifest.json", action="image")
     ctx.actions.stage(
@@ -60,10 +82,11 @@ def bom_impl(ctx: RuleContext) -> dict:
         inputs=[bom_file, *includes, *dep_files], outputs=[image, manifest],
         params={"bom": bom_file.path, "include_dirs": include_dirs, "extra_files": extra,
                 "origins": origins,
-                "env": dict(ctx.attr["env"]), "loader_config": loader_path,
+                "env": dict(ctx.attr["env"]), "loader_config": loader_path, "glibc": glibc,
                 "out_dir": ctx.workspace.output_dir},
         in_place=True, description=f"assemble image from {bom_file.path}")
-    return {"files": [image, manifest], "image": image, "image_manifest": manifest}
+    return {"files": [image, manifest], "image": image, "image_manifest": manifest,
+            "glibc": glibc_desc}
 
 
 occlum_bom = Rule(

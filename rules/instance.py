@@ -292,6 +292,7 @@ def instance_impl(ctx: RuleContext) -> dict:
     signed = ctx.declare_file("build/lib/libocclum-libos.signed.so", action="sign")
     measurements = ctx.declare_file("build/measurements.json", action="sign")
     sign_params = {"sgx_mode": mode, "edmm": bool(edmm), "libos_desc": rt["desc"],
+                   "glibc_desc": bom.providers.get("glibc"),
                    "occlum_version": rt["version"] if rt["real"] else None,
                    "image_mac": mount_mac.path, "init_mac": initfs_mac.path,
                    "protected": protected.path, "enclave_xml": enclave_xml.path,

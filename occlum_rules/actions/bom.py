@@ -17,7 +17,7 @@ def assemble(ctx: StageContext) -> None:
     includes = [ctx.root / d for d in params["include_dirs"]]
     extra = {image_dir: [str(ctx.root / p) for p in paths]
              for image_dir, paths in params["extra_files"].items()}
-    loader = params.get("loader_config")
+    loader = _loader_config(params)
     elf_cache = ctx.state_dir / "elf-headers.marshal"
     elf_deps.load_elf_cache(elf_cache)
     origins = {str(ctx.root / p): who for p, who in params.get("origins", {}).items()}
@@ -39,6 +39,17 @@ def assemble(ctx: StageContext) -> None:
                 f"{len(result.removed)} removed")
     write_manifest(manifest_path, result.manifest)
     elf_deps.save_elf_cache(elf_cache)
+
+
+def _loader_config(params: dict) -> elf_deps.LoaderConfig | str:
+    """The loader config the rule chose; never one found by probing this machine's /opt/occlum
+    (a partial one must not change a build). ``glibc: host`` = no Occlum install: the host's
+    glibc stands in for Occlum's."""
+    if params.get("loader_config"):
+        return params["loader_config"]
+    if params.get("glibc") == "host":
+        return elf_deps.host_glibc_config()
+    return elf_deps.parse_loader_config(elf_deps.DEFAULT_LOADER_CONFIG_TEXT, None)
 
 
 def _inside(path: str, directory) -> bool:

@@ -225,6 +225,7 @@ def _measurements(ctx: StageContext, signed: Path, libos: Path) -> dict:
         "edmm": p["edmm"],
         "libos": p["libos_desc"],
         "occlum_version": p["occlum_version"],
+        "glibc": p.get("glibc_desc"),
         "root_fs_mac": root_mac,
         "init_fs_mac": init_mac,
         "config_mac": config_mac,

@@ -95,6 +95,7 @@ def render_instance(info: dict, fmt: str) -> str:
         f"DEBUG: {'allowed' if info.get('debuggable') else 'disabled'}",
         f"SGX mode: {info['sgx_mode']}{' (EDMM)' if info.get('edmm') else ''}",
         f"LibOS: {info['libos']}",
+        *([f"glibc: {info['glibc']}"] if info.get("glibc") else []),
         f"root FS MAC: {info['root_fs_mac']}",
         f"init FS MAC: {info['init_fs_mac']}",
         f"config MAC: {info['config_mac']}",

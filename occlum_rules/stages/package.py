@@ -156,6 +156,7 @@ def package_manifest(*, file_name: str, top: str, label: str, result: PackageRes
             "sgx_mode": measurements["sgx_mode"],
             "occlum_version": version if version else "stand-in LibOS",
             "libos": measurements.get("libos"),
+            "glibc": measurements.get("glibc"),
             "root_fs_mac": measurements["root_fs_mac"],
             "init_fs_mac": measurements["init_fs_mac"],
             "config_mac": measurements["config_mac"],

@@ -62,6 +62,9 @@ class LoaderEntry:
     loader: str  # Occlum's loader path on the host, e.g. /opt/occlum/glibc/lib/ld-linux-x86-64.so.2
     ld_library_path: str  # the raw LD_LIBRARY_PATH value
     lib_dirs: tuple[str, ...]  # its non-empty items: libraries found there go next to the loader
+    # where those libraries land in the image when that is not the loader's own directory
+    # (a stand-in loader from the host fills the directory Occlum's loader would be in)
+    image_lib_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,37 @@ def parse_loader_config(text: str, path: str | None) -> LoaderConfig:
         dirs = tuple(d for d in fields[1].split(":") if d)
         entries.append(LoaderEntry(fields[0], fields[1], dirs))
     return LoaderConfig(tuple(entries), path)
+
+
+OCCLUM_PREFIX = "/opt/occlum"
+HOST_GLIBC_LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def host_glibc_config(host_loader: str = HOST_GLIBC_LOADER, base: LoaderConfig | None = None,
+                      occlum_prefix: str = OCCLUM_PREFIX) -> LoaderConfig:
+    """Occlum's loader config with the host's glibc standing in for Occlum's glibc.
+
+    For a build without an Occlum install: glibc programs get ``host_loader`` (at their
+    interpreter path in the image, as with Occlum's loader) and the host's libraries, placed
+    where Occlum's glibc libraries would be (the directory of Occlum's loader, e.g.
+    ``/opt/occlum/glibc/lib``). Every search directory under ``occlum_prefix`` is dropped, so
+    a partial ``/opt/occlum`` on the machine changes nothing. ``base`` defaults to Occlum's
+    own config (the built-in copy, never a file on this machine).
+    """
+    base = base if base is not None else parse_loader_config(DEFAULT_LOADER_CONFIG_TEXT, None)
+    entries = []
+    for e in base.entries:
+        dirs = tuple(d for d in e.lib_dirs if not _under(d, occlum_prefix))
+        if _under(e.loader, occlum_prefix):  # Occlum's glibc loader: the host's stands in
+            image_dir = e.image_lib_dir or (e.loader.rsplit("/", 1)[0] or "/")
+            entries.append(LoaderEntry(host_loader, ":".join(dirs), dirs, image_dir))
+        else:
+            entries.append(LoaderEntry(e.loader, ":".join(dirs), dirs, e.image_lib_dir))
+    return LoaderConfig(tuple(entries), None)
 
 
 def load_loader_config(path: str | os.PathLike[str] | None = None) -> LoaderConfig:
@@ -710,7 +744,8 @@ def find_dependencies(path: str, config: LoaderConfig,
     found, missing = emu.list_deps(path, host, info, occlum_loader, interp)
     res.host_files_read |= emu.host_files_read
     res.missing = missing
-    loader_dir = occlum_loader.rsplit("/", 1)[0] or "/"
+    loader_dir = (entry.image_lib_dir if entry is not None and entry.image_lib_dir
+                  else occlum_loader.rsplit("/", 1)[0] or "/")
     seen = set()
     for dep in found:
         absolute = _to_absolute(path, dep.path)

@@ -457,13 +457,11 @@ def run_op(tree: VTree, op: Op) -> list[tuple[str, Entry]]:
         elif op.node is not None:
             tree.copy_file(op.dest, op.src_name, op.node, op.log)
         else:
-            dest = op.dest
-            real = tree.resolve(dest)
-            if real is not None and tree._dir_at(real) is not None:
-                dest = "/".join(real + [op.src_name])
-            prefixed = [Entry(op.src_name + ("/" + e.rel if e.rel else ""), e.kind, e.mode, e.src,
-                              e.target) for e in (op.entries or [])]
-            tree.copy_tree(dest, prefixed, op.log, code=EXIT_COPY_FILE)
+            # a directory under `files`: ``rsync -aL SRC DEST`` makes DEST a directory (if it is
+            # not one yet) and puts SRC inside it, so the tree lands one level deeper,
+            # DEST/NAME/... (copy-bom.md §7). The walked entries already start with NAME (or are
+            # the contents for a `NAME/` source), so they go into DEST as they are.
+            tree.copy_tree(op.dest, op.entries or [], op.log, code=EXIT_COPY_FILE)
     except UserError as exc:
         if exc.where:
             raise

@@ -207,3 +207,36 @@ def test_elf_header_cache_survives_the_process_and_misses_on_change(tmp_path, mo
     assert read_elf(str(exe)) is None and opened == [str(exe)]
     (tmp_path / "garbage.marshal").write_bytes(b"\x00not marshal")
     elf_deps.load_elf_cache(tmp_path / "garbage.marshal")  # ignored, no error
+
+
+def test_host_glibc_config_drops_occlum_dirs_and_keeps_the_image_dir() -> None:
+    from occlum_rules.stages.bom.elf_deps import host_glibc_config
+
+    cfg = host_glibc_config("/x/ld-linux-x86-64.so.2", base=CONFIG, occlum_prefix="/opt/occlum")
+    glibc = cfg.by_name("/lib64/ld-linux-x86-64.so.2")
+    assert glibc is not None and glibc.loader == "/x/ld-linux-x86-64.so.2"
+    # Occlum's glibc line minus everything under /opt/occlum (copy-bom.md §9.1)
+    assert glibc.lib_dirs == ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/lib64",
+                              "/lib", "/usr/local/lib")
+    assert glibc.image_lib_dir == "/opt/occlum/glibc/lib"
+    musl = cfg.by_name("/lib/ld-musl-x86_64.so.1")
+    assert musl is not None and musl.lib_dirs == () and musl.image_lib_dir is None
+    assert cfg.path is None
+
+
+def test_host_glibc_stands_in_at_occlums_image_paths(tmp_path: Path) -> None:
+    """The injected host loader is copied to the interpreter path; libraries the host's own
+    loader lists go to /opt/occlum/glibc/lib with the host's path as their source."""
+    from occlum_rules.stages.bom.elf_deps import host_glibc_config
+
+    if not os.path.exists(HOST_LD):
+        pytest.skip(f"no glibc loader at {HOST_LD}")
+    loader = tmp_path / "host-root/ld-linux-x86-64.so.2"
+    loader.parent.mkdir()
+    loader.write_bytes(Path(HOST_LD).read_bytes())
+    res = find_dependencies("/usr/bin/python3", host_glibc_config(str(loader)))
+    assert res.loader == (str(loader), "/lib64/ld-linux-x86-64.so.2")
+    listed = real_list("/usr/bin/python3")
+    assert listed and {d.dest for d in res.deps} == {f"/opt/occlum/glibc/lib/{n}" for n in listed}
+    for d in res.deps:
+        assert os.path.samefile(d.src, listed[d.dest.rsplit("/", 1)[1]])
