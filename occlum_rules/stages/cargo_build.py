@@ -228,6 +228,7 @@ def build(ctx: StageContext) -> None:
         remaps.insert(1, (str(registry), "/cargo-registry"))
     _write_wrapper(work / "rustc-remap", remaps)
     env = _env(ctx, work, target, cargo)
+    _drop_stale_target(ctx, target)
     manifest = staged / p["manifest"]
     _check_target(ctx, cargo, manifest, env, source)
 
@@ -245,8 +246,11 @@ def build(ctx: StageContext) -> None:
         text = proc.stderr or proc.stdout
         raise UserError(f"{ctx.label}: cargo build failed (exit {proc.returncode}):\n"
                         f"{trim_tool_output(text)}{_hint(text, ctx)}")
-    if registry is not None:
-        ctx.add_inputs(registry_files(proc.stdout, registry))
+    dep_files = dependency_files(proc.stdout, staged, crate_src)
+    _record_deps(ctx, target, dep_files)
+    # crates read from outside the workspace (a registry) are inputs found while running
+    inside = os.path.join(str(ctx.root), "")
+    ctx.add_inputs(f for f in dep_files if not f.startswith(inside))
     artifact = _artifact(proc.stdout, p["kind"], p["target_name"], manifest)
     if artifact is None:
         raise UserError(f"{ctx.label}: cargo reported no {p['kind']} artifact for "
@@ -274,25 +278,57 @@ def _messages(stdout: str):
                 continue
 
 
-def registry_files(stdout: str, registry: Path) -> list[str]:
-    """Every file of every registry crate the build used (cargo reports each package it
-    compiled or found fresh, with its manifest path)."""
+def dependency_files(stdout: str, staged: Path, crate_src: Path) -> list[str]:
+    """Every file of every non-path package the build used (cargo reports each package it
+    compiled or found fresh, with its manifest path); vendored ones by their path in the
+    workspace, not in the staged copy."""
     crates: set[Path] = set()
-    top = registry.resolve()
     for msg in _messages(stdout):
-        manifest = msg.get("manifest_path")
-        if msg.get("reason") not in ("compiler-artifact", "build-script-executed") or \
-                not manifest:
+        manifest, package = msg.get("manifest_path"), msg.get("package_id", "")
+        if msg.get("reason") != "compiler-artifact" or not manifest or "path+file:" in package:
             continue
-        crate = Path(manifest).resolve().parent
-        if top in crate.parents:
-            crates.add(crate)
+        crate = Path(manifest).parent
+        if staged in crate.parents:
+            crate = crate_src / crate.relative_to(staged)
+        crates.add(crate)
     files: list[str] = []
     for crate in sorted(crates):
         for dirpath, dirnames, filenames in os.walk(crate):
             dirnames.sort()
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
     return files
+
+
+_DEPS_RECORD = "occlum-rules-deps.json"
+
+
+def _files_digest(ctx: StageContext, files: list[str]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            h.update(f"{f}\0{ctx.digests.digest(f)}\n".encode())
+        except OSError:
+            return "missing"
+    return h.hexdigest()
+
+
+def _drop_stale_target(ctx: StageContext, target: Path) -> None:
+    """cargo never recompiles a registry or vendored crate whose version is unchanged (it
+    takes them to be immutable), so a dependency whose files changed under the same version
+    would be linked from the old objects. The target directory records what the last build's
+    dependencies held; if any differ now, it starts over."""
+    try:
+        record = json.loads((target / _DEPS_RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    if _files_digest(ctx, record.get("files", [])) != record.get("digest"):
+        ctx.log("dependency crates changed under the same versions: rebuilding them")
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _record_deps(ctx: StageContext, target: Path, files: list[str]) -> None:
+    data = {"files": files, "digest": _files_digest(ctx, files)}
+    (target / _DEPS_RECORD).write_text(json.dumps(data))
 
 
 def _artifact(stdout: str, kind: str, name: str, manifest: Path) -> Path | None:
