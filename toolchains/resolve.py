@@ -161,8 +161,7 @@ class Toolchains:
                     self._tools[key] = tool
                     return tool
             tried.append(entry)
-        raise UserError(f"no {kind} toolchain found: tried {', '.join(tried)} "
-                        f"(set toolchains.{kind} in WORKSPACE.yaml or install one)")
+        raise UserError(not_found(kind, tried))
 
     def cc(self, chain: list[str] | None = None) -> Tool:
         use = chain or self.ws.toolchains.get("cc") or ["gcc"]
@@ -232,8 +231,7 @@ class Toolchains:
                 if os.path.isfile(path) and os.access(path, os.X_OK):
                     return entry, os.path.abspath(path), f"{source}{'; ' + why if why else ''}"
             tried.append(entry)
-        raise UserError(f"no {kind} toolchain found: tried {', '.join(tried)} "
-                        f"(set toolchains.{kind} in WORKSPACE.yaml or install one)")
+        raise UserError(not_found(kind, tried))
 
     def _tool_at(self, kind: str, name: str, path: str, source: str,
                  version_args: list[str]) -> Tool:
@@ -335,6 +333,23 @@ class Toolchains:
     def describe(self) -> str:
         """What `occlum-rules toolchains` prints: each choice and where it came from."""
         return _describe(self)
+
+
+# How to get a tool that is not installed, for the one-line error a build stops with.
+_INSTALL_HINTS = {
+    "cargo": "install Rust with `apt-get install cargo rustc` (Debian/Ubuntu) or rustup",
+    "rustc": "install Rust with `apt-get install cargo rustc` (Debian/Ubuntu) or rustup",
+    "go": "install Go with `apt-get install golang-go` (Debian/Ubuntu)",
+}
+
+
+def not_found(kind: str, tried: list[str]) -> str:
+    """One line: what was looked for, and how to get it."""
+    where = " (on PATH and in $CARGO_HOME/bin)" if kind in ("cargo", "rustc") else ""
+    hint = _INSTALL_HINTS.get(kind, "install one")
+    setting = "cargo" if kind == "rustc" else kind  # rustc is found beside cargo
+    return (f"no {kind} toolchain found: tried {', '.join(tried)}{where}; {hint}, "
+            f"or set toolchains.{setting} in WORKSPACE.yaml")
 
 
 def _is_elf(path: str) -> bool:

@@ -2,9 +2,12 @@
 # runtime libraries through a BOM, and an Occlum.json modelled on the deployment guide
 # (1 GB user space growing to 4 GB, 64 MB / 256 MB kernel heap, 8 MB kernel stack,
 # 64 threads, hostfs at /host, ramfs at /tmp).
+# The enclave library's crates (serde, serde_json, sha2, hmac, ...) come from Debian's
+# directory registry, offline: `apt-get install librust-serde-dev ...` (see the README).
 cargo_cdylib(
     name = "neo_service_enclave",
     manifest = "enclave/Cargo.toml",
+    registry = "/usr/share/cargo/registry",
 )
 
 occlum_cc_binary(

@@ -40,6 +40,11 @@ SCHEMA = Schema({
         "cargo": Field(_STR_OR_LIST, "cargo or fallback chain", ["occlum-cargo", "cargo"]),
         "go": Field(_STR_OR_LIST, "go or fallback chain", ["occlum-go", "go"]),
     }), "compilers"),
+    "cargo": Field(Schema({
+        "registry": Field(str, "directory registry that Rust targets without their own source "
+                          "settings build their crates.io dependencies from, e.g. Debian's "
+                          "/usr/share/cargo/registry (absolute, or relative to the root)"),
+    }), "Rust dependencies"),
     "signing": Field(Schema({
         "key": Field(str, "PEM signing key (RSA-3072, e=3), relative to the root"),
         "mode": Field(("online", "offline"), "sign in the build, or stop after gendata", "online"),
@@ -70,6 +75,7 @@ class Workspace:
     stages: str = "python"
     occlum_home: str | None = None
     toolchains: dict[str, list[str]] = field(default_factory=dict)
+    cargo: dict[str, Any] = field(default_factory=dict)
     signing: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +155,7 @@ def load_workspace(root: Path) -> Workspace:
     for name, value in (data.get("toolchains") or {}).items():
         chains[name] = _as_list(value)
     ws.toolchains = chains
+    ws.cargo = dict(data.get("cargo") or {})
     ws.signing = dict(data.get("signing") or {})
     ws.cache = dict(data.get("cache") or {})
     ws.vars = dict(data.get("vars") or {})

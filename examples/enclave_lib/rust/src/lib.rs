@@ -1,7 +1,7 @@
 //! A Rust shared library for an Occlum image: plain C ABI functions a C program finds with
 //! dlopen/dlsym. std only, so the build needs no crates from the network.
 
-use std::ffi::c_char;
+use std::os::raw::c_char; // std::ffi::c_char needs Rust 1.64; Debian 12 has 1.63
 
 static VERSION: &[u8] = b"enclave_lib 0.1.0\0";
 

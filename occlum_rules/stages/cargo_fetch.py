@@ -1,0 +1,180 @@
+"""Download the crates a Cargo.lock names, once, into a directory source.
+
+Why it works this way:
+- This is the only Rust action allowed to use the network. Its inputs are the manifest, the
+  lock file and the crate's own cargo configuration (where a mirror may be set), not the
+  sources: editing code never re-downloads, and a changed lock file always does.
+- Its output depends on the lock file alone: every crate is checked against the sha256 the
+  lock file pins, whatever cargo or mirror downloaded it. So the action key holds no cargo
+  fingerprint, and the result is shared through the cache by every machine and toolchain.
+- cargo fetch downloads; we unpack. ``cargo vendor`` would do both, but when a ``[source]``
+  setting points at a directory source it deletes crates from that directory (seen with
+  cargo 1.65 and 1.95 on Debian's /usr/share/cargo/registry, even with --no-delete), and a
+  build tool must never touch the machine's registry. Unpacking a .crate (a tar.gz of
+  ``name-version/``) and writing the ``.cargo-checksum.json`` cargo checks is a few lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+from occlum_rules.core.digests import sha256_file
+from occlum_rules.core.executor import StageContext
+from occlum_rules.errors import UserError
+from occlum_rules.stages.cargo_build import base_env, run_tool, stage_copy, trim_tool_output
+
+_KEY = re.compile(r'^([A-Za-z_-]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# cargo's own configuration files in $CARGO_HOME: settings (mirrors, proxies, net options),
+# never credentials.
+_USER_CONFIG = ("config.toml", "config")
+
+
+def lock_packages(text: str) -> list[dict[str, str]]:
+    """The ``[[package]]`` entries of a Cargo.lock: their string fields (name, version,
+    source, checksum). A few lines instead of a TOML parser, which Python 3.10 lacks; the
+    lock format writes each of these as ``key = "value"`` on its own line."""
+    packages: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line == "[[package]]":
+            current = {}
+            packages.append(current)
+        elif line.startswith("["):
+            current = None
+        elif current is not None:
+            match = _KEY.match(line)
+            if match:
+                current[match.group(1)] = match.group(2)
+    return packages
+
+
+def checksum_json(files: dict[str, str], package: str) -> bytes:
+    """``.cargo-checksum.json`` of a directory source entry: cargo re-hashes every listed
+    file before it builds the crate, and compares ``package`` with the lock file."""
+    return json.dumps({"files": dict(sorted(files.items())), "package": package},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def unpack_crate(data: bytes, name: str, version: str, dest: Path) -> dict[str, str]:
+    """Unpack a .crate into ``dest``; return {relative path: sha256} of its files.
+
+    Only regular files and directories under ``name-version/`` are accepted (what
+    ``cargo package`` writes); modes are normalised to 0644/0755 so the tree is the same
+    bytes and modes wherever it is unpacked."""
+    prefix = f"{name}-{version}/"
+    files: dict[str, str] = {}
+    dest.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar:
+                path = member.name
+                if member.isdir() and path.rstrip("/") + "/" == prefix:
+                    continue
+                if not path.startswith(prefix):
+                    raise UserError(f"{name} {version}: .crate entry {path!r} is outside "
+                                    f"{prefix}")
+                rel = path[len(prefix):].rstrip("/")
+                parts = rel.split("/")
+                if not rel or any(part in ("", ".", "..") for part in parts):
+                    raise UserError(f"{name} {version}: unsafe .crate entry {path!r}")
+                target = dest.joinpath(*parts)
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if not member.isfile():
+                    raise UserError(f"{name} {version}: .crate entry {path!r} is not a "
+                                    "regular file")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                body = tar.extractfile(member).read()
+                target.write_bytes(body)
+                target.chmod(0o755 if member.mode & 0o111 else 0o644)
+                files[rel] = hashlib.sha256(body).hexdigest()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{name} {version}: cannot unpack the .crate: {exc}") from None
+    return files
+
+
+def _downloaded(home: Path) -> dict[str, list[Path]]:
+    """Every .crate cargo keeps under CARGO_HOME, by file name (one per registry used)."""
+    found: dict[str, list[Path]] = {}
+    cache = home / "registry" / "cache"
+    if cache.is_dir():
+        for registry in sorted(cache.iterdir()):
+            if registry.is_dir():
+                for crate in sorted(registry.glob("*.crate")):
+                    found.setdefault(crate.name, []).append(crate)
+    return found
+
+
+def _private_home(work: Path) -> Path:
+    """A CARGO_HOME of this action's own (downloads are kept between runs), carrying the
+    user's cargo settings so a configured mirror or proxy still applies."""
+    home = work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    user_home = Path(os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo"))
+    for name in _USER_CONFIG:
+        src, dest = user_home / name, home / name
+        if src.is_file():
+            shutil.copyfile(src, dest)
+        elif dest.exists():
+            dest.unlink()
+    return home
+
+
+def fetch(ctx: StageContext) -> None:
+    p = ctx.params
+    if "missing" in p:
+        raise UserError(f"{ctx.label}: {p['missing']}")
+    crate_src = ctx.root / p["crate"] if p["crate"] else ctx.root
+    work = ctx.state_dir / "cargo-fetch" / hashlib.sha256(ctx.label.encode()).hexdigest()[:16]
+    staged = work / "crate"
+    stage_copy(ctx.inputs, crate_src, staged)
+    if not any((staged / "src" / n).exists() for n in ("lib.rs", "main.rs")):
+        # cargo loads the manifest before fetching and wants a target; nothing is compiled
+        (staged / "src").mkdir(exist_ok=True)
+        (staged / "src" / "lib.rs").write_text("")
+    home = _private_home(work)
+    env = base_env(p["cargo"], p.get("tool_env", {}))
+    env["CARGO_HOME"] = str(home)
+    manifest = staged / p["manifest"]
+    proc = run_tool([p["cargo"], "fetch", "--locked", "--manifest-path", str(manifest)],
+                    staged, env)
+    if proc.returncode != 0:
+        raise UserError(f"{ctx.label}: cargo fetch failed (exit {proc.returncode}):\n"
+                        f"{trim_tool_output(proc.stderr or proc.stdout)}")
+    lock = staged / "Cargo.lock"
+    downloaded = _downloaded(home)
+    out = ctx.outputs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    where = f"{p['crate'] or '.'}/Cargo.lock"
+    for pkg in lock_packages(lock.read_text(errors="replace")):
+        source = pkg.get("source")
+        if source is None:
+            continue  # the crate itself, or a path dependency: not downloaded
+        name, version = pkg.get("name", "?"), pkg.get("version", "?")
+        if not source.startswith(("registry+", "sparse+")):
+            raise UserError(f"{ctx.label}: {where}: {name} {version} comes from {source}; "
+                            "fetch = True takes registry crates only (vendor git "
+                            "dependencies with `cargo vendor` and set vendor = ...)")
+        checksum = pkg.get("checksum", "")
+        if not _HEX64.match(checksum):
+            raise UserError(f"{ctx.label}: {where}: {name} {version} has no sha256 checksum "
+                            f"(got {checksum!r}), so a download cannot be checked")
+        crate = next((c for c in downloaded.get(f"{name}-{version}.crate", [])
+                      if sha256_file(c) == checksum), None)
+        if crate is None:
+            raise UserError(f"{ctx.label}: cargo fetch left no {name}-{version}.crate with "
+                            f"the sha256 {where} pins ({checksum[:12]}…)")
+        dest = out / f"{name}-{version}"
+        files = unpack_crate(crate.read_bytes(), name, version, dest)
+        (dest / ".cargo-checksum.json").write_bytes(checksum_json(files, checksum))
+        (dest / ".cargo-checksum.json").chmod(0o644)
