@@ -68,6 +68,20 @@ def find_comment(text: str) -> int | None:
     return None
 
 
+
+def _after_trailing_comma(text: str, pos: int) -> int:
+    """Python 3.13 points at a trailing comma, older releases (and serde_json) at the bracket."""
+    if pos < len(text) and text[pos] == ",":
+        after = len(text) - len(text[pos + 1 :].lstrip(" \t\r\n"))
+        if after < len(text) and text[after] in "}]":
+            return after
+    return pos
+
+
+def _is_trailing_comma(text: str, pos: int) -> bool:
+    before = text[:pos].rstrip(" \t\r\n")
+    return pos < len(text) and text[pos] in "}]" and before.endswith(",")
+
 def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
     """Parse JSON text into plain values with :class:`JsonObject` objects.
 
@@ -103,8 +117,11 @@ def parse_json_text(data: bytes | str, source: str = "Occlum.json") -> Any:
                 "remove them",
                 f"{source}:{line}:{col}",
             ) from None
+        pos = _after_trailing_comma(text, pos)
         if message == "Extra data":
             message = "trailing characters after the JSON value"
+        elif _is_trailing_comma(text, pos):
+            message = "trailing comma before the closing bracket"
         elif not text[pos:].strip(" \t\r\n"):
             # Point at the last character, as serde_json does for "EOF while parsing".
             message = "unexpected end of file (is the JSON truncated?)"

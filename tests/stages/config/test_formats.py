@@ -132,6 +132,20 @@ def test_invalid_json_names_position(text, error_where):
     assert "invalid JSON" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("text", "error_where"),
+    [('{"a": 1,}', "Occlum.json:1:9"), ('[1,\n ]', "Occlum.json:2:2"), ('{"a": [1, ]}', "Occlum.json:1:11")],
+)
+def test_trailing_comma_is_named_at_the_bracket_on_every_python(text, error_where):
+    # Python 3.13 reports the comma, older releases the bracket after it; users see one answer.
+    with pytest.raises(UserError) as info:
+        parse_json_text(text)
+    assert (info.value.where, info.value.message) == (
+        error_where,
+        "invalid JSON: trailing comma before the closing bracket",
+    )
+
+
 def test_invalid_utf8_names_position():
     with pytest.raises(UserError) as info:
         parse_json_text(b'{\n "a": "\xff"}')
