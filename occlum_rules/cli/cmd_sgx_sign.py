@@ -146,8 +146,7 @@ def main(argv: list[str]) -> int:
         log = _run(args)
     except UserError as exc:
         # like sgx_sign: its own lines, no file-name prefix
-        lines = list(exc.tool_lines) if isinstance(exc, SignError) else [str(exc)]
-        lines = list(getattr(exc, "log_before", [])) + lines
+        lines = exc.log_before + exc.tool_lines if isinstance(exc, SignError) else [str(exc)]
         sys.stderr.write("".join(line + "\n" for line in lines))
         for name in ("out", "dumpfile", "cssfile"):
             path = getattr(args, name, None)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import P_FLAGS, SH_FLAGS
+from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
 
 from occlum_rules.errors import UserError
 
@@ -94,7 +96,7 @@ def _check(elf: ELFFile, data: bytes, where: str) -> LibosShape:
 
 def _check_dynamic(elf: ELFFile, fail) -> None:
     dynsym = elf.get_section_by_name(".dynsym")
-    if dynsym is None:
+    if not isinstance(dynsym, SymbolTableSection):
         raise fail("has no .dynsym")
     names = set()
     for sym in dynsym.iter_symbols():
@@ -107,7 +109,7 @@ def _check_dynamic(elf: ELFFile, fail) -> None:
     if missing:
         raise fail(f"does not export {', '.join(missing)}")
     dynamic = elf.get_section_by_name(".dynamic")
-    for tag in dynamic.iter_tags() if dynamic is not None else ():
+    for tag in dynamic.iter_tags() if isinstance(dynamic, DynamicSection) else ():
         if tag.entry.d_tag in ("DT_TEXTREL", "DT_REL"):
             raise fail(f"has {tag.entry.d_tag}")
         if tag.entry.d_tag == "DT_FLAGS" and tag.entry.d_val & 0x4:  # DF_TEXTREL
@@ -158,7 +160,11 @@ def _check_metadata_note(elf: ELFFile, data: bytes, fail) -> None:
 
 
 def _read_sdk_version(elf: ELFFile, loads, data: bytes, fail) -> tuple[int, int, int]:
-    sym = elf.get_section_by_name(".dynsym").get_symbol_by_name("g_global_data")[0]
+    dynsym = elf.get_section_by_name(".dynsym")
+    found = dynsym.get_symbol_by_name("g_global_data") if isinstance(dynsym, SymbolTableSection) else None
+    if not found:
+        raise fail("does not define g_global_data")
+    sym = found[0]
     if sym["st_size"] != GLOBAL_DATA_SIZE:
         raise fail(
             f"g_global_data is {sym['st_size']} bytes, the Occlum SDK needs {GLOBAL_DATA_SIZE}"

@@ -169,15 +169,15 @@ def walk_source(src: str, follow_all: bool, excludes: tuple[str, ...] = (),
         if st is None or not stat.S_ISDIR(st.st_mode):
             raise UserError(f"copy {src}: no such directory", exit_code=code)
         entries.append(Entry("", "dir", stat.S_IMODE(st.st_mode)))
-        for name in sorted(os.listdir(src), key=os.fsencode):
-            child = os.path.join(src, name)
+        for member in sorted(os.listdir(src), key=os.fsencode):
+            child = os.path.join(src, member)
             cst = os.lstat(child)
             fst = stat_follow(child)
             is_dir = fst is not None and stat.S_ISDIR(fst.st_mode) and (
-                not stat.S_ISLNK(cst.st_mode) or follow_all or unsafe_symlink(os.readlink(child), name))
-            if excl.excluded(name, is_dir):
+                not stat.S_ISLNK(cst.st_mode) or follow_all or unsafe_symlink(os.readlink(child), member))
+            if excl.excluded(member, is_dir):
                 continue
-            visit(child, name, cst, 1)
+            visit(child, member, cst, 1)
         return entries
     name = rust_file_name(src)
     if name is None:

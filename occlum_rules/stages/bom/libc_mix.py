@@ -60,7 +60,7 @@ def explain_missing(missing: Sequence[tuple[str, str, str]], origins: Mapping[st
         base = elf.rsplit("/", 1)[-1]
         needs = f"{base} needs {', '.join(names)}"
         who = _who(elf, origins, libc)
-        if libc and image_libc and libc != image_libc:
+        if loader and libc and image_libc and libc != image_libc:
             users = ", ".join(_who(u, origins, libc_of(read(u))) for u in loader_users) or "its programs"
             parts.append(
                 f"{who} is linked against {libc} ({needs}) but the image's loader is {image_libc} "

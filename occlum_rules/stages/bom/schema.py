@@ -119,11 +119,15 @@ def _is_null(node: yaml.Node | None) -> bool:
     return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG)
 
 
-def _string(ctx: _Ctx, node: yaml.Node | None, what: str, required: bool = False) -> LStr | None:
+def _string(ctx: _Ctx, node: yaml.Node | None, what: str) -> LStr | None:
     if _is_null(node):
-        if required:
-            raise ctx.fail(node, f"missing required field '{what}' (a string)")
         return None
+    return _required_string(ctx, node, what)
+
+
+def _required_string(ctx: _Ctx, node: yaml.Node | None, what: str) -> LStr:
+    if node is None or _is_null(node):
+        raise ctx.fail(node, f"missing required field '{what}' (a string)")
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.fail(node, f"'{what}' must be a string, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
     return LStr(node.value, node.start_mark.line + 1)
@@ -167,7 +171,7 @@ def _file_entry(ctx: _Ctx, node: yaml.Node) -> FileEntry:
     if _is_null(node):
         raise ctx.fail(node, "a 'files' item must be a file name or a mapping with 'name'")
     m = _mapping(ctx, node, "a 'files' item", ("name", "hash", "autodep", "rename"))
-    name = _string(ctx, m.get("name"), "name", required=True) if "name" in m else None
+    name = _required_string(ctx, m.get("name"), "name") if "name" in m else None
     if name is None:
         raise ctx.fail(node, "a 'files' item written as a mapping needs 'name'")
     autodep = _bool(ctx, m.get("autodep"), "autodep")
@@ -203,8 +207,8 @@ def _link(ctx: _Ctx, node: yaml.Node) -> Link:
     if "linkname" not in m:
         raise ctx.fail(node, "a 'createlinks' item needs 'linkname'")
     return Link(
-        src=_string(ctx, m["src"], "src", required=True),
-        linkname=_string(ctx, m["linkname"], "linkname", required=True),
+        src=_required_string(ctx, m["src"], "src"),
+        linkname=_required_string(ctx, m["linkname"], "linkname"),
         line=node.start_mark.line + 1,
     )
 
@@ -214,7 +218,7 @@ def _target(ctx: _Ctx, node: yaml.Node) -> Target:
     if "target" not in m:
         raise ctx.fail(node, "a 'targets' item needs 'target' (the destination dir in the image)")
     return Target(
-        target=_string(ctx, m["target"], "target", required=True),
+        target=_required_string(ctx, m["target"], "target"),
         mkdirs=_string_list(ctx, m.get("mkdirs"), "mkdirs") or (),
         createlinks=tuple(_link(ctx, n) for n in _seq(ctx, m.get("createlinks"), "createlinks")),
         copy=tuple(_source(ctx, n) for n in _seq(ctx, m.get("copy"), "copy")),

@@ -121,7 +121,10 @@ class VTree:
         for p in parts:
             if not isinstance(cur, VDir):
                 return None
-            cur = cur.children.get(p)
+            child = cur.children.get(p)
+            if child is None:
+                return None
+            cur = child
         return cur if isinstance(cur, VDir) else None
 
     # ------------------------------------------------------------------ operations
@@ -142,7 +145,7 @@ class VTree:
             elif isinstance(child, VLink):
                 real = self.resolve(resolved + [name])
                 target = self._dir_at(real) if real is not None else None
-                if target is None:
+                if real is None or target is None:
                     raise UserError(f"mkdir -p {rel}: '{name}' is a symlink that does not lead to a directory",
                                     exit_code=EXIT_MKDIR_OR_COPY_DIR)
                 resolved, cur = real, target
@@ -202,7 +205,7 @@ class VTree:
         parts = split(rel)
         real = self.resolve(parts)
         dest = self._dir_at(real) if real is not None else None
-        if dest is None:
+        if real is None or dest is None:
             if not create_dest:
                 raise UserError(f"{what}: destination is not a directory", exit_code=code)
             parent = self._parent_dir(parts, code, what)

@@ -135,7 +135,9 @@ def format_json_float(value: float) -> str:
     sign = "-" if str(value).startswith("-") else ""
     if value == 0.0:
         return f"{sign}0.0"
-    _, digit_tuple, exp = Decimal(repr(abs(value))).as_tuple()
+    _, digit_tuple, exponent = Decimal(repr(abs(value))).as_tuple()
+    assert isinstance(exponent, int)  # finite: NaN and infinity were refused above
+    exp = exponent
     digits = "".join(map(str, digit_tuple)).rstrip("0")
     exp += len(digit_tuple) - len(digits)  # value = int(digits) * 10**exp
     length = len(digits)

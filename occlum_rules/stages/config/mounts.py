@@ -77,7 +77,7 @@ def check_mount_sizes(config: OcclumConfig, heap_max: int, source: str = "Occlum
                 )
 
 
-def mount_value(mount: Mount, mac_override: dict[int, str] | None = None) -> dict[str, Any]:
+def mount_value(mount: Mount, mac_override: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON object Occlum writes for a mount (serde's skip rules applied).
 
     ``mac_override`` maps the JSON path of a mount to the MAC that replaces its own.
@@ -155,7 +155,9 @@ def slot_app_mounts(
         root_value = _union_root(APP_ROOT_SOURCE, APP_RUN_SOURCE, user_fs_mac)
     else:
         _root_image_layer(config, source)
-        first = root.options.layers[0]
+        layers = root.options.layers
+        assert layers  # _root_image_layer refused a root without an image layer
+        first = layers[0]
         if first.options.mac is None:
             raise UserError(
                 f'has no "MAC" option; {label} writes the image MAC into the first layer of the '

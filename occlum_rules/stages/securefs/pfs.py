@@ -117,14 +117,10 @@ class _KeySource:
 
     def __init__(self, rng: RandomSource):
         self._rng = rng
-        self._kdf: BatchKdf | None = None
-        self._used = 0
-        self._new_master()
+        self._kdf, self._used = self._new_master(), 0
 
-    def _new_master(self) -> None:
-        master = derive_key(ZERO_KEY, LABEL_MASTER, 0, self._rng(16))
-        self._kdf = BatchKdf(master)
-        self._used = 0
+    def _new_master(self) -> BatchKdf:
+        return BatchKdf(derive_key(ZERO_KEY, LABEL_MASTER, 0, self._rng(16)))
 
     def keys(self, phys_numbers: list[int]) -> list[bytes]:
         """Keys for the given physical nodes, nonces drawn in list order."""
@@ -132,7 +128,7 @@ class _KeySource:
         i = 0
         while i < len(phys_numbers):
             if self._used >= MAX_MASTER_KEY_USAGES:
-                self._new_master()
+                self._kdf, self._used = self._new_master(), 0
             take = min(len(phys_numbers) - i, MAX_MASTER_KEY_USAGES - self._used)
             nums = phys_numbers[i : i + take]
             drawn = self._rng(16 * take)  # one draw: same bytes as `take` draws of 16
@@ -306,7 +302,7 @@ def _meta_node(
     enc_part = _ENC_HEAD.pack(name_raw, size, b"", 0, mht_key, mht_gmac) + head + bytes(
         MD_USER_DATA_SIZE - len(head)
     )
-    if keys is None:
+    if keys is None or key is None:
         mac = _ZERO_AEAD.encrypt(ZERO_IV, b"", enc_part)
         key_id = bytes(32)
         on_disk = enc_part

@@ -75,7 +75,7 @@ def _content_bytes(node: Node) -> bytes | None:
         return node.target
     if node.kind == KIND_DIR:
         parent = node.parent if node.id != ROOT_ID else ROOT_ID
-        return dir_entries(node.id, parent, [(c.id, c.name, c.kind) for c in node.children])
+        return dir_entries(node.id, parent, [(c.id, c.name, c.kind) for c in node.entries])
     return None
 
 
@@ -270,7 +270,7 @@ def pack_image(
         records = {
             n.id: inode_record(
                 n.id, n.kind, n.mode, 0 if n.kind == KIND_DIR else n.size, n.nlinks,
-                len(n.children) + 2 if n.kind == KIND_DIR else 0, macs[n.id],
+                len(n.entries) + 2 if n.kind == KIND_DIR else 0, macs[n.id],
             )
             for n in nodes
         }

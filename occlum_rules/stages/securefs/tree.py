@@ -51,10 +51,17 @@ class Node:
         self.src_index = -1  # position in the manifest it came from
 
     @property
+    def entries(self) -> list[Node]:
+        """A directory's children; asking a file or a link for them is a bug."""
+        if self.children is None:
+            raise ValueError(f"{self.rel!r} is not a directory")
+        return self.children
+
+    @property
     def nlinks(self) -> int:
         if self.kind != KIND_DIR:
             return 1
-        return 2 + sum(1 for c in self.children if c.kind == KIND_DIR)
+        return 2 + sum(1 for c in self.entries if c.kind == KIND_DIR)
 
     def __repr__(self) -> str:
         return f"Node({self.id}, {self.rel!r}, kind={self.kind})"
@@ -89,7 +96,7 @@ def scan_tree(src_dir: str | os.PathLike) -> list[Node]:
             entries = [(_check_name(e.name, e.path), e) for e in it]
         entries.sort(key=lambda t: t[0])
         prefix = dir_node.rel + "/" if dir_node.rel else ""
-        children = dir_node.children
+        children = dir_node.entries
         for raw, e in entries:
             st = e.stat(follow_symlinks=False)
             fmt = st.st_mode & S_IFMT
@@ -190,6 +197,6 @@ def tree_from_manifest(manifest: list[dict]) -> list[Node]:
             node.size = len(node.target)
         else:
             dirs[path] = node
-        parent.children.append(node)
+        parent.entries.append(node)
         nodes.append(node)
     return nodes

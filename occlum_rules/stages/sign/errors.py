@@ -14,6 +14,8 @@ class SignError(UserError):
 
     def __init__(self, *tool_lines: str, where: str | None = None, exit_code: int = 1):
         self.tool_lines = [line for line in tool_lines if line]
+        self.printed = ""  # the XML sgx_sign echoed before failing
+        self.log_before: list[str] = []  # what sgx_sign printed before failing
         super().__init__(" ".join(self.tool_lines), where, exit_code)
 
 

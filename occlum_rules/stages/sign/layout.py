@@ -9,6 +9,7 @@ the measured global data, and drives the measurement, so order and every field m
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from occlum_rules.stages.sign.elf_checks import EnclaveElf, round_up
@@ -74,6 +75,17 @@ class Group:
 Item = Entry | Group
 
 
+def span_bytes(items: Sequence[Item]) -> int:
+    """Bytes a run of entries covers: the step between repeats of a group."""
+    return sum(it.page_count * PAGE for it in items if isinstance(it, Entry))
+
+
+def as_entry(item: Item) -> Entry:
+    if isinstance(item, Group):
+        raise SignError("Error happened while signing the enclave.", f"(layout item {item.id:#x} is a group)")
+    return item
+
+
 def unpack_item(raw: bytes) -> Item:
     (item_id,) = struct.unpack_from("<H", raw)
     if item_id & GROUP_FLAG:
@@ -94,7 +106,14 @@ class Layout:
     edmm_bk_overhead: int
 
     def first(self, entry_id: int) -> Entry | None:
-        return next((i for i in self.items if not i.is_group and i.id == entry_id), None)
+        return next((i for i in self.items if isinstance(i, Entry) and i.id == entry_id), None)
+
+    def entry(self, entry_id: int) -> Entry:
+        """An entry every layout has (TCS, SSA, TD, stack, heap)."""
+        found = self.first(entry_id)
+        if found is None:
+            raise SignError("Error happened while signing the enclave.", f"(no layout entry {entry_id})")
+        return found
 
 
 def td_pages(elf: EnclaveElf) -> int:
@@ -216,8 +235,8 @@ def build_layout(c: EnclaveConfig, elf: EnclaveElf, ssa_frame_size: int, meta_ve
 
     cursor = elf.image_end
     for i, item in enumerate(items):
-        if item.is_group:
-            item.load_step = sum(items[i - j - 1].page_count * PAGE for j in range(item.entry_count))
+        if isinstance(item, Group):
+            item.load_step = span_bytes(items[i - item.entry_count : i])
             cursor += item.load_times * item.load_step
         else:
             item.rva = cursor
@@ -233,7 +252,7 @@ def build_layout(c: EnclaveConfig, elf: EnclaveElf, ssa_frame_size: int, meta_ve
         raise SignError("Out of memory.",
                         f"(the layout needs {len(items)} entries; global data holds {gd_layout_capacity})")
     for item in items:
-        if not item.is_group and item.page_count >= 1 << 32:
+        if isinstance(item, Entry) and item.page_count >= 1 << 32:
             raise SignError(f"layout entry {item.id} needs {item.page_count} pages (more than 2^32)")
     return Layout(items, enclave_size, edmm_bk_overhead)
 

@@ -114,7 +114,7 @@ def _tcs_page(template: bytes, rva: int) -> bytes:
 def measure_layout(m: Measurement, items: Sequence[L.Item], metadata: bytes, delta: int = 0) -> None:
     """Walk the layout table like the loader's build_contexts (groups repeat earlier entries)."""
     for i, item in enumerate(items):
-        if item.is_group:
+        if isinstance(item, L.Group):
             first = i - item.entry_count
             for k in range(1, item.load_times + 1):
                 measure_layout(m, items[first:i], metadata, delta + k * item.load_step)

@@ -60,7 +60,7 @@ class MetadataPlan:
 
 
 def _tcs_template(c: EnclaveConfig, elf: EnclaveElf, lay: L.Layout, attrs: Attributes) -> bytes:
-    tcs, ssa, td = lay.first(L.TCS), lay.first(L.SSA), lay.first(L.TD)
+    tcs, ssa, td = lay.entry(L.TCS), lay.entry(L.SSA), lay.entry(L.TD)
     oentry = elf.symbols.get("enclave_entry", 0)
     if oentry == 0:
         raise SignError("The input enclave file is not correct.", "Could not build TCS template")
@@ -73,8 +73,8 @@ def _tcs_template(c: EnclaveConfig, elf: EnclaveElf, lay: L.Layout, attrs: Attri
 def _gd_template(c: EnclaveConfig, elf: EnclaveElf, lay: L.Layout, attrs: Attributes,
                  profile: SdkProfile, tcs_template: bytes, layout_table: bytes, n_items: int) -> bytes:
     gd = bytearray(profile.gd_size)
-    tcs, ssa, td = lay.first(L.TCS), lay.first(L.SSA), lay.first(L.TD)
-    stack_min, heap, rsrv = lay.first(L.STACK_MIN), lay.first(L.HEAP_MIN), lay.first(L.RSRV_MIN)
+    tcs, ssa, td = lay.entry(L.TCS), lay.entry(L.SSA), lay.entry(L.TD)
+    stack_min, heap, rsrv = lay.entry(L.STACK_MIN), lay.entry(L.HEAP_MIN), lay.first(L.RSRV_MIN)
     rsrv_fields = (rsrv.rva, c.rsrv_init, c.rsrv_executable) if rsrv else (0, 0, 0)
     struct.pack_into("<QQQQQQQQQQ", gd, 0, 0, lay.enclave_size, heap.rva, c.heap_init,
                      *rsrv_fields, c["TCSPolicy"], c.tcs_max_num, c["TCSNum"])
@@ -161,12 +161,13 @@ def compatible_blob(plan: MetadataPlan, main: bytes) -> bytes:
     """
     items = _items(main)
     layout_off, _ = _dir(main, DIR_LAYOUT)
-    ut_start = next(i for i, it in enumerate(items) if not it.is_group and it.id == L.GUARD)
-    ut_end = next(i for i, it in enumerate(items) if not it.is_group and it.id == L.TD)
+    ut_start = next(i for i, it in enumerate(items) if isinstance(it, L.Entry) and it.id == L.GUARD)
+    ut_end = next(i for i, it in enumerate(items) if isinstance(it, L.Entry) and it.id == L.TD)
     rsrv = {it.id: i for i, it in enumerate(items)
-            if not it.is_group and it.id in (L.RSRV_MIN, L.RSRV_INIT, L.RSRV_MAX)}
+            if isinstance(it, L.Entry) and it.id in (L.RSRV_MIN, L.RSRV_INIT, L.RSRV_MAX)}
 
-    def without_post_add(it: L.Entry, si: int | None = None) -> L.Entry:
+    def without_post_add(item: L.Item, si: int | None = None) -> L.Entry:
+        it = L.as_entry(item)
         return replace(it, attributes=it.attributes & ~L.POST_ADD,
                        si_flags=it.si_flags if si is None else si)
 
@@ -181,7 +182,7 @@ def compatible_blob(plan: MetadataPlan, main: bytes) -> bytes:
             new[rsrv[L.RSRV_MAX]] = without_post_add(new[rsrv[L.RSRV_MAX]], si=0)
     else:
         count = after - ut_start
-        step = sum(items[ut_start + k].page_count * PAGE for k in range(count))
+        step = L.span_bytes(items[ut_start:after])
         group = L.Group(L.THREAD_GROUP, count, plan.config["TCSNum"] - 1, step)
         tail = [new[rsrv[i]] for i in (L.RSRV_MIN, L.RSRV_INIT, L.RSRV_MAX) if i in rsrv]
         new = new[:after] + [group]
@@ -193,7 +194,7 @@ def compatible_blob(plan: MetadataPlan, main: bytes) -> bytes:
     # metadata_cleanup: HEAP_MAX leaves the measurement, dynamic ranges are not created
     seen: set[int] = set()
     for i, it in enumerate(new):
-        if it.is_group or it.id in seen:
+        if isinstance(it, L.Group) or it.id in seen:
             continue
         if it.id == L.HEAP_MAX:
             new[i] = without_post_add(it, si=0)
@@ -213,9 +214,9 @@ def compatible_blob(plan: MetadataPlan, main: bytes) -> bytes:
 
 def final_metadata(plan: MetadataPlan, css: bytes) -> tuple[bytes, str | None]:
     """The METADATA_SIZE bytes written into the file, and sgx_sign's compat message."""
-    main = bytearray(plan.blob)
-    main[OFF_CSS : OFF_CSS + CSS_SIZE] = css
-    main = bytes(main)
+    patched = bytearray(plan.blob)
+    patched[OFF_CSS : OFF_CSS + CSS_SIZE] = css
+    main = bytes(patched)
     area = bytearray(plan.profile.metadata_size)
     versions = plan.meta_versions
     if versions == 2 and not plan.profile.compat_blob_for_sgx2_only:

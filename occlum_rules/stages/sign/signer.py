@@ -148,7 +148,7 @@ def measure_enclave(enclave: Path | bytes, config_xml: Path | bytes | str | None
         exc.log_before = log  # what sgx_sign printed before failing (the drop-in CLI shows it)
         raise
     image = plan.patched_image(data)
-    digest, required = M.mrenclave(image, elf, plan.layout.items, plan.blob,
+    digest, required = M.mrenclave(image, elf, plan.layout.items, bytes(plan.blob),
                                    plan.attributes.ssa_frame_size, plan.layout.enclave_size)
     log.append(f"{RESET}The required memory is {required}B.")
     log.append(f"The required memory is {required:#x}, {required // 1024} KB.")

@@ -150,7 +150,7 @@ def build_css(c: EnclaveConfig, profile: SdkProfile, attrs: Attributes, date: in
     return css
 
 
-def signing_material(css: bytes) -> bytes:
+def signing_material(css: bytes | bytearray) -> bytes:
     """The 256 bytes that get signed (and that gendata writes): header || body."""
     return bytes(css[HEADER]) + bytes(css[BODY])
 
