@@ -16,6 +16,7 @@ Locations served under ``root``:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -205,6 +206,18 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], deadline: float
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def _knows_error_log_option(nginx: str) -> bool:
+    """nginx 1.19.5 added ``-e`` (Ubuntu 22.04 ships 1.18, which refuses it)."""
+    proc = subprocess.run([nginx, "-h"], capture_output=True, text=True, errors="replace")
+    return "-e filename" in proc.stdout + proc.stderr
+
+
+def _early_error_log(nginx: str, error_log: Path) -> list[str]:
+    """Where nginx logs before it reads the config (its built-in path may not be writable)."""
+    return ["-e", str(error_log)] if _knows_error_log_option(nginx) else []
+
+
 def start_nginx(
     workdir: Path,
     *,
@@ -238,7 +251,7 @@ def start_nginx(
         stderr_path = workdir / "stderr.log"
         with open(stderr_path, "wb") as stderr_file:
             process = subprocess.Popen(
-                [nginx, "-p", str(workdir), "-c", str(conf), "-e", str(error_log)],
+                [nginx, "-p", str(workdir), "-c", str(conf), *_early_error_log(nginx, error_log)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr_file,
