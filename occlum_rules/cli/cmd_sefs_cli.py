@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.image_key import load_image_key
 from occlum_rules.stages.securefs.mactext import parse_mac_text
@@ -50,10 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_mac(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with AtomicFile(path, makedirs=False) as f:
+        f.write(text.encode())
 
 
 def main(argv: list[str]) -> int:

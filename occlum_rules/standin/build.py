@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from occlum_rules.atomic_write import publish
 from occlum_rules.errors import UserError
 from occlum_rules.standin.shape import check_libos_shape
 
@@ -136,8 +137,7 @@ def build_standin(
                 f"C compiler {cc!r} produced a stand-in LibOS the build cannot use: {exc.message}"
             ) from exc
         for out_name, _what, _args in _build_steps(sdk_minor):
-            os.chmod(work / out_name, 0o755)
-            os.replace(work / out_name, out_dir / out_name)
+            publish(work / out_name, out_dir / out_name, mode=0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return StandinFiles(

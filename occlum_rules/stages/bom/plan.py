@@ -8,11 +8,11 @@ touched. The result is a :class:`Plan`; :func:`.apply.apply_plan` makes the disk
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 
 from .elf_deps import (
@@ -167,11 +167,7 @@ def _check_link_target(link_rel: str, target: str, where: str) -> None:
 
 
 def sha256_upper(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest().upper()
+    return sha256_file(path).upper()
 
 
 # ----------------------------------------------------------------------------- includes

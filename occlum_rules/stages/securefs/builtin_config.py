@@ -18,6 +18,7 @@ import struct
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.errors import UserError
 
 SECTION = ".builtin_config"
@@ -94,12 +95,4 @@ def patch_builtin_config(so_path: str | os.PathLike, mac_text_bytes: bytes) -> N
     except FileNotFoundError:
         raise UserError("LibOS file not found", os.fspath(so_path)) from None
     patched = patch_builtin_config_bytes(elf, bytes(mac_text_bytes), where=os.fspath(so_path))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(patched)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, patched, mode=os.stat(path).st_mode & 0o7777)

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
 
 KEY_SIZE = 16
@@ -66,17 +67,8 @@ def format_image_key(key: bytes) -> str:
 
 def generate_image_key(path: str | os.PathLike) -> None:
     """Write a fresh random key file, readable only by its owner, atomically."""
-    dst = os.fspath(path)
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(format_image_key(os.urandom(KEY_SIZE)))
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with AtomicFile(path, mode=0o600, makedirs=False) as f:  # created 0600: never readable
+        f.write(format_image_key(os.urandom(KEY_SIZE)).encode())
 
 
 def key_fingerprint(key: bytes) -> str:
