@@ -13,6 +13,7 @@ from pathlib import Path
 
 from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
+from occlum_rules.user_files import read_user_file
 
 KEY_SIZE = 16
 _PIECE = re.compile(r"\+?[0-9a-fA-F]+")
@@ -45,12 +46,7 @@ def parse_image_key(text: str, where: str | None = None) -> bytes:
 def load_image_key(path: str | os.PathLike) -> bytes:
     """Read and parse a key file (as ``sefs-cli --key`` does)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise UserError("image key file not found", str(p)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read image key file: {exc.strerror}", str(p)) from None
+    raw = read_user_file(p, "image key file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
