@@ -63,12 +63,13 @@ def trim_output(text: str, *, lines: int = 25, tail: bool = False, one_line: boo
     return out
 
 
-def run_tool(argv: Sequence[str], what: str, *, cwd: str | os.PathLike[str] | None = None,
-             env: Mapping[str, str] | None = None, check: bool = True,
-             timeout: float | None = None, lines: int = 25,
+def run_tool(argv: Sequence[str | os.PathLike[str]], what: str, *, cwd: str | os.PathLike[str] | None = None,
+             env: Mapping[str, str] | None = None, input: str | None = None,
+             check: bool = True, timeout: float | None = None, lines: int = 25,
              tail: bool = False, one_line: bool = False, hide: str | None = None,
              max_chars: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with its output captured (text, undecodable bytes replaced).
+    """Run ``argv`` with its output captured (text, undecodable bytes replaced) and
+    ``input`` (if any) on its stdin.
 
     Not startable, or (with ``check``) a non-zero exit, raises one UserError:
     ``<what>: tool not found: <argv0>`` / ``<what> failed (exit N):`` and the trimmed
@@ -78,7 +79,8 @@ def run_tool(argv: Sequence[str], what: str, *, cwd: str | os.PathLike[str] | No
     argv = [os.fspath(a) for a in argv]
     try:
         proc = subprocess.run(argv, cwd=cwd, env=None if env is None else dict(env),
-                              capture_output=True, text=True, errors="replace", timeout=timeout)
+                              input=input, capture_output=True, text=True, errors="replace",
+                              timeout=timeout)
     except FileNotFoundError:
         raise UserError(f"{what}: tool not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:

@@ -81,9 +81,10 @@ def rebuild_package(target: str | None, package: Path | None, *, keep: bool = Fa
     label = parse_label(target or "")
     ws, graph = load_graph(workspace or Path.cwd())
     found = graph.targets.get(label)
-    if found is None or "package" not in (found.providers or {}):
+    providers = (found.providers if found is not None else None) or {}
+    if "package" not in providers:
         raise UserError(f"{label} is not an occlum_package target of the workspace at {ws.root}")
-    rel = found.providers["package"]["tarball"].path
+    rel = providers["package"]["tarball"].path
     original = package or ws.root / rel
     if not original.is_file():
         raise UserError(f"{original}: not built yet; run `doit {label}` first")
