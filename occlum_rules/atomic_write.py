@@ -5,7 +5,8 @@ half-way, never sees half a file, and the choices below are made once:
 
 * the temporary file sits beside the target (same file system, so the rename is atomic),
   is named ``.<name>.<pid>.<n>.tmp`` (unique per process and call: parallel workers and
-  threads never share one) and is created exclusively;
+  threads never share one) and is created exclusively; a sole writer (``sole_writer``)
+  uses ``.<name>.tmp``, so a killed run leaves nothing the next run does not replace;
 * without ``mode`` the file gets what a plain ``open(path, "w")`` would give (0666 minus
   the umask); with ``mode`` it gets exactly that mode, and is *created* with it, so a
   secret (0600) is never readable by others, not even for a moment;
@@ -47,15 +48,24 @@ class AtomicFile:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mode: int | None = None,
-                 durable: bool = False, makedirs: bool = True) -> None:
+                 durable: bool = False, makedirs: bool = True, sole_writer: bool = False
+                 ) -> None:
         self.path = os.fspath(path)
         self.mode = mode
         self.durable = durable
         parent, name = os.path.split(self.path)
         if makedirs and parent:
             os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        if sole_writer:
+            # one writer at a time (the one action owning an output): a fixed name, so what
+            # a killed run left behind is truncated and renamed away by the next one instead
+            # of staying in an output directory for ever
+            self.tmp = os.path.join(parent, f".{name}.tmp")
+            flags |= os.O_TRUNC
+        else:
+            self.tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
+            flags |= os.O_EXCL
         self.fd: int | None = os.open(self.tmp, flags, 0o666 if mode is None else mode & 0o777)
         self._file: BinaryIO | None = None
 

@@ -243,7 +243,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
-    target = AtomicFile(out)
+    target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
     hashing = _BackgroundSha()
     placed: list[tuple[_Segment, list[int]]] = []
     result = PackageResult(sha256="", size=0)

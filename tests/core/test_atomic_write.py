@@ -125,3 +125,12 @@ def test_publish_and_symlink(tmp_path):
     replace_with_symlink("tool", tmp_path / "link")
     assert os.readlink(tmp_path / "link") == "tool"
     assert sorted(os.listdir(tmp_path)) == ["link", "tool", "work"]
+
+
+def test_a_sole_writer_replaces_what_a_killed_run_left(tmp_path):
+    target = tmp_path / "pkg.tar.gz"
+    (tmp_path / ".pkg.tar.gz.tmp").write_bytes(b"half of a package from a killed build")
+    with AtomicFile(target, sole_writer=True) as f:
+        f.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert os.listdir(tmp_path) == ["pkg.tar.gz"]
