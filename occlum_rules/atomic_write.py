@@ -124,9 +124,10 @@ class AtomicFile:
 
 
 def write_atomic(path: str | os.PathLike[str], *parts: bytes | bytearray | memoryview,
-                 mode: int | None = None, durable: bool = False) -> None:
+                 mode: int | None = None, durable: bool = False,
+                 sole_writer: bool = False) -> None:
     """Write ``parts`` (bytes-like, in order) to ``path`` atomically (see the module doc)."""
-    f = AtomicFile(path, mode=mode, durable=durable)
+    f = AtomicFile(path, mode=mode, durable=durable, sole_writer=sole_writer)
     try:
         for part in parts:
             f.write(part)

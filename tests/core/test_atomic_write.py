@@ -134,3 +134,7 @@ def test_a_sole_writer_replaces_what_a_killed_run_left(tmp_path):
         f.write(b"whole")
     assert target.read_bytes() == b"whole"
     assert os.listdir(tmp_path) == ["pkg.tar.gz"]
+    (tmp_path / ".pkg.tar.gz.tmp").write_bytes(b"another leftover")
+    write_atomic(target, b"again", sole_writer=True)
+    assert target.read_bytes() == b"again"
+    assert os.listdir(tmp_path) == ["pkg.tar.gz"]

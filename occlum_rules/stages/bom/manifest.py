@@ -11,7 +11,7 @@ import json
 import os
 import stat
 
-from occlum_rules.atomic_write import AtomicFile
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.digests import sha256_file
 
 from .elf_deps import read_elf
@@ -62,5 +62,4 @@ def encode_manifest(entries: list[dict]) -> bytes:
 
 def write_manifest(path: str | os.PathLike[str], entries: list[dict]) -> None:
     """Write the manifest (see :func:`encode_manifest`) via a temp file + rename."""
-    with AtomicFile(path, sole_writer=True) as f:  # in an output directory: no leftovers
-        f.write(encode_manifest(entries))
+    write_atomic(path, encode_manifest(entries), sole_writer=True)  # an output: no leftovers
