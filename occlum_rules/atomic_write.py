@@ -1,26 +1,166 @@
-"""Files that appear whole or not at all."""
+"""Files that appear whole or not at all: the project's one temp-file-then-rename.
+
+Every file the build writes in place goes through here, so a reader, or a build killed
+half-way, never sees half a file, and the choices below are made once:
+
+* the temporary file sits beside the target (same file system, so the rename is atomic),
+  is named ``.<name>.<pid>.<n>.tmp`` (unique per process and call: parallel workers and
+  threads never share one) and is created exclusively; a sole writer (``sole_writer``)
+  uses ``.<name>.tmp``, so a killed run leaves nothing the next run does not replace;
+* without ``mode`` the file gets what a plain ``open(path, "w")`` would give (0666 minus
+  the umask); with ``mode`` it gets exactly that mode, and is *created* with it, so a
+  secret (0600) is never readable by others, not even for a moment;
+* ``durable=True`` also fsyncs the file before the rename and the directory after it, for
+  files whose loss after a power cut would be wrong rather than merely slow;
+* on any failure the temporary file is removed and the old target stays untouched.
+
+:func:`write_atomic` writes bytes already in memory; :class:`AtomicFile` streams a large
+output (package tarballs, protected files) through an open descriptor and renames it on
+:meth:`AtomicFile.commit`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+from types import TracebackType
+from typing import BinaryIO
+
+_counter = itertools.count()
 
 
-def write_atomic(path: str | os.PathLike, *parts, mode: int | None = None) -> None:
-    """Write ``parts`` (bytes-like) to a temporary file beside ``path``, then rename it into
-    place: a reader, or a build killed half-way, never sees half a file. The temporary name
-    carries the process id, so parallel workers writing the same file do not collide."""
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A new temporary file beside ``path``; :meth:`commit` renames it onto ``path``.
+
+    Use it as a context manager (commit on success, discard on an exception) or call
+    :meth:`commit` / :meth:`discard` yourself, e.g. to stage several files before renaming
+    any. ``fd`` is the raw descriptor (for ``os.writev`` and friends); :attr:`file` is a
+    binary file object over it, created on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, mode: int | None = None,
+                 durable: bool = False, makedirs: bool = True, sole_writer: bool = False
+                 ) -> None:
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.durable = durable
+        parent, name = os.path.split(self.path)
+        if makedirs and parent:
+            os.makedirs(parent, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        if sole_writer:
+            # one writer at a time (the one action owning an output): a fixed name, so what
+            # a killed run left behind is truncated and renamed away by the next one instead
+            # of staying in an output directory for ever
+            self.tmp = os.path.join(parent, f".{name}.tmp")
+            flags |= os.O_TRUNC
+        else:
+            self.tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
+            flags |= os.O_EXCL
+        self.fd: int | None = os.open(self.tmp, flags, 0o666 if mode is None else mode & 0o777)
+        self._file: BinaryIO | None = None
+
+    @property
+    def file(self) -> BinaryIO:
+        if self._file is None:
+            if self.fd is None:
+                raise ValueError(f"{self.path}: the atomic file is already closed")
+            self._file = os.fdopen(self.fd, "wb", closefd=False)
+        return self._file
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        return self.file.write(data)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # flushes; the descriptor stays ours (closefd=False)
+            self._file = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def commit(self) -> None:
+        """Flush, set the mode, rename onto the target (and fsync when durable)."""
+        try:
+            self._close()
+            if self.mode is not None:
+                os.chmod(self.tmp, self.mode)  # exact, whatever the umask took away
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        if self.durable:
+            _fsync_dir(os.path.dirname(self.path))
+
+    def discard(self) -> None:
+        """Drop the temporary file; the target is left as it was."""
+        with contextlib.suppress(OSError):
+            self._close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_atomic(path: str | os.PathLike[str], *parts: bytes | bytearray | memoryview,
+                 mode: int | None = None, durable: bool = False,
+                 sole_writer: bool = False) -> None:
+    """Write ``parts`` (bytes-like, in order) to ``path`` atomically (see the module doc)."""
+    f = AtomicFile(path, mode=mode, durable=durable, sole_writer=sole_writer)
+    try:
+        for part in parts:
+            f.write(part)
+    except BaseException:
+        f.discard()
+        raise
+    f.commit()
+
+
+def publish(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+            mode: int | None = None, durable: bool = False) -> None:
+    """Rename a finished file that a tool wrote elsewhere on the same file system (a
+    private work directory) onto ``dst``, with exactly ``mode`` when given."""
+    if mode is not None:
+        os.chmod(src, mode)
+    if durable:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(src, dst)
+    if durable:
+        _fsync_dir(os.path.dirname(os.fspath(dst)))
+
+
+def replace_with_symlink(target: str, path: str | os.PathLike[str]) -> None:
+    """Make ``path`` a symlink to ``target`` atomically (a symlink beside it, renamed)."""
     path = os.fspath(path)
     parent, name = os.path.split(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.{os.getpid()}.tmp")
+    tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
+    os.symlink(target, tmp)
     try:
-        with open(tmp, "wb") as f:
-            for part in parts:
-                f.write(part)
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

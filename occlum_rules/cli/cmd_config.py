@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from occlum_rules.errors import UserError
 from occlum_rules.stages.config.explain import explain_text
 from occlum_rules.stages.config.mounts import check_root_mount
 from occlum_rules.stages.config.pipeline import SGX_MODES, resolve
+from occlum_rules.user_files import read_user_file
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -50,12 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     path = Path(args.occlum_json)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError("file not found", str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", str(path)) from None
+    data = read_user_file(path)
     res = resolve(data, edmm=args.edmm, sgx_mode=args.sgx_mode, source=str(path))
     check_root_mount(res.config, str(path))
     for warning in res.warnings:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 
 from occlum_rules.cli.common import load
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 
 
 def to_dot(graph, actions: bool = False) -> str:
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
         exe = shutil.which("dot")
         if exe is None:
             raise UserError("--format svg needs Graphviz's `dot` (apt-get install graphviz)")
-        data = subprocess.run([exe, "-Tsvg"], input=dot.encode(), capture_output=True, check=True).stdout
+        data = run_tool([exe, "-Tsvg"], "graph --format svg", input=dot).stdout.encode()
     else:
         data = dot.encode()
     if args.output:

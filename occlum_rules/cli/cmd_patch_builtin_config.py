@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.builtin_config import patch_builtin_config
+from occlum_rules.user_files import read_user_file
 
 
 def main(argv: list[str]) -> int:
@@ -17,10 +17,5 @@ def main(argv: list[str]) -> int:
     p.add_argument("libos", metavar="LIBOS_SO")
     p.add_argument("mac_file", metavar="MAC_FILE")
     args = p.parse_args(argv)
-    try:
-        with open(args.mac_file, "rb") as f:
-            content = f.read()
-    except OSError as exc:
-        raise UserError(f"cannot read MAC file: {exc.strerror}", args.mac_file) from None
-    patch_builtin_config(args.libos, content)
+    patch_builtin_config(args.libos, read_user_file(args.mac_file, "MAC file"))
     return 0

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.config_mac import (
     protect_integrity,
@@ -59,14 +60,8 @@ def main(argv: list[str]) -> int:
     # show: verify fully before creating the output, so a bad file leaves nothing behind
     read_protected_mac(args.file)
     if args.out:
-        tmp = f"{args.out}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                show_protected(args.file, f)
-            os.replace(tmp, args.out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with AtomicFile(args.out, makedirs=False) as out:
+            show_protected(args.file, out.file)
     else:
         sys.stdout.flush()
         show_protected(args.file, sys.stdout.buffer)

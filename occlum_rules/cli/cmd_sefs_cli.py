@@ -14,11 +14,13 @@ import argparse
 import json
 import os
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.image_key import load_image_key
 from occlum_rules.stages.securefs.mactext import parse_mac_text
 from occlum_rules.stages.securefs.sefs import pack_image
 from occlum_rules.stages.securefs.sefs_verify import unpack_image
+from occlum_rules.user_files import read_user_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,10 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_mac(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with AtomicFile(path, makedirs=False) as f:
+        f.write(text.encode())
 
 
 def main(argv: list[str]) -> int:
@@ -64,10 +64,10 @@ def main(argv: list[str]) -> int:
             raise UserError("image directory already exists (sefs-cli creates it)", args.image)
         manifest = None
         if args.manifest:
+            text = read_user_text(args.manifest, "manifest")
             try:
-                with open(args.manifest) as f:
-                    manifest = json.load(f)
-            except (OSError, ValueError) as exc:
+                manifest = json.loads(text)
+            except ValueError as exc:
                 raise UserError(f"cannot read manifest: {exc}", args.manifest) from None
             if not isinstance(manifest, list):
                 raise UserError("manifest must be a JSON list", args.manifest)
@@ -83,11 +83,7 @@ def main(argv: list[str]) -> int:
         )
     expected = None
     if args.mac:
-        try:
-            with open(args.mac) as f:
-                expected = parse_mac_text(f.read())
-        except OSError as exc:
-            raise UserError(f"cannot read MAC file: {exc.strerror}", args.mac) from None
+        expected = parse_mac_text(read_user_text(args.mac, "MAC file"))
     unpack_image(args.image, args.dir, key, expected_mac=expected)
     print("Decrypt the SEFS image successfully")
     return 0

@@ -112,9 +112,9 @@ def _run(args: argparse.Namespace) -> list[str]:
     mode = args.mode
     if mode == "dump":
         area, _ = signer.metadata_area(Path(args.enclave))
-        signer.write_atomic(Path(args.dumpfile), dump_text(area).encode())
+        signer.write_output(Path(args.dumpfile), dump_text(area).encode())
         if args.cssfile:
-            signer.write_atomic(Path(args.cssfile), sigstruct_of(area))
+            signer.write_output(Path(args.cssfile), sigstruct_of(area))
         print("Succeed.")
         return []
     _print_config(args.config)
@@ -129,9 +129,9 @@ def _run(args: argparse.Namespace) -> list[str]:
         result = signer.catsig(Path(args.enclave), config, Path(args.key), Path(args.sig),
                                Path(args.unsigned), Path(args.out), **common)
     if args.dumpfile:
-        signer.write_atomic(Path(args.dumpfile), dump_text(result.metadata).encode())
+        signer.write_output(Path(args.dumpfile), dump_text(result.metadata).encode())
     if args.cssfile:
-        signer.write_atomic(Path(args.cssfile), result.sigstruct)
+        signer.write_output(Path(args.cssfile), result.sigstruct)
     return result.log
 
 

@@ -15,6 +15,8 @@ import stat as statmod
 import threading
 from pathlib import Path
 
+from occlum_rules.atomic_write import write_atomic
+
 CHUNK = 1 << 20
 
 
@@ -72,11 +74,7 @@ class _Shard:
             if self.file_stamp() != self.seen:  # another process wrote it: keep its entries
                 merged.update(self.read())
             merged.update(self.entries)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                marshal.dump(merged, f)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, marshal.dumps(merged))
             self.entries = merged
             self.seen = self.file_stamp()
             self.dirty = False

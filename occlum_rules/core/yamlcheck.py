@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from occlum_rules.errors import UserError
+from occlum_rules.user_files import read_user_text
 
 
 @dataclass
@@ -43,12 +44,8 @@ def _where(path: Path, node: yaml.Node) -> str:
 def compose(path: Path, text: str | None = None) -> yaml.Node | None:
     try:
         if text is None:
-            text = path.read_text(encoding="utf-8")
+            text = read_user_text(path)
         return yaml.compose(text, Loader=yaml.SafeLoader)
-    except FileNotFoundError:
-        raise UserError("file not found", where=str(path)) from None
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", where=str(path)) from None
     except yaml.reader.ReaderError as exc:
         # its str() spans two lines; a control character is reported as one, with its line
         line = text.count("\n", 0, exc.position) + 1 if isinstance(text, str) else None

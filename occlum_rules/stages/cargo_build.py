@@ -35,6 +35,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.executor import StageContext
 from occlum_rules.errors import UserError
 from occlum_rules.stages.elfcheck import pie_kind
@@ -83,10 +84,7 @@ def _write_wrapper(path: Path, remaps: list[tuple[str, str]]) -> None:
     text = f'#!/bin/sh\n# written by occlum-rules: remap build paths for every crate\nexec "$@" {flags}\n'
     if path.exists() and path.read_text() == text:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=0o755)
 
 
 def base_env(cargo: str, tool_env: dict[str, str]) -> dict[str, str]:

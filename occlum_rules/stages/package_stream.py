@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.atomic_write import write_atomic
+from occlum_rules.atomic_write import AtomicFile, write_atomic
 from occlum_rules.core.digests import sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
@@ -243,13 +243,13 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
     hashing = _BackgroundSha()
     placed: list[tuple[_Segment, list[int]]] = []
     result = PackageResult(sha256="", size=0)
     try:
-        with open(tmp, "wb") as raw, ThreadPoolExecutor(workers) as pool, \
+        raw = target.file
+        with ThreadPoolExecutor(workers) as pool, \
                 (open(out, "rb") if previous else open(os.devnull, "rb")) as old:
             offset = 0
 
@@ -298,10 +298,10 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
             result.size = offset
     except BaseException:
         hashing.close()
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise
     result.sha256 = hashing.close()
-    os.replace(tmp, out)
+    target.commit()
     if state_path is not None:
         for seg, _ in placed:  # a big member's digest is known only after its last piece
             seg.key = seg.key or _segment_key(salt, seg, members, digests)

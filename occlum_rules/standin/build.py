@@ -19,7 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from occlum_rules.atomic_write import publish
 from occlum_rules.errors import UserError
+from occlum_rules.process import deterministic_env, run_tool, trim_output
 from occlum_rules.standin.shape import check_libos_shape
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -30,6 +32,7 @@ PAL_NAME = "libocclum-pal.so"
 INIT_NAME = "init"
 OCCLUM_RUN_NAME = "occlum-run"
 
+_TRIM_LINES, _TRIM_CHARS = 8, 600  # of a failing compiler's stderr, on one line
 _HEADER = "standin.h"
 _LINKER_SCRIPT = "standin.lds"
 _C_SOURCES = ("libos_standin.c", "pal_standin.c", "init_standin.c", "run_standin.c")
@@ -136,8 +139,7 @@ def build_standin(
                 f"C compiler {cc!r} produced a stand-in LibOS the build cannot use: {exc.message}"
             ) from exc
         for out_name, _what, _args in _build_steps(sdk_minor):
-            os.chmod(work / out_name, 0o755)
-            os.replace(work / out_name, out_dir / out_name)
+            publish(work / out_name, out_dir / out_name, mode=0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return StandinFiles(
@@ -156,15 +158,9 @@ def toolchain_identity(cc: str = "gcc") -> str:
     upgrade must invalidate cached stand-ins.
     """
     compiler = _resolve_compiler(cc)
-    env = dict(os.environ, LC_ALL="C")
 
     def first_line(cmd: list[str]) -> str:
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
-        except OSError as exc:
-            raise UserError(f"cannot run {cmd[0]!r}: {exc.strerror or exc}") from exc
-        if proc.returncode != 0:
-            raise UserError(f"{' '.join(cmd)!r} failed: {_trim(proc.stderr)}")
+        proc = _run(cmd, repr(" ".join(cmd)))
         return (proc.stdout.strip().splitlines() or [""])[0]
 
     linker = first_line([compiler, "-print-prog-name=ld"])
@@ -222,13 +218,7 @@ def _resolve_compiler(cc: str) -> str:
 
 def _check_target(cc: str, compiler: str) -> None:
     """SGX enclaves are x86-64; a compiler for another target cannot make the stand-in."""
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(
-            [compiler, "-dumpmachine"], env=env, capture_output=True, text=True, errors="replace"
-        )
-    except OSError as exc:
-        raise UserError(f"cannot run C compiler {cc!r}: {exc.strerror or exc}") from exc
+    proc = _run([compiler, "-dumpmachine"], f"C compiler {cc!r}", check=False)
     machine = proc.stdout.strip()
     if proc.returncode != 0 or not machine.startswith("x86_64"):
         found = machine or _trim(proc.stderr)
@@ -239,26 +229,17 @@ def _check_target(cc: str, compiler: str) -> None:
 
 
 def _run_compiler(cc: str, cmd: list[str], work: Path, what: str) -> None:
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(
-            cmd, cwd=work, env=env, capture_output=True, text=True, errors="replace"
-        )
-    except OSError as exc:
-        raise UserError(
-            f"cannot run C compiler {cc!r} to build the {what}: {exc.strerror or exc}"
-        ) from exc
-    if proc.returncode != 0:
-        raise UserError(
-            f"C compiler {cc!r} failed building the {what} (exit {proc.returncode}): "
-            f"{_trim(proc.stderr, work)}"
-        )
+    _run(cmd, f"C compiler {cc!r} building the {what}", cwd=work, hide=f"{work}/")
 
 
-def _trim(stderr: str, work: Path | None = None, max_lines: int = 8, max_chars: int = 600) -> str:
-    """Last few meaningful stderr lines on one line, without the private work path."""
-    if work is not None:
-        stderr = stderr.replace(f"{work}/", "")
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    text = " | ".join(lines[-max_lines:]) or "(no output on stderr)"
-    return text if len(text) <= max_chars else "..." + text[-max_chars:]
+def _run(cmd: list[str], what: str, *, cwd: Path | None = None, hide: str | None = None,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The compiler with the user's environment (it may find its parts through it) in the C
+    locale; a failure is one line quoting the end of its stderr, without the work path."""
+    return run_tool(cmd, what, cwd=cwd, env=deterministic_env(None, inherit=True), check=check,
+                    tail=True, lines=_TRIM_LINES, one_line=True, hide=hide,
+                    max_chars=_TRIM_CHARS)
+
+
+def _trim(stderr: str) -> str:
+    return trim_output(stderr, lines=_TRIM_LINES, tail=True, one_line=True, max_chars=_TRIM_CHARS)

@@ -17,6 +17,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
+from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 
 from .elf_deps import read_elf
@@ -83,14 +85,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _same_bytes(src: str, dst: str, size: int) -> tuple[bool, str]:
     """Compare two files; returns (equal, sha256 of src)."""
     h = hashlib.sha256()
@@ -109,21 +103,15 @@ def _same_bytes(src: str, dst: str, size: int) -> tuple[bool, str]:
 
 
 def _write_file(src: str, dst_dir: str, name: str, mode: int) -> str:
-    tmp = os.path.join(dst_dir, f".{name}.bomtmp.{os.getpid()}")
     h = hashlib.sha256()
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            for chunk in iter(lambda: fin.read(_CHUNK), b""):
-                h.update(chunk)
-                fout.write(chunk)
+    with AtomicFile(os.path.join(dst_dir, name), mode=mode, makedirs=False) as fout, \
+            open(src, "rb") as fin:
+        for chunk in iter(lambda: fin.read(_CHUNK), b""):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.file.flush()  # nothing left to write after the times are set
         st = os.stat(src)
-        os.chmod(tmp, mode)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(tmp, os.path.join(dst_dir, name))
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+        os.utime(fout.tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     return h.hexdigest()
 
 
@@ -148,7 +136,7 @@ class _Applier:
         return self.digests.digest(dst) == digest, digest
 
     def hash_file(self, path: str) -> str:
-        return self.digests.digest(path) if self.digests is not None else _hash_file(path)
+        return self.digests.digest(path) if self.digests is not None else sha256_file(path)
 
     def rel(self, path: str) -> str:
         if path.startswith(self._prefix):  # paths are built by joining names onto the root
@@ -187,11 +175,7 @@ class _Applier:
                 else:
                     if st_child is not None and stat.S_ISDIR(st_child.st_mode):
                         _remove(full)
-                    tmp = os.path.join(path, f".{name}.bomtmp.{os.getpid()}")
-                    if os.path.lexists(tmp):
-                        os.unlink(tmp)
-                    os.symlink(child.target, tmp)
-                    os.replace(tmp, full)
+                    replace_with_symlink(child.target, full)
                     self.result.written.append(self.rel(full))
                 self.entry(self.rel(full), type="symlink", mode=0o777, target=child.target)
             else:

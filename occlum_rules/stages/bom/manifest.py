@@ -7,10 +7,12 @@ DT_NEEDED; ``apply_plan`` produces this list while it already has the bytes in h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
+
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.digests import sha256_file
 
 from .elf_deps import read_elf
 
@@ -29,11 +31,8 @@ def image_manifest(root: str | os.PathLike[str]) -> list[dict]:
         elif stat.S_ISDIR(st.st_mode):
             out.append({"path": rel, "type": "dir", "mode": mode})
         elif stat.S_ISREG(st.st_mode):
-            h = hashlib.sha256()
-            with open(full, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            item = {"path": rel, "type": "file", "mode": mode, "size": st.st_size, "sha256": h.hexdigest()}
+            item = {"path": rel, "type": "file", "mode": mode, "size": st.st_size,
+                    "sha256": sha256_file(full)}
             info = read_elf(full)
             if info is not None:
                 item["needed"] = list(info.needed)
@@ -63,8 +62,4 @@ def encode_manifest(entries: list[dict]) -> bytes:
 
 def write_manifest(path: str | os.PathLike[str], entries: list[dict]) -> None:
     """Write the manifest (see :func:`encode_manifest`) via a temp file + rename."""
-    target = os.fspath(path)
-    tmp = target + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(encode_manifest(entries))
-    os.replace(tmp, target)
+    write_atomic(path, encode_manifest(entries), sole_writer=True)  # an output: no leftovers

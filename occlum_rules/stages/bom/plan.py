@@ -8,11 +8,12 @@ touched. The result is a :class:`Plan`; :func:`.apply.apply_plan` makes the disk
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 
 from .elf_deps import (
@@ -167,11 +168,7 @@ def _check_link_target(link_rel: str, target: str, where: str) -> None:
 
 
 def sha256_upper(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest().upper()
+    return sha256_file(path).upper()
 
 
 # ----------------------------------------------------------------------------- includes
@@ -237,14 +234,8 @@ def collect_boms(top: str, include_dirs: Sequence[str], cwd: str | None = None
         for inc in includes_of(cur):
             queue.append(inc)
             order.append(inc)
-    seen: set[str] = set()
-    result: list[str] = []
-    for path in reversed(order):
-        if ident(path) not in seen:
-            seen.add(ident(path))
-            result.append(path)
-    result.reverse()
-    return result, parsed
+    keep_one([order], ident)
+    return order, parsed
 
 
 # ----------------------------------------------------------------------------- one BOM
@@ -395,51 +386,44 @@ def _autodep_files(ctx: _Ctx, ops: _BomOps, files: list[tuple[str, int]],
 # ----------------------------------------------------------------------------- dedupe
 
 
+T = TypeVar("T")
+
+
+def keep_one(groups: Sequence[list[T]], key: Callable[[T], str], seen: set[str] | None = None,
+             *, last: bool = True) -> set[str]:
+    """Keep one item per key across ``groups`` (lists in processing order, edited in place):
+    the last one, as a later BOM overrides an earlier one, or with ``last=False`` the first.
+    Keys already in ``seen`` are dropped everywhere; returns the keys kept."""
+    seen = set() if seen is None else seen
+    for items in reversed(groups) if last else groups:
+        kept = []
+        for item in reversed(items) if last else items:
+            k = key(item)
+            if k not in seen:
+                seen.add(k)
+                kept.append(item)
+        items[:] = kept[::-1] if last else kept
+    return seen
+
+
+def _dest(op: Op) -> str:
+    return op.dest
+
+
+def _dir_copy_key(op: Op) -> str:
+    """Where a directory copy lands: ``dest/name`` unless the source ends in ``/``."""
+    name = rust_file_name(op.src_name)
+    if op.src_name.endswith("/") or name is None:
+        return op.dest
+    return f"{op.dest}/{name}" if op.dest else name
+
+
 def _dedupe(all_ops: list[_BomOps]) -> None:
-    seen: set[str] = set()
-    for b in all_ops:
-        kept = []
-        for op in b.mkdirs:
-            if op.dest not in seen:
-                seen.add(op.dest)
-                kept.append(op)
-        b.mkdirs = kept
-    seen = set()
-    for b in reversed(all_ops):
-        kept = []
-        for op in reversed(b.links):
-            if op.dest not in seen:
-                seen.add(op.dest)
-                kept.append(op)
-        b.links = kept[::-1]
-    seen = set()
-    for b in reversed(all_ops):
-        kept = []
-        for op in reversed(b.dirs):
-            name = rust_file_name(op.src_name)
-            if op.src_name.endswith("/") or name is None:
-                key = op.dest
-            else:
-                key = f"{op.dest}/{name}" if op.dest else name
-            if key not in seen:
-                seen.add(key)
-                kept.append(op)
-        b.dirs = kept[::-1]
-    seen = set()
-    for b in reversed(all_ops):
-        kept = []
-        for op in reversed(b.files):
-            if op.dest not in seen:
-                seen.add(op.dest)
-                kept.append(op)
-        b.files = kept[::-1]
-    for b in reversed(all_ops):
-        kept = []
-        for op in reversed(b.sos):
-            if op.dest not in seen:
-                seen.add(op.dest)
-                kept.append(op)
-        b.sos = kept[::-1]
+    keep_one([b.mkdirs for b in all_ops], _dest, last=False)
+    keep_one([b.links for b in all_ops], _dest)
+    keep_one([b.dirs for b in all_ops], _dir_copy_key)
+    files = keep_one([b.files for b in all_ops], _dest)
+    keep_one([b.sos for b in all_ops], _dest, files)  # a copied file beats a found library
 
 
 # ----------------------------------------------------------------------------- replay

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from occlum_rules.errors import UserError
+from occlum_rules.user_files import read_user_text
 
 # copy_bom's exit statuses (process::exit(-n) seen by the shell as 256-n).
 EXIT_FILE_NOT_FOUND = 255
@@ -258,10 +259,5 @@ def parse_bom_text(text: str, path: str) -> BomFile:
 
 def read_bom_file(path: str) -> BomFile:
     """Read and parse one BOM file; unreadable files are exit 255 like copy_bom."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"cannot read BOM file: {reason}", where=path, exit_code=EXIT_FILE_NOT_FOUND) from None
+    text = read_user_text(path, "BOM file", exit_code=EXIT_FILE_NOT_FOUND)
     return parse_bom_text(text, path)

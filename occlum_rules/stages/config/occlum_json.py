@@ -48,6 +48,7 @@ from occlum_rules.stages.config.json_source import JsonObject, parse_json_text, 
 from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.schema import read_config
 from occlum_rules.stages.config.sizes import ALLOWED_SIZE_TEXT, SizeError, format_size, parse_size
+from occlum_rules.user_files import read_user_file
 
 STRUCTURED_KEYS = (
     "resource_limits",
@@ -92,12 +93,7 @@ def load_user_json(path: str | Path, profile: ConfigProfile = NEWEST) -> dict[st
     Also reads an installed Occlum's template (with that release's ``profile``).
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError("file not found", str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror}", str(path)) from None
+    data = read_user_file(path)
     tree = parse_json_text(data, str(path))
     read_config(tree, source=str(path), profile=profile)
     return to_plain(tree)

@@ -14,28 +14,54 @@ from __future__ import annotations
 import io
 import os
 import struct
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.errors import UserError
 
 SECTION = ".builtin_config"
 
 
-def patch_builtin_config_bytes(elf: bytes, content: bytes, where: str | None = None) -> bytes:
-    """The ELF bytes with ``.builtin_config`` replaced by ``content`` (same file length)."""
+def _find_section(ef: ELFFile, where: str | None) -> int:
+    """Index of ``.builtin_config``; a UserError naming ``where`` if it is not an ELF with one."""
     try:
-        ef = ELFFile(io.BytesIO(elf))
-        index = None
         for i, sec in enumerate(ef.iter_sections()):
             if sec.name == SECTION:
-                index = i
-                break
+                return i
     except ELFError as exc:
         raise UserError(f"not a valid ELF file: {exc}", where) from None
-    if index is None:
-        raise UserError(f"no {SECTION} section (is this an Occlum LibOS?)", where)
+    raise UserError(f"no {SECTION} section (is this an Occlum LibOS?)", where)
+
+
+def _open_elf(stream: BinaryIO, where: str | None) -> ELFFile:
+    try:
+        return ELFFile(stream)
+    except ELFError as exc:
+        raise UserError(f"not a valid ELF file: {exc}", where) from None
+
+
+def read_builtin_config(so_path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the LibOS's ``.builtin_config`` section (what the patch wrote there)."""
+    where = os.fspath(so_path)
+    try:
+        with open(so_path, "rb") as f:
+            ef = _open_elf(f, where)
+            try:
+                data: bytes = ef.get_section(_find_section(ef, where)).data()
+            except ELFError as exc:
+                raise UserError(f"not a valid ELF file: {exc}", where) from None
+            return data
+    except FileNotFoundError:
+        raise UserError("LibOS file not found", where) from None
+
+
+def patch_builtin_config_bytes(elf: bytes, content: bytes, where: str | None = None) -> bytes:
+    """The ELF bytes with ``.builtin_config`` replaced by ``content`` (same file length)."""
+    ef = _open_elf(io.BytesIO(elf), where)
+    index = _find_section(ef, where)
     sec = ef.get_section(index)
     hdr = sec.header
     if hdr["sh_type"] != "SHT_PROGBITS":
@@ -94,12 +120,4 @@ def patch_builtin_config(so_path: str | os.PathLike, mac_text_bytes: bytes) -> N
     except FileNotFoundError:
         raise UserError("LibOS file not found", os.fspath(so_path)) from None
     patched = patch_builtin_config_bytes(elf, bytes(mac_text_bytes), where=os.fspath(so_path))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(patched)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, patched, mode=os.stat(path).st_mode & 0o7777)

@@ -11,7 +11,9 @@ import os
 import re
 from pathlib import Path
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
+from occlum_rules.user_files import read_user_file
 
 KEY_SIZE = 16
 _PIECE = re.compile(r"\+?[0-9a-fA-F]+")
@@ -44,12 +46,7 @@ def parse_image_key(text: str, where: str | None = None) -> bytes:
 def load_image_key(path: str | os.PathLike) -> bytes:
     """Read and parse a key file (as ``sefs-cli --key`` does)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise UserError("image key file not found", str(p)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read image key file: {exc.strerror}", str(p)) from None
+    raw = read_user_file(p, "image key file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -66,17 +63,8 @@ def format_image_key(key: bytes) -> str:
 
 def generate_image_key(path: str | os.PathLike) -> None:
     """Write a fresh random key file, readable only by its owner, atomically."""
-    dst = os.fspath(path)
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(format_image_key(os.urandom(KEY_SIZE)))
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with AtomicFile(path, mode=0o600, makedirs=False) as f:  # created 0600: never readable
+        f.write(format_image_key(os.urandom(KEY_SIZE)).encode())
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -148,7 +148,7 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
         "root_dir_stat": list(state.root_dir_stat),
         "lengths": [len(v) for v in views],
     }, 4)
-    parts = [len(header).to_bytes(4, "little"), header, *views]
+    parts: list[bytes | memoryview] = [len(header).to_bytes(4, "little"), header, *views]
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)

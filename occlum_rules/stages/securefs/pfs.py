@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.primitives import (
     LABEL_MASTER,
@@ -444,21 +445,15 @@ def protect_file(
     """Protect ``src_path`` into ``dst_path`` (written to a temp name, then renamed)."""
     dst = os.fspath(dst_path)
     name = clean_name if clean_name is not None else clean_name_of(dst)
-    tmp = f"{dst}.tmp-{os.getpid()}"
     try:
         with open(src_path, "rb", buffering=0) as src:
             size = os.fstat(src.fileno()).st_size
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                mac = write_protected(fd, name, src, size, key=key, rng=rng, where=os.fspath(src_path))
-            finally:
-                os.close(fd)
-        os.replace(tmp, dst)
+            with AtomicFile(dst, makedirs=False) as out:
+                assert out.fd is not None
+                mac = write_protected(out.fd, name, src, size, key=key, rng=rng,
+                                      where=os.fspath(src_path))
     except FileNotFoundError as exc:
         raise UserError("no such file", os.fspath(exc.filename or src_path)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return mac
 
 

@@ -18,6 +18,7 @@ import time
 from array import array
 from dataclasses import dataclass
 
+from occlum_rules.atomic_write import publish
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom.manifest import encode_manifest
@@ -264,8 +265,8 @@ def pack_image(
             prog.advance(1, n.size if n.kind == KIND_FILE else 0)
         if state is not None:
             for i in itertools.chain(plan.copy, plan.move, plan.write):
-                os.replace(os.path.join(dst, inode_file_name(i) + ".new"),
-                           os.path.join(dst, inode_file_name(i)))
+                publish(os.path.join(dst, inode_file_name(i) + ".new"),
+                        os.path.join(dst, inode_file_name(i)))
 
         records = {
             n.id: inode_record(
@@ -321,7 +322,7 @@ def _write_metadata(work: str, meta: bytes, key: bytes | None, rng: RandomSource
         root_mac = write_protected(fd, METADATA_NAME, io.BytesIO(meta), len(meta), key=key, rng=rng)
     finally:
         os.close(fd)
-    os.replace(tmp, os.path.join(work, METADATA_NAME))
+    publish(tmp, os.path.join(work, METADATA_NAME))
     return root_mac
 
 
@@ -446,7 +447,7 @@ def _apply_in_place(src, dst, state, work, state_path, progress, summary, label)
         prog.advance(1, new[0] if node.kind == KIND_FILE else 0)
     for pos, _new, _rel in rewrite:
         name = inode_file_name(ids[pos])
-        os.replace(os.path.join(dst, name + ".new"), os.path.join(dst, name))
+        publish(os.path.join(dst, name + ".new"), os.path.join(dst, name))
     edits = []
     for pos, mode, _new, _rel in work:
         state.modes[pos] = mode

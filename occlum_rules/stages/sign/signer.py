@@ -9,12 +9,11 @@ input file back out with only the metadata blob in ``.note.sgxmeta`` changed.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.stages.sign import measure as M
 from occlum_rules.stages.sign.elf_checks import EnclaveElf, parse_enclave_elf
 from occlum_rules.stages.sign.enclave_xml import EnclaveConfig, parse_enclave_xml
@@ -167,7 +166,7 @@ def _finish(m: Measured, css: bytearray, out: Path | None) -> SignResult:
     if out is not None:
         signed = bytearray(m.elf.data)
         signed[m.elf.meta_offset : m.elf.meta_offset + len(area)] = area
-        write_atomic(Path(out), bytes(signed))
+        write_output(Path(out), bytes(signed))
     mrsigner = hashlib.sha256(bytes(css[128:512])).digest()
     return SignResult(m.mrenclave, mrsigner, m.profile.name, bytes(css), area,
                       m.required_memory, log)
@@ -215,7 +214,7 @@ def gendata(enclave: Path, config_xml: Path | bytes | None, out: Path | None, *,
                         ignore_rel_error=ignore_rel_error, ignore_init_sec_error=ignore_init_sec_error)
     material = signing_material(_css_for(m, _date(date)))
     if out is not None:
-        write_atomic(Path(out), material)
+        write_output(Path(out), material)
     return GendataResult(material, m.mrenclave, m.profile.name, m.log + ["Succeed."])
 
 
@@ -290,21 +289,16 @@ def public_key_fingerprint(key_pem: Path | bytes) -> str:
     return mrsigner_of(public_key_of(key_pem if isinstance(key_pem, bytes) else Path(key_pem))).hex()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+OUTPUT_MODE = 0o644
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Signer outputs (signed enclave, material, dumps) are 0644 whatever the umask, as
+    sgx_sign leaves them."""
+    write_atomic(path, data, mode=OUTPUT_MODE)
 
 
 # header/body slices are part of this module's vocabulary for callers comparing material
 __all__ = ["BODY", "HEADER", "GendataResult", "Measured", "SignResult", "catsig", "gendata", "measure",
            "measure_enclave", "public_key_fingerprint", "read_signed_info", "sign_enclave",
-           "write_atomic"]
+           "write_output"]
