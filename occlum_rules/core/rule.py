@@ -2,7 +2,9 @@
 
 Implementations never touch files. They receive a :class:`RuleContext`, read resolved
 attributes, declare output files and actions, and return a dict of providers (``files``,
-plus whatever the rule family shares, e.g. ``static_libs`` or ``image``).
+plus whatever the rule family shares, e.g. ``static_libs`` or ``image``). What they need to
+know about the file system they ask ``ctx.fs`` (:mod:`occlum_rules.core.fileview`), which
+records each answer as an input of the target's analysis.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occlum_rules.core.action import Action
 from occlum_rules.core.labels import Label
+from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
+
+if TYPE_CHECKING:
+    from occlum_rules.core.fileview import FileView, Read
+    from occlum_rules.toolchains.resolve import Toolchains
 
 # Attribute kinds. Labels and sources are resolved during analysis.
 STRING = "string"
@@ -83,6 +90,7 @@ class Target:
     location: str           # "path/BUILD.py:12"
     resolved: dict[str, Any] = field(default_factory=dict)
     providers: dict[str, Any] | None = None
+    reads: list[Read] = field(default_factory=list)  # what analysis read for its rule
 
 
 def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, Any]:
@@ -103,6 +111,7 @@ def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, 
             raise UserError(f"{rule.name}(): attribute '{key}' must be {_KIND_TEXT[spec.kind]}, "
                             f"got {type(value).__name__} {value!r}", where=location)
         if spec.kind in (STRING_LIST, LABEL_LIST, SOURCE_LIST):
+            assert isinstance(value, (list, tuple))
             bad = [v for v in value if not isinstance(v, str)]
             if bad:
                 raise UserError(f"{rule.name}(): attribute '{key}' must be {_KIND_TEXT[spec.kind]}, "
@@ -147,8 +156,7 @@ class Actions:
                     producers[f.path] = f.producer
             else:
                 in_paths.append(str(f))
-        seen: set[str] = set()
-        unique = [p for p in in_paths if not (p in seen or seen.add(p))]
+        unique = list(dict.fromkeys(in_paths))
         upstream = sorted(set(producers.values()))
         return unique, producers, upstream
 
@@ -202,12 +210,20 @@ class Actions:
 
 
 class RuleContext:
-    def __init__(self, target: Target, workspace, toolchains):
+    """What a rule implementation sees: its target's attributes, the workspace settings, the
+    toolchains, the file-system view of analysis (``fs``) and ways to declare outputs and
+    actions."""
+
+    def __init__(self, target: Target, workspace: Workspace, toolchains: Toolchains):
+        from occlum_rules.core.fileview import FileView
+
         self.target = target
         self.label = target.label
         self.attr = target.resolved
         self.workspace = workspace
         self.toolchains = toolchains
+        self.fs: FileView = FileView(workspace.root, workspace.build_file, workspace.output_dir,
+                                     target.reads)
         self.location = target.location
         self._actions: list[Action] = []
         self._declared: set[str] = set()
