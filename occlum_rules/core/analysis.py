@@ -2,7 +2,8 @@
 
 Analysis runs on every build (it is not cached); what it read is still recorded, per target
 (``Target.reads``, filled by the rule's ``ctx.fs``) and for the workspace (WORKSPACE.yaml,
-BUILD and macro files), so :meth:`Graph.stale_inputs` can say which answers no longer hold.
+BUILD and macro files, the set of packages, each package's files as glob() saw them), so
+:meth:`Graph.stale_inputs` can say which answers no longer hold.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Graph:
             dirnames[:] = keep
             if self.ws.build_file in filenames:
                 self.packages[rel] = Path(dirpath)
+        self._record_listing("packages", "", sorted(self.packages))
 
     def _record_source(self, path: Path) -> None:
         try:
@@ -88,6 +90,24 @@ class Graph:
             digest = "unreadable"
         rel = self._display(path)
         self.reads.append(Read("file", rel, digest))
+
+    def _record_listing(self, kind: str, pkg: str, names: list[str]) -> None:
+        read = Read(kind, pkg, _listing_digest(names))
+        if read not in self.reads:
+            self.reads.append(read)
+
+    def _answer(self, fs: FileView, read: Read) -> str:
+        """Today's answer to one of the workspace's own reads (see FileView.answer)."""
+        if read.kind == "packages":
+            again = Graph(self.ws, self.rules, self.toolchains)
+            again.discover()
+            return _listing_digest(sorted(again.packages))
+        if read.kind == "glob":
+            base = self.ws.root / read.path
+            if not (base / self.ws.build_file).is_file():
+                return "absent"
+            return _listing_digest(self._package_files(read.path, base))
+        return fs.answer(read)
 
     def analysis_inputs(self) -> dict[str, list[Read]]:
         """What analysis read: ``"//"`` for the workspace's own files, then per target."""
@@ -99,7 +119,7 @@ class Graph:
         """(target or "//", read) for each answer analysis used that no longer holds."""
         fs = FileView(self.ws.root, self.ws.build_file, self.ws.output_dir, [])
         return [(owner, read) for owner, reads in self.analysis_inputs().items()
-                for read in reads if fs.answer(read) != read.digest]
+                for read in reads if self._answer(fs, read) != read.digest]
 
     def load_all(self) -> None:
         if self.ws.config_path is not None:
@@ -169,6 +189,7 @@ class Graph:
         pkg = self._current_pkg[-1]
         base = self.packages[pkg]
         files = self._package_files(pkg, base)
+        self._record_listing("glob", pkg, files)
         result = sorted(f for f in files if any(_match(f, p) for p in include)
                         and not any(_match(f, p) for p in exclude))
         if not result and not allow_empty:
@@ -356,6 +377,10 @@ def source_files(value: Any) -> list[File]:
     for v in value:
         out.extend(source_files(v))
     return out
+
+
+def _listing_digest(names: list[str]) -> str:
+    return hashlib.sha256("\0".join(names).encode()).hexdigest()
 
 
 def _match(path: str, pattern: str) -> bool:

@@ -91,6 +91,25 @@ def test_each_change_makes_exactly_its_answer_stale(tmp_path):
                                   ("//gomod/cmd:app", "tree:", "gomod")]
 
 
+def test_workspace_reads_globs_and_the_package_set(tmp_path):
+    root = make_workspace(tmp_path / "ws", {
+        "c/BUILD.py": 'occlum_cc_binary(name = "app", srcs = glob(["*.c"]))\n',
+        "c/main.c": "int main(void) { return 0; }\n"})
+    _, graph = load_graph(root)
+    workspace = {(r.kind, r.path) for r in graph.analysis_inputs()["//"]}
+    assert {("glob", "c"), ("packages", ""), ("file", "c/BUILD.py")} <= workspace
+
+    (root / "c/more.c").write_text("int more(void) { return 1; }\n")
+    assert stale(root, graph) == [("//", "glob", "c")]
+    _, graph = load_graph(root)
+    (root / "lib").mkdir()
+    (root / "lib/BUILD.py").write_text("")
+    assert stale(root, graph) == [("//", "packages", "")]
+    _, graph = load_graph(root)
+    (root / "WORKSPACE.yaml").write_text("source_date_epoch: 1\n")
+    assert stale(root, graph) == [("//", "file", "WORKSPACE.yaml")]
+
+
 def test_a_signing_key_is_read_for_its_fingerprint_and_recorded(tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(REPO / "examples/hello_c", root / "examples/hello_c",
