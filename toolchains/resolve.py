@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,7 +402,7 @@ def _describe(tc: Toolchains) -> str:
     stages_why = "WORKSPACE.yaml stages"
     lines.append(f"stages     {ws.stages} ({stages_why})")
 
-    def show(kind: str, finder, chain: list[str]) -> None:
+    def show(kind: str, finder: Callable[[], Tool | CargoToolchain], chain: list[str]) -> None:
         try:
             tool = finder()
         except UserError as exc:

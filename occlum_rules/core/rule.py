@@ -10,7 +10,7 @@ records each answer as an input of the target's analysis.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +58,7 @@ class Attr:
     default: Any = None
     mandatory: bool = False
     doc: str = ""
-    values: tuple | None = None   # allowed values for strings
+    values: tuple[str, ...] | None = None   # allowed values for strings
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class File:
 class Rule:
     name: str
     attrs: dict[str, Attr]
-    impl: Callable[[RuleContext], dict]
+    impl: Callable[[RuleContext], dict[str, Any]]
     doc: str = ""
     default_target: bool = True   # part of `doit build`
 
@@ -146,7 +146,8 @@ class Actions:
     def __init__(self, ctx: RuleContext):
         self._ctx = ctx
 
-    def _common(self, name: str, inputs: list, outputs: list[File]) -> tuple[list[str], dict, list]:
+    def _common(self, name: str, inputs: Sequence[File | str],
+                outputs: list[File]) -> tuple[list[str], dict[str, str], list[str]]:
         in_paths: list[str] = []
         producers: dict[str, str] = {}
         for f in inputs:
@@ -163,7 +164,8 @@ class Actions:
     def _add(self, action: Action) -> None:
         self._ctx._actions.append(action)
 
-    def run(self, name: str, kind: str, argv: list, inputs: list, outputs: list[File],
+    def run(self, name: str, kind: str, argv: Sequence[File | str], inputs: Sequence[File | str],
+            outputs: list[File],
             toolchains: list[str] | None = None, env: dict[str, str] | None = None,
             description: str = "") -> None:
         """A command line. ``argv`` items may be File objects: outputs become placeholders
@@ -184,8 +186,8 @@ class Actions:
             producers=upstream, input_producers=producers, description=description or name))
         self._claim(outputs, action_id)
 
-    def stage(self, name: str, kind: str, func: str, inputs: list, outputs: list[File],
-              params: dict | None = None, toolchains: list[str] | None = None,
+    def stage(self, name: str, kind: str, func: str, inputs: Sequence[File | str],
+              outputs: list[File], params: dict[str, Any] | None = None, toolchains: list[str] | None = None,
               secrets: dict[str, str] | None = None, in_place: bool = False,
               cacheable: bool = True, description: str = "",
               ensure_dirs: list[str] | None = None,
