@@ -8,6 +8,8 @@ libraries) becomes an input of the action, so upgrading a host library re-runs i
 
 from __future__ import annotations
 
+from typing import Any
+
 from occlum_rules.core.analysis import source_files
 from occlum_rules.core.rule import (
     LABEL_LIST_DICT,
@@ -15,8 +17,10 @@ from occlum_rules.core.rule import (
     SOURCE_LIST,
     STRING_DICT,
     Attr,
+    File,
     Rule,
     RuleContext,
+    Target,
 )
 
 GLIBC_STANDIN = ("stand-in: the host's glibc (no Occlum install); not Occlum's glibc, "
@@ -26,14 +30,7 @@ GLIBC_NOTE = ("occlum-rules: glibc: host glibc as a stand-in for Occlum's glibc 
               "host's libraries at /opt/occlum/glibc/lib in the image, which cannot run in Occlum")
 
 
-def _note(ctx: RuleContext, text: str) -> None:
-    """Say ``text`` once per build (the build prints the toolchains' notes when it loads)."""
-    notes = getattr(ctx.toolchains, "notes", None)
-    if isinstance(notes, list) and text not in notes:
-        notes.append(text)
-
-
-def _glibc(ctx: RuleContext, explicit) -> tuple[str | None, str, str]:
+def _glibc(ctx: RuleContext, explicit: File | None) -> tuple[str | None, str, str]:
     """(loader config path, glibc choice for the action, what to record as the image's glibc).
 
     With an Occlum install: its loader config, so glibc programs get Occlum's glibc. Without
@@ -41,10 +38,9 @@ def _glibc(ctx: RuleContext, explicit) -> tuple[str | None, str, str]:
     """
     if explicit is not None:
         return explicit.path, "config", f"as the loader_config {explicit.path} says"
-    occlum = getattr(ctx.toolchains, "occlum", None)
-    install = occlum() if callable(occlum) else None
+    install = ctx.toolchains.occlum()
     if install is None:
-        _note(ctx, GLIBC_NOTE)
+        ctx.toolchains.note(GLIBC_NOTE)
         return None, "host", GLIBC_STANDIN
     config = install.templates.get("occlum_elf_loader.config")
     where = str(install.glibc_lib) if install.glibc_lib else f"{install.home}/glibc/lib"
@@ -52,14 +48,14 @@ def _glibc(ctx: RuleContext, explicit) -> tuple[str | None, str, str]:
             f"Occlum {install.version} glibc ({where})")
 
 
-def bom_impl(ctx: RuleContext) -> dict:
+def bom_impl(ctx: RuleContext) -> dict[str, Any]:
     bom = ctx.attr["src"]
     bom_file = source_files(bom)[0]
     includes = source_files(ctx.attr["includes"])
     include_dirs = sorted({f.path.rsplit("/", 1)[0] for f in includes})
     extra: dict[str, list[str]] = {}
     origins: dict[str, str] = {}
-    dep_files = []
+    dep_files: list[File] = []
     for image_dir, refs in sorted(ctx.attr["deps"].items()):
         files = source_files(refs)
         if not image_dir.startswith("/") or ".." in image_dir.split("/"):
@@ -68,7 +64,7 @@ def bom_impl(ctx: RuleContext) -> dict:
         extra[image_dir] = [f.path for f in files]
         dep_files += files
         for ref in refs if isinstance(refs, list) else [refs]:
-            if getattr(ref, "providers", None):  # a target: name it (and its toolchain) in errors
+            if isinstance(ref, Target) and ref.providers:  # name it (and its toolchain) in errors
                 how = ref.providers.get("toolchain") or ref.rule.name
                 origins.update({f.path: f"{ref.label} ({how})" for f in ref.providers["files"]})
             else:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-from pathlib import Path
+from typing import Any
 
 from occlum_rules.core.rule import (
     BOOL,
@@ -30,14 +29,6 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 from occlum_rules.errors import UserError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: read the few keys we need by hand
-    tomllib = None
-
-_SKIP_DIRS = {"__pycache__", "node_modules"}
-_HIDDEN_KEPT = {".cargo"}   # crate-local cargo configuration changes what cargo builds
 
 COMMON_ATTRS = {
     "manifest": Attr(SOURCE, default="Cargo.toml",
@@ -61,67 +52,16 @@ COMMON_ATTRS = {
 }
 
 
-def tree_inputs(ctx: RuleContext, top: str, skip: set[str]) -> list[File]:
-    """Every file under ``top`` (workspace-relative) a tool may read, sorted.
-
-    Skips hidden directories (except .cargo), ``skip`` names (build dirs such as target/), the workspace
-    output directory, nested workspaces and BUILD files, which describe targets rather than
-    feed them."""
-    ws = ctx.workspace
-    root = Path(ws.root)
-    out_abs = (root / ws.output_dir).resolve()
-    base = root / top if top else root
-    found: list[File] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if not ((d.startswith(".") and d not in _HIDDEN_KEPT) or d in skip or d in _SKIP_DIRS
-                    or (here / d).resolve() == out_abs
-                    or (here / d / "WORKSPACE.yaml").exists()))
-        for name in sorted(filenames):
-            if name == ws.build_file or name.endswith((".pyc", "~")):
-                continue
-            rel = (here / name).relative_to(root).as_posix()
-            found.append(File(path=rel))
-    return found
-
-
-def _manifest(ctx: RuleContext) -> tuple[File, dict]:
+def _manifest(ctx: RuleContext) -> tuple[File, dict[str, Any]]:
     manifest = ctx.attr["manifest"]
     if not isinstance(manifest, File) or manifest.is_dir:
         raise ctx.error("manifest: must be a Cargo.toml file in the package, e.g. 'Cargo.toml'")
     if os.path.basename(manifest.path) != "Cargo.toml":
         raise ctx.error(f"manifest: expected a file named Cargo.toml, got '{manifest.path}'")
-    text = (Path(ctx.workspace.root) / manifest.path).read_text(errors="replace")
-    if tomllib is None:
-        return manifest, _names_only(text)
-    try:
-        return manifest, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"not valid TOML: {exc}", where=manifest.path) from None
+    return manifest, ctx.fs.toml(manifest.path)
 
 
-def _names_only(text: str) -> dict:
-    """The target names from a Cargo.toml without a TOML parser (Python 3.10)."""
-    data: dict = {}
-    current: dict | None = None
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line.startswith("[[bin]]"):
-            current = {}
-            data.setdefault("bin", []).append(current)
-        elif line.startswith("["):
-            name = line.strip("[] ")
-            current = data.setdefault(name, {}) if name in ("package", "lib") else None
-        elif current is not None:
-            match = re.match(r'name\s*=\s*"([^"]*)"', line)
-            if match:
-                current["name"] = match.group(1)
-    return data
-
-
-def _package_name(ctx: RuleContext, data: dict, manifest: File) -> str:
+def _package_name(ctx: RuleContext, data: dict[str, Any], manifest: File) -> str:
     name = (data.get("package") or {}).get("name")
     if not isinstance(name, str):
         raise UserError("[package] name is missing (cargo_binary/cargo_cdylib build one "
@@ -129,11 +69,11 @@ def _package_name(ctx: RuleContext, data: dict, manifest: File) -> str:
     return name
 
 
-def _toolchain(ctx: RuleContext, crate_dir: str) -> tuple[list[str], dict]:
+def _toolchain(ctx: RuleContext, crate_dir: str) -> tuple[list[str], dict[str, Any]]:
     """(fingerprints, params) — a missing cargo fails the action, not the whole analysis,
     so the rest of the workspace still builds on a machine without Rust."""
     try:
-        tc = ctx.toolchains.cargo(Path(ctx.workspace.root) / crate_dir)
+        tc = ctx.toolchains.cargo(ctx.workspace.root / crate_dir)
     except UserError as exc:
         return ["cargo:missing"], {"missing": exc.message}
     # one target directory per toolchain: cargo versions must not share one
@@ -147,7 +87,7 @@ def _crate_path(crate_dir: str, name: str) -> str:
 
 
 def _dependency_source(ctx: RuleContext, crate_dir: str, inputs: list[File],
-                       tool_params: dict) -> tuple[dict, list[File]]:
+                       tool_params: dict[str, Any]) -> tuple[dict[str, Any], list[File]]:
     """(params, extra inputs) saying where cargo finds crates.io dependencies.
 
     Only the rule's attributes, WORKSPACE.yaml and the crate's already-listed files are
@@ -171,7 +111,8 @@ def _dependency_source(ctx: RuleContext, crate_dir: str, inputs: list[File],
     return {}, []
 
 
-def _vendor_params(ctx: RuleContext, crate_dir: str, vendor: str, paths: set[str]) -> dict:
+def _vendor_params(ctx: RuleContext, crate_dir: str, vendor: str,
+                   paths: set[str]) -> dict[str, Any]:
     package = ctx.label.package
     where = os.path.normpath(os.path.join(package, vendor)) if package else \
         os.path.normpath(vendor)
@@ -186,7 +127,7 @@ def _vendor_params(ctx: RuleContext, crate_dir: str, vendor: str, paths: set[str
 
 
 def _fetch_action(ctx: RuleContext, crate_dir: str, inputs: list[File], paths: set[str],
-                  tool_params: dict) -> tuple[dict, list[File]]:
+                  tool_params: dict[str, Any]) -> tuple[dict[str, Any], list[File]]:
     lock = _crate_path(crate_dir, "Cargo.lock")
     if lock not in paths:
         raise ctx.error(f"fetch: {lock} is missing; fetching is keyed by the lock file "
@@ -212,7 +153,7 @@ def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -
     """Declare the cargo build; return how it builds, for messages ('cargo, host toolchain')."""
     manifest = ctx.attr["manifest"]
     crate_dir = os.path.dirname(manifest.path)
-    inputs = tree_inputs(ctx, crate_dir, skip={"target"})
+    inputs = ctx.fs.tree(crate_dir, skip={"target"})
     fingerprints, tool_params = _toolchain(ctx, crate_dir)
     locked = _crate_path(crate_dir, "Cargo.lock") in {f.path for f in inputs}
     dep_params, dep_inputs = _dependency_source(ctx, crate_dir, inputs, tool_params)
@@ -231,7 +172,7 @@ def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -
     return name if name.startswith("occlum") else f"{name}, host toolchain"
 
 
-def cargo_binary_impl(ctx: RuleContext) -> dict:
+def cargo_binary_impl(ctx: RuleContext) -> dict[str, Any]:
     manifest, data = _manifest(ctx)
     bin_name = ctx.attr["bin"]
     if not bin_name:
@@ -245,7 +186,7 @@ def cargo_binary_impl(ctx: RuleContext) -> dict:
     return {"files": [binary], "executable": binary, "toolchain": how}
 
 
-def cargo_cdylib_impl(ctx: RuleContext) -> dict:
+def cargo_cdylib_impl(ctx: RuleContext) -> dict[str, Any]:
     manifest, data = _manifest(ctx)
     lib_name = (data.get("lib") or {}).get("name") or _package_name(ctx, data, manifest)
     lib_name = str(lib_name).replace("-", "_")

@@ -8,6 +8,8 @@ debug info, so two checkouts produce identical bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from occlum_rules.core.analysis import source_files
 from occlum_rules.core.rule import (
     SOURCE_LIST,
@@ -16,7 +18,9 @@ from occlum_rules.core.rule import (
     File,
     Rule,
     RuleContext,
+    Target,
 )
+from occlum_rules.toolchains.resolve import Tool
 
 _C_EXT = (".c", ".cc", ".cpp", ".cxx", ".S", ".s")
 
@@ -36,9 +40,10 @@ def _dep_info(ctx: RuleContext) -> tuple[list[File], list[File], list[str]]:
     libs: list[File] = []
     includes: list[str] = []
     for dep in ctx.attr["deps"]:
-        providers = getattr(dep, "providers", None) or {}
+        providers = (dep.providers if isinstance(dep, Target) else None) or {}
         if "cc" not in providers:
-            raise ctx.error(f"deps: {getattr(dep, 'label', dep)} is not an occlum_cc_library")
+            name = dep.label if isinstance(dep, Target) else dep
+            raise ctx.error(f"deps: {name} is not an occlum_cc_library")
         cc = providers["cc"]
         hdrs += cc["hdrs"]
         libs += cc["libs"]
@@ -46,7 +51,7 @@ def _dep_info(ctx: RuleContext) -> tuple[list[File], list[File], list[str]]:
     return hdrs, libs, sorted(set(includes))
 
 
-def _compile_all(ctx: RuleContext, tool) -> tuple[list[File], list[File], list[str]]:
+def _compile_all(ctx: RuleContext, tool: Tool) -> tuple[list[File], list[File], list[str]]:
     srcs = [f for f in source_files(ctx.attr["srcs"]) if f.path.endswith(_C_EXT)]
     if not srcs:
         raise ctx.error("srcs: no C/C++ source files")
@@ -60,7 +65,7 @@ def _compile_all(ctx: RuleContext, tool) -> tuple[list[File], list[File], list[s
         stem = src.path[len(ctx.label.package) + 1:] if ctx.label.package else src.path
         action = f"compile-{stem}"
         obj = ctx.declare_file(f"_objs/{stem}.o", action=action)
-        argv = [tool.path, "-c", src.path, "-o", obj, "-fPIE", "-O2",
+        argv: list[str | File] = [tool.path, "-c", src.path, "-o", obj, "-fPIE", "-O2",
                 "-ffile-prefix-map=${WORKSPACE}=.", f"-frandom-seed={src.path}"]
         argv += [f"-I{d}" for d in include_dirs] + ["-I."] + list(ctx.attr["copts"])
         ctx.actions.run(name=action, kind="cc.compile", argv=argv,
@@ -70,11 +75,11 @@ def _compile_all(ctx: RuleContext, tool) -> tuple[list[File], list[File], list[s
     return objects, own_hdrs + dep_hdrs, include_dirs
 
 
-def _tool(ctx: RuleContext):
+def _tool(ctx: RuleContext) -> Tool:
     return ctx.toolchains.cc(ctx.attr.get("toolchain"))
 
 
-def cc_library_impl(ctx: RuleContext) -> dict:
+def cc_library_impl(ctx: RuleContext) -> dict[str, Any]:
     tool = _tool(ctx)
     objects, hdrs, include_dirs = _compile_all(ctx, tool)
     ar = ctx.toolchains.ar()
@@ -87,7 +92,7 @@ def cc_library_impl(ctx: RuleContext) -> dict:
             "cc": {"hdrs": hdrs, "libs": [lib, *dep_libs], "includes": include_dirs}}
 
 
-def cc_binary_impl(ctx: RuleContext) -> dict:
+def cc_binary_impl(ctx: RuleContext) -> dict[str, Any]:
     tool = _tool(ctx)
     objects, _, _ = _compile_all(ctx, tool)
     _, dep_libs, _ = _dep_info(ctx)
@@ -101,7 +106,7 @@ def cc_binary_impl(ctx: RuleContext) -> dict:
     return {"files": [binary], "executable": binary, "toolchain": _describe(tool)}
 
 
-def _describe(tool) -> str:
+def _describe(tool: Tool) -> str:
     """How a target was built, for messages: 'musl-gcc', 'gcc, host toolchain'."""
     return f"{tool.name}, host toolchain" if tool.name in ("gcc", "cc", "clang") else tool.name
 

@@ -9,7 +9,7 @@ VCS stamping and an empty build id, so the bytes depend on the sources alone.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import Any
 
 from occlum_rules.core.analysis import source_files
 from occlum_rules.core.rule import (
@@ -23,21 +23,9 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 from occlum_rules.errors import UserError
-from occlum_rules.rules.cargo import tree_inputs
 
 
-def _module_root(ctx: RuleContext, pkg_dir: str) -> str | None:
-    """Workspace-relative directory of the nearest go.mod at or above ``pkg_dir``."""
-    root = Path(ctx.workspace.root)
-    parts = pkg_dir.split("/") if pkg_dir else []
-    for n in range(len(parts), -1, -1):
-        here = "/".join(parts[:n])
-        if (root / here / "go.mod").is_file():
-            return here
-    return None
-
-
-def _toolchain(ctx: RuleContext) -> tuple[list[str], dict]:
+def _toolchain(ctx: RuleContext) -> tuple[list[str], dict[str, Any]]:
     try:
         tool = ctx.toolchains.go()
     except UserError as exc:
@@ -45,7 +33,7 @@ def _toolchain(ctx: RuleContext) -> tuple[list[str], dict]:
     return [tool.fingerprint], {"go": tool.path, "tool_name": tool.name}
 
 
-def go_binary_impl(ctx: RuleContext) -> dict:
+def go_binary_impl(ctx: RuleContext) -> dict[str, Any]:
     package = ctx.label.package
     srcs = source_files(ctx.attr["srcs"])
     pkg = ctx.attr["pkg"]
@@ -60,12 +48,12 @@ def go_binary_impl(ctx: RuleContext) -> dict:
     pkg = pkg if pkg is not None or srcs else "."
     pkg_dir = os.path.normpath(os.path.join(package, pkg)).replace(os.sep, "/") if pkg else package
     pkg_dir = "" if pkg_dir == "." else pkg_dir
-    module = _module_root(ctx, pkg_dir)
+    module = ctx.fs.nearest_with(pkg_dir, "go.mod")  # the module root
     if pkg is not None and module is None:
         raise ctx.error(f"pkg: no go.mod in {pkg_dir or '.'} or above it; add one "
                         "(`go mod init`) or list the files in srcs")
     if module is not None:
-        inputs: list[File] = tree_inputs(ctx, module, skip=set())
+        inputs: list[File] = ctx.fs.tree(module)
         inputs += [f for f in srcs if f not in inputs]
     else:
         inputs = list(srcs)
@@ -74,8 +62,8 @@ def go_binary_impl(ctx: RuleContext) -> dict:
         cwd, args = module, ["./" + rel if rel != "." else "."]
     else:
         cwd, args = package, [os.path.basename(f.path) for f in srcs]
-    vendored = module is not None and (
-        Path(ctx.workspace.root) / (module or ".") / "vendor" / "modules.txt").is_file()
+    vendored = module is not None and ctx.fs.is_file(
+        f"{module}/vendor/modules.txt" if module else "vendor/modules.txt")
     fingerprints, tool_params = _toolchain(ctx)
     cgo = ctx.attr["cgo"]
     if cgo is None:

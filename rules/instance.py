@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 from occlum_rules.core.analysis import source_files
+from occlum_rules.core.fileview import dev_signing_key
 from occlum_rules.core.rule import (
     BOOL,
     JSON,
@@ -26,39 +28,36 @@ from occlum_rules.core.rule import (
     Rule,
     RuleContext,
 )
+from occlum_rules.errors import UserError
+from occlum_rules.toolchains.occlum import OcclumInstall
 
 STANDIN_VERSION = "0.31.0"
-DEV_KEY = Path(__file__).resolve().parent.parent / "templates" / "dev-signing-key.pem"
-if not DEV_KEY.exists():  # running from the source tree rather than an installed package
-    DEV_KEY = Path(__file__).resolve().parent.parent / "occlum_rules" / "templates" / "dev-signing-key.pem"
 
 _MODE_SUFFIX = {"HW": "", "SIM": "_sim", "HYPER": "_hyper"}
 _CONFIG_ATTRS = ("resource_limits", "process", "entry_points", "env", "metadata", "mount", "feature")
 _MUSL_LIBS = ("libc.so", "libstdc++.so.6", "libgcc_s.so.1", "libgomp.so.1")
 
 
-def _occlum_install(ctx: RuleContext):
-    finder = getattr(ctx.toolchains, "occlum", None)
-    return finder() if callable(finder) else None
+@dataclass(frozen=True)
+class Runtime:
+    """The LibOS side of an instance: from an Occlum install (``real``) or the stand-in."""
 
-
-def _note(ctx: RuleContext, text: str) -> None:
-    notes = getattr(ctx.toolchains, "notes", None)
-    if notes is None:
-        notes = []
-        try:
-            ctx.toolchains.notes = notes
-        except AttributeError:
-            return
-    if text not in notes:
-        notes.append(text)
+    libos: File                     # the LibOS library the patch stage copies
+    pal: File
+    init: str | None                # host path (install) or workspace path (stand-in)
+    bins: dict[str, str | File]     # build/bin name -> install path (real) or stand-in file
+    version: str                    # Occlum version the instance is laid out for
+    desc: str                       # what the build says it used
+    real: bool
+    fingerprint: str
+    init_input: list[File] = field(default_factory=list)  # files the initfs action reads
 
 
 def _file(path: str) -> File:
     return File(path=path)
 
 
-def _signing_key(ctx: RuleContext, install) -> tuple[str, str]:
+def _signing_key(ctx: RuleContext, install: OcclumInstall | None) -> tuple[str, str]:
     """(path, where it came from) of the signing key."""
     if ctx.attr["sign_key"] is not None:
         return source_files(ctx.attr["sign_key"])[0].path, "the rule's sign_key"
@@ -67,37 +66,32 @@ def _signing_key(ctx: RuleContext, install) -> tuple[str, str]:
         return configured, "WORKSPACE.yaml signing.key"
     if install is not None and install.templates.get("Enclave.pem"):
         return str(install.templates["Enclave.pem"]), "the Occlum install's template Enclave.pem"
-    _note(ctx, "occlum-rules: signing with the built-in development key (public; set "
-               "signing.key in WORKSPACE.yaml for anything you ship)")
-    return str(DEV_KEY), "the built-in development key"
+    ctx.toolchains.note("occlum-rules: signing with the built-in development key (public; set "
+                        "signing.key in WORKSPACE.yaml for anything you ship)")
+    return dev_signing_key(), "the built-in development key"
 
 
 def _key_check(ctx: RuleContext, path: str) -> str:
-    full = path if os.path.isabs(path) else str(ctx.workspace.root / path)
-    if not os.path.isfile(full):
-        raise ctx.error(f"signing key '{path}' not found")
-    from occlum_rules.stages.sign import public_key_fingerprint
-
     try:
-        return public_key_fingerprint(Path(full))
-    except Exception as exc:  # a bad key is the user's to fix: say which and why
-        message = getattr(exc, "message", str(exc))
-        raise ctx.error(f"signing key '{path}': {message}") from None
+        return ctx.fs.signing_key_fingerprint(path)
+    except UserError as exc:
+        raise ctx.error(exc.message) from None
 
 
-def _runtime(ctx: RuleContext, install, mode: str) -> dict:
+def _runtime(ctx: RuleContext, install: OcclumInstall | None, mode: str) -> Runtime:
     """LibOS, PAL, init, occlum-run and musl libs: from the Occlum install, or the stand-in."""
     if install is not None:
         version = install.version
         libos = _file(str(install.libos_lib(mode)))
         pal = _file(str(install.pal_lib(mode)))
-        _note(ctx, f"occlum-rules: LibOS: Occlum {version} from {install.home}")
-        return {"libos": libos, "pal": pal, "init": str(install.init) if install.init else None,
-                "bins": {n: str(install.bin_dir / n) for n in ("occlum_exec_client",
-                                                               "occlum_exec_server", "occlum-run")},
-                "version": version, "desc": f"Occlum {version} ({install.home})",
-                "init_input": [], "real": True,  # the initfs action records what it copies
-                "fingerprint": install.fingerprint}
+        ctx.toolchains.note(f"occlum-rules: LibOS: Occlum {version} from {install.home}")
+        real_bins: dict[str, str | File] = {
+            n: str(install.bin_dir / n)
+            for n in ("occlum_exec_client", "occlum_exec_server", "occlum-run")}
+        return Runtime(libos=libos, pal=pal, init=str(install.init) if install.init else None,
+                       bins=real_bins, version=version, desc=f"Occlum {version} ({install.home})",
+                       init_input=[], real=True,  # the initfs action records what it copies
+                       fingerprint=install.fingerprint)
     gcc = ctx.toolchains.find("cc", ["gcc", "cc"], why="stand-in LibOS compiler")
     from occlum_rules.standin.build import standin_sources
 
@@ -109,32 +103,32 @@ def _runtime(ctx: RuleContext, install, mode: str) -> dict:
         params={"cc": gcc.path, "sdk_minor": 20},
         toolchains=[gcc.fingerprint, ctx.toolchains.find("ld", ["ld"], why="links the stand-in").fingerprint],
         description="build the stand-in LibOS (cannot run on SGX)")
-    _note(ctx, "occlum-rules: LibOS: the stand-in built from occlum_rules/standin (no Occlum "
-               "install): instances build, sign and package, but cannot run on SGX")
+    ctx.toolchains.note("occlum-rules: LibOS: the stand-in built from occlum_rules/standin (no "
+                        "Occlum install): instances build, sign and package, but cannot run on SGX")
     libos, pal, init, run = outs
-    return {"libos": libos, "pal": pal, "init": init.path,
-            "bins": {"occlum_exec_client": run, "occlum_exec_server": run, "occlum-run": run},
-            "version": STANDIN_VERSION, "desc": "stand-in LibOS",
-            "init_input": [init], "real": False, "fingerprint": gcc.fingerprint}
+    return Runtime(libos=libos, pal=pal, init=init.path,
+                   bins={"occlum_exec_client": run, "occlum_exec_server": run, "occlum-run": run},
+                   version=STANDIN_VERSION, desc="stand-in LibOS",
+                   init_input=[init], real=False, fingerprint=gcc.fingerprint)
 
 
-def _config_version(ctx: RuleContext, install, rt: dict) -> str | None:
+def _config_version(ctx: RuleContext, install: OcclumInstall | None, rt: Runtime) -> str | None:
     """The Occlum version whose gen_internal_conf the config actions reproduce (None: the
     newest, as with the stand-in). An install whose release has no config profile stops
     the build here, naming its version header."""
-    if not rt["real"]:
+    if install is None or not rt.real:
         return None
-    from occlum_rules.errors import UserError
     from occlum_rules.stages.config.profiles import profile_for_version
 
     try:
-        profile_for_version(rt["version"], str(install.version_header))
+        profile_for_version(rt.version, str(install.version_header))
     except UserError as exc:
         raise ctx.error(str(exc)) from None
-    return rt["version"]
+    return rt.version
 
 
-def _initfs_plan(ctx: RuleContext, install, rt: dict, variant: str | None) -> tuple[list[dict], str]:
+def _initfs_plan(ctx: RuleContext, install: OcclumInstall | None, rt: Runtime,
+                 variant: str | None) -> tuple[list[dict[str, Any]], str]:
     """What ``occlum init [--init-ra VARIANT]`` puts in initfs/, and the init_ra_conf template.
 
     Checked against the install here, so a missing part is one clear error rather than a
@@ -145,21 +139,20 @@ def _initfs_plan(ctx: RuleContext, install, rt: dict, variant: str | None) -> tu
     from occlum_rules.stages.instance_layout import InitfsSources, initfs_plan, missing_sources
 
     if install is None:
-        sources = InitfsSources(home="", init=rt["init"], musl_runtime={}, glibc_lib=None, os_lib="")
+        sources = InitfsSources(home="", init=rt.init, musl_runtime={}, glibc_lib=None, os_lib="")
     else:
         os_lib = "/usr/lib/x86_64-linux-gnu"  # occlum init: Ubuntu's, else /usr/lib64
         sources = InitfsSources(
-            home=str(install.home), init=rt["init"],
+            home=str(install.home), init=rt.init,
             musl_runtime={n: str(p) for n, p in install.musl_runtime().items()},
             glibc_lib=str(install.glibc_lib) if install.glibc_lib else None,
-            os_lib=os_lib if os.path.isdir(os_lib) else "/usr/lib64")
-    entries, template = initfs_plan(
-        variant, sources, listdir=lambda d: os.listdir(d) if os.path.isdir(d) else [])
+            os_lib=os_lib if ctx.fs.is_dir(os_lib) else "/usr/lib64")
+    entries, template = initfs_plan(variant, sources, listdir=ctx.fs.listdir)
     if variant is None:
         entries = [e for e in entries if not (e.path.startswith("lib/") and e.src is None)]
     if install is not None:
-        missing = missing_sources(entries, os.path.exists)
-        if template and not os.path.isfile(template):
+        missing = missing_sources(entries, ctx.fs.exists)
+        if template and not ctx.fs.is_file(template):
             missing.append(os.path.relpath(template, install.home))
         if missing and variant is None:
             raise ctx.error(f"the Occlum install at {install.home} has no {', '.join(missing)}")
@@ -172,7 +165,7 @@ def _initfs_plan(ctx: RuleContext, install, rt: dict, variant: str | None) -> tu
     return [asdict(e) for e in entries], template
 
 
-def instance_impl(ctx: RuleContext) -> dict:
+def instance_impl(ctx: RuleContext) -> dict[str, Any]:
     ws = ctx.workspace
     attr = ctx.attr
     mode = attr["sgx_mode"] or ws.sgx_mode
@@ -184,11 +177,11 @@ def instance_impl(ctx: RuleContext) -> dict:
         raise ctx.error(f"bom: {bom.label} is not an occlum_bom target")
     image: File = bom.providers["image"]
     image_manifest: File = bom.providers["image_manifest"]
-    install = _occlum_install(ctx)
+    install = ctx.toolchains.occlum()
     rt = _runtime(ctx, install, mode)
     suffix = _MODE_SUFFIX[mode]
     inst = f"{ctx.package_out}/{ctx.label.name}"
-    tools: dict = {}
+    tools: dict[str, str] = {}
     if ws.stages == "occlum":
         if install is None:
             raise ctx.error("WORKSPACE.yaml stages: occlum needs an Occlum install, and none was "
@@ -198,15 +191,13 @@ def instance_impl(ctx: RuleContext) -> dict:
     image_key = source_files(attr["image_key"])[0].path if attr["image_key"] is not None else None
     image_key_fp = None
     if image_key is not None:
-        from occlum_rules.stages.securefs import key_fingerprint, load_image_key
-
         try:
-            image_key_fp = key_fingerprint(load_image_key(ws.root / image_key))
-        except Exception as exc:
-            raise ctx.error(f"image_key: {getattr(exc, 'message', exc)}") from None
+            image_key_fp = ctx.fs.image_key_fingerprint(image_key)
+        except UserError as exc:
+            raise ctx.error(exc.message) from None
     if attr["buildin_image_key"] and image_key is None:
         raise ctx.error("buildin_image_key = True needs an image_key")
-    if attr["init_ra"] and not rt["real"]:
+    if attr["init_ra"] and not rt.real:
         raise ctx.error(f"init_ra = {attr['init_ra']!r} needs an Occlum install (its init-ra "
                         "binaries); none was found")
 
@@ -219,7 +210,7 @@ def instance_impl(ctx: RuleContext) -> dict:
     secrets = {"image_key": image_key} if (attr["buildin_image_key"] and image_key) else {}
     ctx.actions.stage(
         name="initfs", kind="initfs", func="occlum_rules.actions.instance:assemble_initfs",
-        inputs=[*rt["init_input"], *([init_ra_conf] if init_ra_conf else [])],
+        inputs=[*rt.init_input, *([init_ra_conf] if init_ra_conf else [])],
         outputs=[initfs, image_config],
         params={"entries": initfs_entries, "encrypted": image_key is not None,
                 "buildin_image_key": bool(attr["buildin_image_key"]),
@@ -281,23 +272,24 @@ def instance_impl(ctx: RuleContext) -> dict:
         inputs=[sys_json], outputs=[protected], params=dict(tools),
         description="protect .Occlum_sys.json")
 
-    libos_file = f"libocclum-libos{suffix}.so.{rt['version']}"
+    libos_file = f"libocclum-libos{suffix}.so.{rt.version}"
     patched = ctx.declare_file(f"build/lib/{libos_file}", action="patch")
     ctx.actions.stage(
         name="patch", kind="patch.builtin_config", func="occlum_rules.actions.instance:patch_libos",
-        inputs=[rt["libos"], protected], outputs=[patched], params=dict(tools),
+        inputs=[rt.libos, protected], outputs=[patched], params=dict(tools),
         description="patch the config MAC into .builtin_config")
 
     # signing
     signed = ctx.declare_file("build/lib/libocclum-libos.signed.so", action="sign")
     measurements = ctx.declare_file("build/measurements.json", action="sign")
-    sign_params = {"sgx_mode": mode, "edmm": bool(edmm), "libos_desc": rt["desc"],
-                   "glibc_desc": bom.providers.get("glibc"),
-                   "occlum_version": rt["version"] if rt["real"] else None,
-                   "image_mac": mount_mac.path, "init_mac": initfs_mac.path,
-                   "protected": protected.path, "enclave_xml": enclave_xml.path,
-                   "libos_path": rt["libos"].path, "final_measurements": measurements.path}
-    sign_inputs = [patched, enclave_xml, mount_mac, initfs_mac, protected, rt["libos"]]
+    sign_params: dict[str, Any] = {
+        "sgx_mode": mode, "edmm": bool(edmm), "libos_desc": rt.desc,
+        "glibc_desc": bom.providers.get("glibc"),
+        "occlum_version": rt.version if rt.real else None,
+        "image_mac": mount_mac.path, "init_mac": initfs_mac.path,
+        "protected": protected.path, "enclave_xml": enclave_xml.path,
+        "libos_path": rt.libos.path, "final_measurements": measurements.path}
+    sign_inputs = [patched, enclave_xml, mount_mac, initfs_mac, protected, rt.libos]
     signing_mode = ws.signing.get("mode", "online")
     if signing_mode == "offline" or ws.signing.get("command"):
         public = ws.signing.get("public_key")
@@ -323,7 +315,7 @@ def instance_impl(ctx: RuleContext) -> dict:
     else:
         key_path, _why = _signing_key(ctx, install)
         sign_params["mrsigner"] = _key_check(ctx, key_path)
-        if tools:
+        if tools and install is not None:
             tool = install.sign_tool(mode)
             if tool is None:
                 raise ctx.error(f"stages: occlum: the Occlum install has no sgx_sign for mode {mode}")
@@ -336,25 +328,25 @@ def instance_impl(ctx: RuleContext) -> dict:
     # links, copies and status files
     from occlum_rules.stages.instance_layout import build_lib
 
-    lib_names = build_lib(rt["version"], mode)
-    entries: dict[str, dict] = {
-        f"build/lib/{n}": ({"kind": "copy", "src": rt["pal"].path} if e["kind"] == "pal" else e)
+    lib_names = build_lib(rt.version, mode)
+    entries: dict[str, dict[str, Any]] = {
+        f"build/lib/{n}": ({"kind": "copy", "src": rt.pal.path} if e["kind"] == "pal" else e)
         for n, e in lib_names.items() if e["kind"] in ("symlink", "pal")}
     entries.update({
         ".__occlum_status": {"kind": "text", "text": "built\n"},
         ".sgx_mode": {"kind": "text", "text": f"{mode}\n"},
         "image": {"kind": "symlink", "target": os.path.relpath(image.path, inst)},
     })
-    layout_inputs = [rt["pal"]]  # build/lib only receives atomic renames: pruning is safe
+    layout_inputs = [rt.pal]  # build/lib only receives atomic renames: pruning is safe
     if attr["init_ra"] and init_ra_conf is not None:  # occlum init --init-ra leaves it there
         entries["init_ra_conf.json"] = {"kind": "copy", "src": init_ra_conf.path}
         layout_inputs.append(init_ra_conf)
-    for name, src in rt["bins"].items():
-        if rt["real"]:
-            entries[f"build/bin/{name}"] = {"kind": "symlink", "target": src}
-        else:
+    for name, src in rt.bins.items():
+        if isinstance(src, File):  # the stand-in's, built here
             entries[f"build/bin/{name}"] = {"kind": "copy", "src": src.path}
             layout_inputs.append(src)
+        else:
+            entries[f"build/bin/{name}"] = {"kind": "symlink", "target": src}
     names = sorted(entries)
     outs = [ctx.declare_file(n, action="layout") for n in names]
     ctx.actions.stage(
@@ -369,7 +361,7 @@ def instance_impl(ctx: RuleContext) -> dict:
         "files": [signed, measurements, *outs],
         "instance": {"dir": inst, "sgx_mode": mode, "signed": signed, "measurements": measurements,
                      "occlum_json": occlum_json, "image": image, "image_manifest": image_manifest,
-                     "libos_desc": rt["desc"], "version": rt["version"], "real": rt["real"],
+                     "libos_desc": rt.desc, "version": rt.version, "real": rt.real,
                      "all_outputs": [occlum_json, initfs, image_config, mount_root, mount_mac,
                                      initfs_root, initfs_mac, enclave_xml, sys_json, protected,
                                      patched, signed, measurements, *outs]},

@@ -11,6 +11,7 @@ Like ``occlum package`` it refuses debuggable and SIM-mode instances unless ``de
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from occlum_rules.core.rule import BOOL, INT, LABEL, STRING, Attr, Rule, RuleContext
 
@@ -25,7 +26,7 @@ def _package_name(ctx: RuleContext, instance_name: str) -> str:
     return name
 
 
-def package_impl(ctx: RuleContext) -> dict:
+def package_impl(ctx: RuleContext) -> dict[str, Any]:
     target = ctx.attr["instance"]
     instance = (target.providers or {}).get("instance")
     if instance is None:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from occlum_rules.core.digests import sha256_file
 
@@ -92,8 +93,8 @@ class OcclumInstall:
                     found[name] = self.musl_lib / name
         return found
 
-    def as_dict(self) -> dict:
-        def text(v):
+    def as_dict(self) -> dict[str, Any]:
+        def text(v: Any) -> Any:
             if isinstance(v, Path):
                 return str(v)
             if isinstance(v, dict):

@@ -7,16 +7,16 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
 from occlum_rules.toolchains import occlum as occlum_install
 from occlum_rules.toolchains.occlum import OcclumInstall
-
-_NO_INSTALL = object()
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,13 @@ class CargoToolchain:
 @dataclass
 class Toolchains:
     ws: Workspace
-    _tools: dict[tuple, Tool] = field(default_factory=dict)
-    _probe_cache: dict | None = None
+    _tools: dict[tuple[str, tuple[str, ...]], Tool] = field(default_factory=dict)
+    _probe_cache: dict[str, Any] | None = None
     # One-time messages for the user (the doit bridge prints them once per build).
     notes: list[str] = field(default_factory=list)
-    _occlum: object = None
-    _cargo: dict = field(default_factory=dict)
+    _occlum: OcclumInstall | None = None
+    _occlum_looked: bool = False
+    _cargo: dict[tuple[tuple[str, ...], str], CargoToolchain] = field(default_factory=dict)
 
     # -- probing with a small persistent cache so null builds spawn no `--version` processes
     def _cache_file(self) -> Path:
@@ -108,7 +109,7 @@ class Toolchains:
         except OSError:
             pass
 
-    def occlum_home(self) -> tuple[Path | None, str]:
+    def occlum_home(self) -> tuple[Path, str]:
         if self.ws.occlum_home:
             # relative to the workspace root, like every other path in WORKSPACE.yaml
             home = Path(os.path.expanduser(self.ws.occlum_home))
@@ -121,7 +122,7 @@ class Toolchains:
         dirs: list[tuple[str, str]] = []
         if name.startswith("occlum-"):
             home, why = self.occlum_home()
-            if home is not None:
+            if home:
                 for sub in ("build/bin", "toolchains/gcc/bin", "toolchains/rust/bin",
                             "toolchains/golang/bin", "bin"):
                     dirs.append((str(home / sub), f"Occlum install ({why})"))
@@ -175,10 +176,15 @@ class Toolchains:
     def which(self, name: str) -> str | None:
         return shutil.which(name)
 
+    def note(self, text: str) -> None:
+        """Say ``text`` once per build (the doit bridge prints the notes when it loads)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
     # ------------------------------------------------------------------ Occlum install
     def occlum(self) -> OcclumInstall | None:
         """The Occlum install the workspace points at, or None (noted once for the user)."""
-        if self._occlum is None:
+        if not self._occlum_looked:
             home, why = self.occlum_home()
             install = occlum_install.discover(home, why, digest=self._digest)
             if install is None:
@@ -186,8 +192,8 @@ class Toolchains:
                 self.notes.append(
                     f"occlum-rules: no Occlum install found at {home} ({why}; {reason}); "
                     "using the built-in Python stages and host compilers")
-            self._occlum = install if install is not None else _NO_INSTALL
-        return None if self._occlum is _NO_INSTALL else self._occlum
+            self._occlum, self._occlum_looked = install, True
+        return self._occlum
 
     def require_occlum(self, why: str) -> OcclumInstall:
         """The install, or one clear error saying what needed it and where we looked."""
@@ -396,7 +402,7 @@ def _describe(tc: Toolchains) -> str:
     stages_why = "WORKSPACE.yaml stages"
     lines.append(f"stages     {ws.stages} ({stages_why})")
 
-    def show(kind: str, finder, chain: list[str]) -> None:
+    def show(kind: str, finder: Callable[[], Tool | CargoToolchain], chain: list[str]) -> None:
         try:
             tool = finder()
         except UserError as exc:

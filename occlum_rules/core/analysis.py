@@ -1,15 +1,26 @@
-"""From BUILD files to actions: load packages, resolve labels, run rule implementations."""
+"""From BUILD files to actions: load packages, resolve labels, run rule implementations.
+
+Analysis runs on every build (it is not cached); what it read is still recorded, per target
+(``Target.reads``, filled by the rule's ``ctx.fs``) and for the workspace (WORKSPACE.yaml,
+BUILD and macro files, the set of packages, each package's files as glob() saw them), so
+:meth:`Graph.stale_inputs` can say which answers no longer hold.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from occlum_rules.core import dialect
 from occlum_rules.core.action import Action
+from occlum_rules.core.fileview import FileView, Read
 from occlum_rules.core.labels import Label, parse_label
 from occlum_rules.core.rule import (
     LABEL,
@@ -27,16 +38,24 @@ from occlum_rules.core.workspace import WORKSPACE_FILE, Workspace
 from occlum_rules.core.yamlcheck import did_you_mean
 from occlum_rules.errors import UserError
 
+if TYPE_CHECKING:
+    from occlum_rules.toolchains.resolve import Toolchains
+
 _TARGET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@~-]*$")
 
 
 class Graph:
     """Every target of a workspace and the actions their rules declare."""
 
-    def __init__(self, ws: Workspace, rules: dict[str, Rule], toolchains: Any = None):
+    def __init__(self, ws: Workspace, rules: dict[str, Rule], toolchains: Toolchains | None = None):
+        if toolchains is None:
+            from occlum_rules.toolchains import Toolchains
+
+            toolchains = Toolchains(ws)
         self.ws = ws
         self.rules = rules
-        self.toolchains = toolchains
+        self.toolchains: Toolchains = toolchains
+        self.reads: list[Read] = []   # WORKSPACE.yaml, BUILD and macro files as evaluated
         self.packages: dict[str, Path] = {}
         self.targets: dict[Label, Target] = {}
         self.actions: list[Action] = []
@@ -62,8 +81,49 @@ class Graph:
             dirnames[:] = keep
             if self.ws.build_file in filenames:
                 self.packages[rel] = Path(dirpath)
+        self._record_listing("packages", "", sorted(self.packages))
+
+    def _record_source(self, path: Path) -> None:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digest = "unreadable"
+        rel = self._display(path)
+        self.reads.append(Read("file", rel, digest))
+
+    def _record_listing(self, kind: str, pkg: str, names: list[str]) -> None:
+        read = Read(kind, pkg, _listing_digest(names))
+        if read not in self.reads:
+            self.reads.append(read)
+
+    def _answer(self, fs: FileView, read: Read) -> str:
+        """Today's answer to one of the workspace's own reads (see FileView.answer)."""
+        if read.kind == "packages":
+            again = Graph(self.ws, self.rules, self.toolchains)
+            again.discover()
+            return _listing_digest(sorted(again.packages))
+        if read.kind == "glob":
+            base = self.ws.root / read.path
+            if not (base / self.ws.build_file).is_file():
+                return "absent"
+            return _listing_digest(self._package_files(read.path, base))
+        return fs.answer(read)
+
+    def analysis_inputs(self) -> dict[str, list[Read]]:
+        """What analysis read: ``"//"`` for the workspace's own files, then per target."""
+        found = {"//": list(self.reads)}
+        found.update({str(label): list(t.reads) for label, t in sorted(self.targets.items())})
+        return found
+
+    def stale_inputs(self) -> list[tuple[str, Read]]:
+        """(target or "//", read) for each answer analysis used that no longer holds."""
+        fs = FileView(self.ws.root, self.ws.build_file, self.ws.output_dir, [])
+        return [(owner, read) for owner, reads in self.analysis_inputs().items()
+                for read in reads if self._answer(fs, read) != read.digest]
 
     def load_all(self) -> None:
+        if self.ws.config_path is not None:
+            self._record_source(self.ws.config_path)
         self.discover()
         for pkg in sorted(self.packages):
             self.load_package(pkg)
@@ -83,6 +143,7 @@ class Graph:
             dialect.evaluate(build_path, self._display(build_path), ns, self._known_files)
         finally:
             self._current_pkg.pop()
+        self._record_source(build_path)
 
     def _package_builtins(self) -> dict[str, Any]:
         funcs: dict[str, Any] = {name: self._rule_function(rule) for name, rule in self.rules.items()}
@@ -94,7 +155,7 @@ class Graph:
     def _location(self) -> str:
         return dialect.caller_location(self._known_files)
 
-    def _rule_function(self, rule: Rule):
+    def _rule_function(self, rule: Rule) -> Callable[..., None]:
         def rule_call(**kwargs: Any) -> None:
             location = self._location()
             if not self._current_pkg:
@@ -128,6 +189,7 @@ class Graph:
         pkg = self._current_pkg[-1]
         base = self.packages[pkg]
         files = self._package_files(pkg, base)
+        self._record_listing("glob", pkg, files)
         result = sorted(f for f in files if any(_match(f, p) for p in include)
                         and not any(_match(f, p) for p in exclude))
         if not result and not allow_empty:
@@ -175,6 +237,7 @@ class Graph:
                 dialect.evaluate(path, self._display(path), ns, self._known_files)
             finally:
                 self._loading.pop()
+            self._record_source(path)
             self._loaded[key] = {k: v for k, v in ns.items() if not k.startswith("_")}
         exported = self._loaded[key]
         frame_globals = _caller_globals(self._known_files)
@@ -309,11 +372,15 @@ def source_files(value: Any) -> list[File]:
     if isinstance(value, File):
         return [value]
     if isinstance(value, Target):
-        return list(value.providers["files"])
+        return list((value.providers or {})["files"])
     out: list[File] = []
     for v in value:
         out.extend(source_files(v))
     return out
+
+
+def _listing_digest(names: list[str]) -> str:
+    return hashlib.sha256("\0".join(names).encode()).hexdigest()
 
 
 def _match(path: str, pattern: str) -> bool:
@@ -331,9 +398,7 @@ def _match_parts(parts: list[str], pats: list[str]) -> bool:
 
 
 def _caller_globals(paths: set[str]) -> dict[str, Any]:
-    import sys
-
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename in paths:
             return frame.f_globals

@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from occlum_rules.errors import UserError
@@ -57,8 +58,8 @@ def check_source(source: str, path: str) -> ast.Module:
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
-        line = f":{exc.lineno}" if exc.lineno else ""
-        raise UserError(f"syntax error: {exc.msg}", where=f"{path}{line}") from None
+        at = f":{exc.lineno}" if exc.lineno else ""
+        raise UserError(f"syntax error: {exc.msg}", where=f"{path}{at}") from None
     for node in ast.walk(tree):
         where = f"{path}:{getattr(node, 'lineno', 1)}"
         for kind, message in _FORBIDDEN_NODES.items():
@@ -105,7 +106,7 @@ def base_namespace() -> dict[str, Any]:
 
 def current_line(path: str) -> int:
     """Line of the innermost frame executing ``path`` (for rule calls and glob errors)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename == path:
             return frame.f_lineno
@@ -115,7 +116,7 @@ def current_line(path: str) -> int:
 
 def caller_location(paths: set[str]) -> str:
     """``file:line`` of the innermost BUILD/macro frame on the stack."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename in paths:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"

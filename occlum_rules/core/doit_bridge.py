@@ -246,10 +246,8 @@ def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
         if _doit_command(sys.argv) in _RUN_COMMANDS:
             _take_lock(ws)
         tasks = make_tasks(ws, graph, env)
-        tc = graph.toolchains
-        if tc is not None:
-            for note in getattr(tc, "notes", []):
-                print(note, file=sys.stderr)
+        for note in graph.toolchains.notes:
+            print(note, file=sys.stderr)
     except UserError as exc:
         if _debug():
             raise

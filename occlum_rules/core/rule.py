@@ -2,19 +2,26 @@
 
 Implementations never touch files. They receive a :class:`RuleContext`, read resolved
 attributes, declare output files and actions, and return a dict of providers (``files``,
-plus whatever the rule family shares, e.g. ``static_libs`` or ``image``).
+plus whatever the rule family shares, e.g. ``static_libs`` or ``image``). What they need to
+know about the file system they ask ``ctx.fs`` (:mod:`occlum_rules.core.fileview`), which
+records each answer as an input of the target's analysis.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occlum_rules.core.action import Action
 from occlum_rules.core.labels import Label
+from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
+
+if TYPE_CHECKING:
+    from occlum_rules.core.fileview import FileView, Read
+    from occlum_rules.toolchains.resolve import Toolchains
 
 # Attribute kinds. Labels and sources are resolved during analysis.
 STRING = "string"
@@ -51,7 +58,7 @@ class Attr:
     default: Any = None
     mandatory: bool = False
     doc: str = ""
-    values: tuple | None = None   # allowed values for strings
+    values: tuple[str, ...] | None = None   # allowed values for strings
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class File:
 class Rule:
     name: str
     attrs: dict[str, Attr]
-    impl: Callable[[RuleContext], dict]
+    impl: Callable[[RuleContext], dict[str, Any]]
     doc: str = ""
     default_target: bool = True   # part of `doit build`
 
@@ -83,6 +90,7 @@ class Target:
     location: str           # "path/BUILD.py:12"
     resolved: dict[str, Any] = field(default_factory=dict)
     providers: dict[str, Any] | None = None
+    reads: list[Read] = field(default_factory=list)  # what analysis read for its rule
 
 
 def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, Any]:
@@ -103,6 +111,7 @@ def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, 
             raise UserError(f"{rule.name}(): attribute '{key}' must be {_KIND_TEXT[spec.kind]}, "
                             f"got {type(value).__name__} {value!r}", where=location)
         if spec.kind in (STRING_LIST, LABEL_LIST, SOURCE_LIST):
+            assert isinstance(value, (list, tuple))
             bad = [v for v in value if not isinstance(v, str)]
             if bad:
                 raise UserError(f"{rule.name}(): attribute '{key}' must be {_KIND_TEXT[spec.kind]}, "
@@ -137,7 +146,8 @@ class Actions:
     def __init__(self, ctx: RuleContext):
         self._ctx = ctx
 
-    def _common(self, name: str, inputs: list, outputs: list[File]) -> tuple[list[str], dict, list]:
+    def _common(self, name: str, inputs: Sequence[File | str],
+                outputs: list[File]) -> tuple[list[str], dict[str, str], list[str]]:
         in_paths: list[str] = []
         producers: dict[str, str] = {}
         for f in inputs:
@@ -147,15 +157,15 @@ class Actions:
                     producers[f.path] = f.producer
             else:
                 in_paths.append(str(f))
-        seen: set[str] = set()
-        unique = [p for p in in_paths if not (p in seen or seen.add(p))]
+        unique = list(dict.fromkeys(in_paths))
         upstream = sorted(set(producers.values()))
         return unique, producers, upstream
 
     def _add(self, action: Action) -> None:
         self._ctx._actions.append(action)
 
-    def run(self, name: str, kind: str, argv: list, inputs: list, outputs: list[File],
+    def run(self, name: str, kind: str, argv: Sequence[File | str], inputs: Sequence[File | str],
+            outputs: list[File],
             toolchains: list[str] | None = None, env: dict[str, str] | None = None,
             description: str = "") -> None:
         """A command line. ``argv`` items may be File objects: outputs become placeholders
@@ -176,8 +186,8 @@ class Actions:
             producers=upstream, input_producers=producers, description=description or name))
         self._claim(outputs, action_id)
 
-    def stage(self, name: str, kind: str, func: str, inputs: list, outputs: list[File],
-              params: dict | None = None, toolchains: list[str] | None = None,
+    def stage(self, name: str, kind: str, func: str, inputs: Sequence[File | str],
+              outputs: list[File], params: dict[str, Any] | None = None, toolchains: list[str] | None = None,
               secrets: dict[str, str] | None = None, in_place: bool = False,
               cacheable: bool = True, description: str = "",
               ensure_dirs: list[str] | None = None,
@@ -202,12 +212,20 @@ class Actions:
 
 
 class RuleContext:
-    def __init__(self, target: Target, workspace, toolchains):
+    """What a rule implementation sees: its target's attributes, the workspace settings, the
+    toolchains, the file-system view of analysis (``fs``) and ways to declare outputs and
+    actions."""
+
+    def __init__(self, target: Target, workspace: Workspace, toolchains: Toolchains):
+        from occlum_rules.core.fileview import FileView
+
         self.target = target
         self.label = target.label
         self.attr = target.resolved
         self.workspace = workspace
         self.toolchains = toolchains
+        self.fs: FileView = FileView(workspace.root, workspace.build_file, workspace.output_dir,
+                                     target.reads)
         self.location = target.location
         self._actions: list[Action] = []
         self._declared: set[str] = set()

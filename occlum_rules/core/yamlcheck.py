@@ -54,8 +54,8 @@ def compose(path: Path, text: str | None = None) -> yaml.Node | None:
                         where=f"{path}:{line}" if line else str(path)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"invalid YAML: {exc.problem or exc.context}", where=f"{path}{line}") from None
+        at = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"invalid YAML: {exc.problem or exc.context}", where=f"{path}{at}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"invalid YAML: {' '.join(str(exc).split())}", where=str(path)) from None
     except RecursionError:  # pyyaml's composer recurses once per nesting level

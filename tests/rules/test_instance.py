@@ -175,6 +175,26 @@ def test_per_stage_incremental_behaviour(built, tmp_path):
     assert (inst / "run/mount/__ROOT/app-data").read_text() == "persisted by the app"
 
 
+def test_new_content_in_the_same_signing_key_file_re_signs(built, tmp_path):
+    """The rule reads the key only through analysis (ctx.fs), for its public fingerprint:
+    a new key written over the old file is noticed by the next build, which re-signs."""
+    base_ws, cache, _, _ = built
+    ws = tmp_path / "ws"
+    shutil.copytree(base_ws, ws, symlinks=True)
+    build_file = ws / "examples/hello_c/BUILD.py"
+    build_file.write_text(build_file.read_text().replace(
+        'bom = ":image",', 'bom = ":image",\n    sign_key = "//:key.pem",'))
+    (ws / "BUILD.py").write_text("")
+    rsa3072_e3(ws / "key.pem")
+    build(ws, cache)
+    first = read_signed_info(ws / INSTANCE / "build/lib/libocclum-libos.signed.so")
+    rsa3072_e3(ws / "key.pem")
+    assert ran(build(ws, cache)) == ["sign"]
+    second = read_signed_info(ws / INSTANCE / "build/lib/libocclum-libos.signed.so")
+    assert first["mrsigner"] != second["mrsigner"]
+    assert ran(build(ws, cache)) == []
+
+
 def test_offline_two_step_signing_equals_one_step(built, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")

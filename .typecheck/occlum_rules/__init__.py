@@ -1,0 +1,1 @@
+../../occlum_rules/__init__.py
