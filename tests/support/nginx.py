@@ -206,7 +206,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], deadline: float
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _knows_error_log_option(nginx: str) -> bool:
     """nginx 1.19.5 added ``-e`` (Ubuntu 22.04 ships 1.18, which refuses it)."""
     proc = subprocess.run([nginx, "-h"], capture_output=True, text=True, errors="replace")
