@@ -47,12 +47,16 @@ class _Shard:
         self.seen: tuple | None = None  # the file's stamp when we last read or wrote it
 
     def file_stamp(self) -> tuple | None:
+        if self.path is None:
+            return None
         try:
             return stat_stamp(os.stat(self.path))
-        except (OSError, TypeError):
+        except OSError:
             return None
 
     def read(self) -> dict[str, tuple]:
+        if self.path is None:
+            return {}
         try:
             with open(self.path, "rb") as f:
                 data = marshal.loads(f.read())  # marshal.load(f) reads in tiny pieces
@@ -100,7 +104,7 @@ class DigestCache:
         self._lock = threading.Lock()
 
     def _shard(self, key: str) -> _Shard:
-        if self._outputs is not None and key.startswith(self._split):
+        if self._outputs is not None and self._split and key.startswith(self._split):
             return self._outputs
         return self._main
 

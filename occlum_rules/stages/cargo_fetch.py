@@ -94,7 +94,10 @@ def unpack_crate(data: bytes, name: str, version: str, dest: Path) -> dict[str, 
                     raise UserError(f"{name} {version}: .crate entry {path!r} is not a "
                                     "regular file")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                body = tar.extractfile(member).read()
+                entry = tar.extractfile(member)
+                if entry is None:
+                    raise UserError(f"{name} {version}: .crate entry {path!r} cannot be read")
+                body = entry.read()
                 target.write_bytes(body)
                 target.chmod(0o755 if member.mode & 0o111 else 0o644)
                 files[rel] = hashlib.sha256(body).hexdigest()

@@ -110,9 +110,8 @@ def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
             raise UserError(f"{instance_dir / name} is missing; is this a built Occlum instance?")
         members.extend(_walk(instance_dir, name))
     members += [Member(name, "dir", 0o755) for name in RUN_SKELETON]
-    seen: set[str] = set()
-    unique = [m for m in members if not (m.name in seen or seen.add(m.name))]
-    return sorted(unique, key=lambda m: _sort_key(m.name))
+    unique = {m.name: m for m in reversed(members)}  # the first of each name wins
+    return sorted(unique.values(), key=lambda m: _sort_key(m.name))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -275,6 +274,8 @@ def read_package(path: Path, on_file: Callable[[str, bytes], None] | None = None
                 if info.isreg():
                     sha = hashlib.sha256()
                     src = tar.extractfile(info)
+                    if src is None:
+                        raise UserError(f"member {name!r} cannot be read")
                     wanted = keep is not None and keep(name)
                     if wanted and info.size > MAX_KEPT:
                         raise UserError(f"member {name!r} is implausibly large ({info.size} "

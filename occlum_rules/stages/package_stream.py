@@ -59,6 +59,12 @@ class Member:
     source: str | None = None  # absolute path of a file's content
     target: str | None = None  # a symlink's target, as stored
 
+    @property
+    def content_path(self) -> str:
+        if self.source is None:
+            raise ValueError(f"{self.name}: a {self.kind} has no content file")
+        return self.source
+
 
 @dataclass
 class PackageResult:
@@ -207,7 +213,7 @@ def _save_state(state_path: Path, out: Path, salt: str, segments: dict) -> None:
 
 def _read_range(m: Member, start: int, length: int) -> bytes:
     try:
-        with open(m.source, "rb") as f:
+        with open(m.content_path, "rb") as f:
             f.seek(start)
             data = f.read(length)
     except OSError as exc:
@@ -239,7 +245,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     if previous:
         for i, m in enumerate(members):
             if m.kind == "file":
-                digests[i] = (digest_of or sha256_file)(m.source)
+                digests[i] = (digest_of or sha256_file)(m.content_path)
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
@@ -342,7 +348,8 @@ def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
 
 
 def _record(m: Member, top: str, digest: str | None) -> dict:
-    record = {"path": f"{top}/{m.name}", "type": m.kind, "mode": f"{m.mode:04o}"}
+    record: dict[str, str | int | None] = {"path": f"{top}/{m.name}", "type": m.kind,
+                                           "mode": f"{m.mode:04o}"}
     if m.kind == "file":
         record.update(size=m.size, sha256=digest)
     elif m.kind == "symlink":
