@@ -8,6 +8,7 @@ libraries) becomes an input of the action, so upgrading a host library re-runs i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from occlum_rules.core.analysis import source_files
@@ -22,6 +23,7 @@ from occlum_rules.core.rule import (
     RuleContext,
     Target,
 )
+from occlum_rules.toolchains.resolve import MAKE_VARIABLES
 
 GLIBC_STANDIN = ("stand-in: the host's glibc (no Occlum install); not Occlum's glibc, "
                  "cannot run in Occlum")
@@ -46,6 +48,20 @@ def _glibc(ctx: RuleContext, explicit: File | None) -> tuple[str | None, str, st
     where = str(install.glibc_lib) if install.glibc_lib else f"{install.home}/glibc/lib"
     return (str(config) if config else None, "occlum",
             f"Occlum {install.version} glibc ({where})")
+
+
+_MAKE_VARIABLE = re.compile(r"\$\(([A-Za-z0-9_]+)\)")
+
+
+def _bom_env(ctx: RuleContext) -> dict[str, str]:
+    """``env`` with ``$(NAME)`` replaced by what the toolchains know (Bazel's make variables)."""
+    def value(match: re.Match[str]) -> str:
+        found = ctx.toolchains.make_variable(match.group(1))
+        if found is None:
+            raise ctx.error(f"env: unknown variable $({match.group(1)}); known: "
+                            + ", ".join(f"$({name})" for name in sorted(MAKE_VARIABLES)))
+        return found
+    return {key: _MAKE_VARIABLE.sub(value, text) for key, text in ctx.attr["env"].items()}
 
 
 def bom_impl(ctx: RuleContext) -> dict[str, Any]:
@@ -78,7 +94,7 @@ def bom_impl(ctx: RuleContext) -> dict[str, Any]:
         inputs=[bom_file, *includes, *dep_files], outputs=[image, manifest],
         params={"bom": bom_file.path, "include_dirs": include_dirs, "extra_files": extra,
                 "origins": origins,
-                "env": dict(ctx.attr["env"]), "loader_config": loader_path, "glibc": glibc,
+                "env": _bom_env(ctx), "loader_config": loader_path, "glibc": glibc,
                 "out_dir": ctx.workspace.output_dir},
         in_place=True, description=f"assemble image from {bom_file.path}")
     return {"files": [image, manifest], "image": image, "image_manifest": manifest,
@@ -93,7 +109,8 @@ occlum_bom = Rule(
         "deps": Attr(LABEL_LIST_DICT, default=dict,
                      doc="image directory -> files or targets placed there, e.g. {'/bin': [':app']}"),
         "env": Attr(STRING_DICT, default=dict,
-                    doc="variables for $VAR expansion in the BOM (the build's environment is not used)"),
+                    doc="variables for $VAR expansion in the BOM (the build's environment is "
+                        "not used); values may use $(PYTHON3_VERSION) and $(PYTHON3_EXT_SUFFIX)"),
         "loader_config": Attr(SOURCE, default=None, doc="occlum_elf_loader.config to use"),
     },
     impl=bom_impl,

@@ -335,10 +335,35 @@ class Toolchains:
                         version_digest=tool.version_digest)
         return tool
 
+    # ------------------------------------------------------------------ make variables
+    def python3(self) -> Tool:
+        """The host's python3, for BOMs that copy it (its version names its stdlib dir)."""
+        chain = self.ws.toolchains.get("python3") or ["python3"]
+        return self.find("python3", chain, ["-c", _PYTHON3_FACTS],
+                         why="WORKSPACE.yaml toolchains.python3 chain")
+
+    def make_variable(self, name: str) -> str | None:
+        """The value of ``$(NAME)`` in a rule attribute, or None for an unknown name."""
+        if name in ("PYTHON3_VERSION", "PYTHON3_EXT_SUFFIX"):
+            facts = self.python3().version.split()
+            if len(facts) != 2:
+                raise UserError(f"cannot tell the host python3's version: '{self.python3().version}'")
+            return facts[0] if name == "PYTHON3_VERSION" else facts[1]
+        return None
+
     # ------------------------------------------------------------------ reporting
     def describe(self) -> str:
         """What `occlum-rules toolchains` prints: each choice and where it came from."""
         return _describe(self)
+
+
+MAKE_VARIABLES = {
+    "PYTHON3_VERSION": "major.minor of the host's python3 (3.11 on Debian 12)",
+    "PYTHON3_EXT_SUFFIX": "its extension-module suffix (.cpython-311-x86_64-linux-gnu.so)",
+}
+# One line: the version, then the extension suffix (what `find` keeps as the tool's version).
+_PYTHON3_FACTS = ("import sys, sysconfig; "
+                  "print('%d.%d' % sys.version_info[:2], sysconfig.get_config_var('EXT_SUFFIX'))")
 
 
 # How to get a tool that is not installed, for the one-line error a build stops with.
