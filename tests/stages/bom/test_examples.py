@@ -8,11 +8,8 @@ dirs and show up here.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from occlum_rules.stages.bom import apply_plan, plan_bom
 
