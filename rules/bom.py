@@ -23,7 +23,6 @@ from occlum_rules.core.rule import (
     RuleContext,
     Target,
 )
-from occlum_rules.toolchains.resolve import MAKE_VARIABLES
 
 GLIBC_STANDIN = ("stand-in: the host's glibc (no Occlum install); not Occlum's glibc, "
                  "cannot run in Occlum")
@@ -59,7 +58,7 @@ def _bom_env(ctx: RuleContext) -> dict[str, str]:
         found = ctx.toolchains.make_variable(match.group(1))
         if found is None:
             raise ctx.error(f"env: unknown variable $({match.group(1)}); known: "
-                            + ", ".join(f"$({name})" for name in sorted(MAKE_VARIABLES)))
+                            + ", ".join(f"$({name})" for name in ctx.toolchains.make_variable_names()))
         return found
     return {key: _MAKE_VARIABLE.sub(value, text) for key, text in ctx.attr["env"].items()}
 

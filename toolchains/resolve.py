@@ -342,6 +342,9 @@ class Toolchains:
         return self.find("python3", chain, ["-c", _PYTHON3_FACTS],
                          why="WORKSPACE.yaml toolchains.python3 chain")
 
+    def make_variable_names(self) -> list[str]:
+        return sorted(MAKE_VARIABLES)
+
     def make_variable(self, name: str) -> str | None:
         """The value of ``$(NAME)`` in a rule attribute, or None for an unknown name."""
         if name in ("PYTHON3_VERSION", "PYTHON3_EXT_SUFFIX"):
