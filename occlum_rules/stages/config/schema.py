@@ -59,7 +59,8 @@ class Metadata:
     enable_kss: bool
     family_id: MetaId
     ext_prod_id: MetaId
-    pkru: int = 0  # Occlum 0.29 only: PKRU lived in metadata before the feature section
+    pkru: int = 0  # Occlum 0.29.6-0.30.0: PKRU lived in metadata before the feature section
+    amx: int = 0  # Occlum 0.30.0 only: AMX too
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ _LIMIT_FIELDS = ("init_num_of_threads", "user_space_max_size")  # 0.30 and later
 
 
 def _resource_limit_fields(ms_buffer: bool, profile: ConfigProfile) -> tuple[Field, ...]:
-    fields = (
+    fields: tuple[Field, ...] = (
         Field("init_num_of_threads", "init_num_of_threads", read_u32, False, True),
         Field("max_num_of_threads", "max_num_of_threads", read_u32),
         Field("kernel_space_heap_size", "kernel_space_heap_size", read_size_str),
@@ -294,11 +295,13 @@ METADATA_FIELDS = (
 
 
 def read_metadata(value: Any, path: str, r: Reader) -> Metadata:
-    fields = METADATA_FIELDS
+    fields: tuple[Field, ...] = METADATA_FIELDS
     if not r.profile.disable_log:
         fields = tuple(f for f in fields if f.key != "disable_log")
     if r.profile.pkru_in_metadata:
         fields += (Field("pkru", "pkru", read_u32, False, False, 0),)
+    if r.profile.amx_in_metadata:
+        fields += (Field("amx", "amx", read_u32, False, False, 0),)
     out = _read_struct(value, path, r, fields, "metadata")
     out.setdefault("disable_log", None)
     return Metadata(**out)
@@ -377,7 +380,7 @@ def read_config(
     ``profile`` decides which keys the tool knows (the rest warn as ignored).
     """
     r = Reader(source, ms_buffer, profile)
-    fields = TOP_FIELDS
+    fields: tuple[Field, ...] = TOP_FIELDS
     if profile.feature_keys is None:
         fields = tuple(f for f in fields if f.key != "feature")
     out = _read_struct(tree, "", r, fields, "Occlum.json")
