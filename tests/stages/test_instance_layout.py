@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from occlum_rules.errors import UserError
 from occlum_rules.stages.instance_layout import (
     InitfsSources,
     build_lib,
@@ -15,7 +16,6 @@ from occlum_rules.stages.instance_layout import (
     initfs_plan,
     missing_sources,
 )
-from occlum_rules.errors import UserError
 
 SOURCES = InitfsSources(
     home="/opt/occlum", init="/opt/occlum/build/bin/init",
