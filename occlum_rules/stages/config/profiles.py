@@ -35,10 +35,12 @@ of the tool built from the tag, 0.31 against commit 690d5dbf, which has 0.31.0's
 
 ``etc/template/Occlum.json`` follows the same steps (0.29.6 drops the /proc and /dev
 mounts, 0.30.0 adds ``metadata.amx``, 0.30.1 moves pkru/amx into ``feature``, 0.31.0 adds
-``feature.io_uring``); builds with an install use the install's own template. The initfs
-that ``occlum init`` makes is the same from 0.29.0 to 0.31.0 for the default init (see
-occlum_rules/stages/instance_layout.py for what does change: the image directories and
-the ``--init-ra aecs`` libraries).
+``feature.io_uring``); builds with an install use the install's own template.
+``tools/occlum``'s default initfs (``gen_initfs``) is the same from 0.29.0 to 0.31.0;
+``occlum init`` made image/sbin and image/ext2 only from 0.31.0 (followed in
+occlum_rules/stages/instance_layout.py). ``--init-ra`` exists from 0.29.6; its aecs
+library list changed in 0.30.0 (OS lib dir, libprotobuf) and 0.31.0 (OS libssl/libcrypto
+only when aecs_client lacks them): only the 0.31.0 list is reproduced.
 
 A release maps to the profile of the newest release listed here that is not newer than
 it (0.30.2 would be treated as 0.30.1, 0.32.0 as 0.31). Releases before 0.29.6 and any
