@@ -13,6 +13,7 @@ from typing import Any
 
 from occlum_rules.core.analysis import source_files
 from occlum_rules.core.rule import (
+    BOOL,
     LABEL_LIST_DICT,
     SOURCE,
     SOURCE_LIST,
@@ -63,6 +64,33 @@ def _bom_env(ctx: RuleContext) -> dict[str, str]:
     return {key: _MAKE_VARIABLE.sub(value, text) for key, text in ctx.attr["env"].items()}
 
 
+def _occlum_init_entries(ctx: RuleContext) -> list[dict]:
+    """What ``occlum init`` puts in image/ before the BOM is copied: from the Occlum install
+    (its release decides the directories), or host musl stand-ins without one."""
+    from dataclasses import asdict
+
+    from occlum_rules.errors import UserError
+    from occlum_rules.stages.init_sources import STANDIN_NOTE
+    from occlum_rules.stages.instance_layout import image_init_plan, missing_sources
+
+    install = ctx.toolchains.occlum()
+    if install is None:
+        ctx.toolchains.note(STANDIN_NOTE)
+    try:
+        entries = image_init_plan(ctx.toolchains.init_sources(None),
+                                  install.version if install else None,
+                                  str(install.version_header) if install else "Occlum version")
+    except UserError as exc:
+        raise ctx.error(str(exc)) from None
+    if install is not None:
+        missing = missing_sources(entries, ctx.fs.exists)
+        if missing:
+            raise ctx.error(f"occlum_init: the Occlum install at {install.home} has no "
+                            f"{', '.join(missing)}, which `occlum init` copies into image/ "
+                            "(set occlum_init = False to build the image from the BOM only)")
+    return [asdict(e) for e in entries]
+
+
 def bom_impl(ctx: RuleContext) -> dict[str, Any]:
     bom = ctx.attr["src"]
     bom_file = source_files(bom)[0]
@@ -86,6 +114,7 @@ def bom_impl(ctx: RuleContext) -> dict[str, Any]:
                 origins.update({f.path: f"{f.path} (source file)" for f in source_files(ref)})
     loader = ctx.attr["loader_config"]
     loader_path, glibc, glibc_desc = _glibc(ctx, source_files(loader)[0] if loader else None)
+    init_entries = _occlum_init_entries(ctx) if ctx.attr["occlum_init"] else None
     image = ctx.declare_file("image", action="image", is_dir=True)
     manifest = ctx.declare_file("image.manifest.json", action="image")
     ctx.actions.stage(
@@ -94,7 +123,7 @@ def bom_impl(ctx: RuleContext) -> dict[str, Any]:
         params={"bom": bom_file.path, "include_dirs": include_dirs, "extra_files": extra,
                 "origins": origins,
                 "env": _bom_env(ctx), "loader_config": loader_path, "glibc": glibc,
-                "out_dir": ctx.workspace.output_dir},
+                "out_dir": ctx.workspace.output_dir, "init_entries": init_entries},
         in_place=True, description=f"assemble image from {bom_file.path}")
     return {"files": [image, manifest], "image": image, "image_manifest": manifest,
             "glibc": glibc_desc}
@@ -111,6 +140,9 @@ occlum_bom = Rule(
                     doc="variables for $VAR expansion in the BOM (the build's environment is "
                         "not used); values may use $(PYTHON3_VERSION) and $(PYTHON3_EXT_SUFFIX)"),
         "loader_config": Attr(SOURCE, default=None, doc="occlum_elf_loader.config to use"),
+        "occlum_init": Attr(BOOL, default=True,
+                            doc="start from the image/ `occlum init` makes (directories, etc/hosts, "
+                                "etc/localtime, musl runtime, Occlum glibc); False: the BOM only"),
     },
     impl=bom_impl,
     doc="An Occlum image assembled from a BOM.",

@@ -136,17 +136,9 @@ def _initfs_plan(ctx: RuleContext, install: OcclumInstall | None, rt: Runtime,
     """
     from dataclasses import asdict
 
-    from occlum_rules.stages.instance_layout import InitfsSources, initfs_plan, missing_sources
+    from occlum_rules.stages.instance_layout import initfs_plan, missing_sources
 
-    if install is None:
-        sources = InitfsSources(home="", init=rt.init, musl_runtime={}, glibc_lib=None, os_lib="")
-    else:
-        os_lib = "/usr/lib/x86_64-linux-gnu"  # occlum init: Ubuntu's, else /usr/lib64
-        sources = InitfsSources(
-            home=str(install.home), init=rt.init,
-            musl_runtime={n: str(p) for n, p in install.musl_runtime().items()},
-            glibc_lib=str(install.glibc_lib) if install.glibc_lib else None,
-            os_lib=os_lib if ctx.fs.is_dir(os_lib) else "/usr/lib64")
+    sources = ctx.toolchains.init_sources(rt.init)  # without an install: host musl stand-ins
     entries, template = initfs_plan(variant, sources, listdir=ctx.fs.listdir)
     if variant is None:
         entries = [e for e in entries if not (e.path.startswith("lib/") and e.src is None)]

@@ -10,13 +10,16 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
 from occlum_rules.toolchains import occlum as occlum_install
 from occlum_rules.toolchains.occlum import OcclumInstall
+
+if TYPE_CHECKING:
+    from occlum_rules.stages.instance_layout import InitfsSources
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,13 @@ class Toolchains:
                         digest=combined.hexdigest(), source=tool.source,
                         version_digest=tool.version_digest)
         return tool
+
+    # ------------------------------------------------------------------ occlum init's files
+    def init_sources(self, init: str | None) -> InitfsSources:
+        """Where `occlum init`'s files come from here: the install, or host stand-ins."""
+        from occlum_rules.stages.init_sources import init_sources
+
+        return init_sources(self.occlum(), init)
 
     # ------------------------------------------------------------------ make variables
     def python3(self) -> Tool:

@@ -1,4 +1,5 @@
-"""The copy_bom action: BOM + rule outputs → image/ and its manifest."""
+"""The copy_bom action: BOM + rule outputs → image/ and its manifest (over what ``occlum
+init`` puts in image/ first, unless the rule turned that off)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ def assemble(ctx: StageContext) -> None:
     elf_cache = ctx.state_dir / "elf-headers.marshal"
     elf_deps.load_elf_cache(elf_cache)
     origins = {str(ctx.root / p): who for p, who in params.get("origins", {}).items()}
+    base = None
+    if params.get("init_entries") is not None:  # image/ as `occlum init` leaves it
+        from occlum_rules.stages.image_init import init_tree
+
+        base, init_inputs = init_tree(params["init_entries"], ctx.state_dir / "image-init")
+        ctx.add_inputs(init_inputs)
     try:
         plan = plan_bom(bom, includes, loader, env=params.get("env", {}), extra_files=extra,
-                        origins=origins)
+                        origins=origins, initial=base)
     except UserError as exc:
         if exc.where is None:  # about the rule's deps: say which image
             raise UserError(f"{ctx.label}: {exc.message}", exit_code=exc.exit_code) from None

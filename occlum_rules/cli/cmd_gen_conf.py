@@ -6,8 +6,8 @@ the field, and neither output file is touched (the real tool prints the message,
 and leaves both files truncated to 0 bytes).
 
 ``--occlum-version X.Y.Z`` reproduces that release's tool instead of the newest (see
-occlum_rules/stages/config/profiles.py): Occlum 0.29 has no EDMM, so it neither reads
-INSTANCE_IS_FOR_EDMM_PLATFORM nor prints the "Build on platform" line.
+occlum_rules/stages/config/profiles.py): Occlum 0.29 has no EDMM, so it does not read
+INSTANCE_IS_FOR_EDMM_PLATFORM; before 0.30.1 no "Build on platform" line is printed.
 """
 
 from __future__ import annotations
@@ -109,6 +109,6 @@ def main(argv: list[str]) -> int:
     for warning in out.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     write_config_outputs(args.sdk_xml, args.output_json, out.enclave_xml, out.sys_json)
-    if profile.edmm:
+    if profile.edmm_line:
         print(f"Build on platform {'WITH' if out.edmm else 'WITHOUT'} EDMM support")
     return 0

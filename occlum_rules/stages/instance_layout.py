@@ -7,6 +7,8 @@ on one description:
   what each is (occlum_build.mk's LibOS/PAL copies and their relative links);
 - :func:`initfs_plan` — what ``occlum init`` copies into ``initfs/`` for the default init and
   for ``--init-ra grpc_ratls|aecs``, and which of those sources are missing;
+- :func:`image_init_plan` — what ``occlum init`` puts into ``image/`` before copy_bom adds
+  the user's files (directories, etc/hosts, etc/localtime, the musl runtime, Occlum's glibc);
 - :func:`cp_mode` — the mode a plain ``cp`` gives a copy.
 """
 
@@ -77,6 +79,22 @@ class InitfsEntry:
 
 
 HOSTS = "127.0.0.1   localhost\n"
+GLIBC_DIR = "opt/occlum/glibc"
+# `occlum init`'s image directories (tools/occlum cmd_init). v0.31.0 added sbin and ext2;
+# 0.29.6 to 0.30.1 make only these.
+IMAGE_DIRS_BEFORE_0_31 = ("bin", "lib", "lib64", "root", "host", "tmp", "dev", "proc", "etc")
+IMAGE_DIRS_0_31 = (*IMAGE_DIRS_BEFORE_0_31, "sbin", "ext2")
+
+
+def image_dirs(version: str | None, where: str = "Occlum version") -> tuple[str, ...]:
+    """The directories ``occlum init`` of release ``version`` makes in image/ (None: newest).
+
+    An unsupported version is the same one-line error as for the config profile."""
+    from occlum_rules.stages.config.profiles import check_supported
+
+    if version is None or check_supported(version, where) >= (0, 31, 0):
+        return IMAGE_DIRS_0_31
+    return IMAGE_DIRS_BEFORE_0_31
 
 
 def _rel(home: str, path: str) -> str:
@@ -95,6 +113,35 @@ def _musl(s: InitfsSources) -> list[InitfsEntry]:
         out.append(_copy(f"lib/{name}", src, s.home) if src else
                    InitfsEntry(f"lib/{name}", "copy", part=f"musl runtime {name}"))
     return out
+
+
+def image_init_plan(s: InitfsSources, version: str | None,
+                    where: str = "Occlum version") -> list[InitfsEntry]:
+    """image/ as ``occlum init`` of ``version`` leaves it, before copy_bom runs.
+
+    The musl runtime files without a source are left out (as for the default initfs); the
+    glibc part is there only when the sources name a glibc (Occlum's, from the install).
+    """
+    entries = [InitfsEntry(d, "dir") for d in image_dirs(version, where)]
+    g = s.glibc_lib
+    if g:
+        entries += [InitfsEntry(d, "dir") for d in ("opt", "opt/occlum", GLIBC_DIR,
+                                                     f"{GLIBC_DIR}/lib", f"{GLIBC_DIR}/etc")]
+    entries.append(InitfsEntry("etc/hosts", "text", text=HOSTS))
+    if s.localtime:
+        entries.append(_copy("etc/localtime", s.localtime, s.home))
+    entries += [e for e in _musl(s) if e.src is not None]
+    if g:
+        entries.append(_copy("lib64/ld-linux-x86-64.so.2", f"{g}/ld-linux-x86-64.so.2", s.home))
+        entries.append(InitfsEntry(f"{GLIBC_DIR}/lib/ld-linux-x86-64.so.2", "symlink",
+                                   target="/lib64/ld-linux-x86-64.so.2"))
+        for name in ("libc.so.6", "libpthread.so.0", "libm.so.6"):
+            entries.append(_copy(f"{GLIBC_DIR}/lib/{name}", f"{g}/{name}", s.home))
+        for name in ("libstdc++.so.6", "libgcc_s.so.1"):
+            entries.append(_copy(f"{GLIBC_DIR}/lib/{name}", f"{s.os_lib}/{name}", s.home))
+        if s.localtime:
+            entries.append(_copy(f"{GLIBC_DIR}/etc/localtime", s.localtime, s.home))
+    return entries
 
 
 def initfs_plan(variant: str | None, s: InitfsSources,

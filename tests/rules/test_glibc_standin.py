@@ -58,11 +58,13 @@ def _need_glibc_host() -> None:
         pytest.skip(f"needs a glibc host with {HOST_LOADER}, gcc and /usr/bin/python3")
 
 
-def _workspace(root: Path, occlum_home: Path | None) -> Path:
+def _workspace(root: Path, occlum_home: Path | None, occlum_init: bool = True) -> Path:
     yaml = "source_date_epoch: 1704067200\n"
     if occlum_home is not None:
         yaml += f"occlum:\n  home: {occlum_home}\n"
-    return make_workspace(root, {"BUILD.py": BUILD, "image.yaml": IMAGE_YAML,
+    build = BUILD if occlum_init else BUILD.replace(
+        'src = "image.yaml",', 'src = "image.yaml", occlum_init = False,')
+    return make_workspace(root, {"BUILD.py": build, "image.yaml": IMAGE_YAML,
                                  "hello.c": HELLO}, yaml)
 
 
@@ -190,7 +192,13 @@ def test_with_an_install_occlums_glibc_is_used(tmp_path):
     (home / "etc/template").mkdir(parents=True)
     (home / "etc/template/occlum_elf_loader.config").write_text(
         f"{loader} {glibc}:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:/lib64:/lib\n")
-    ws = _workspace(tmp_path / "ws", home)
+    # the BOM's own mapping only: this install's glibc/lib is partial (no libpthread, libm),
+    # which `occlum init` would refuse, and occlum init would put it at /opt/occlum/glibc/lib
+    refused = run_doit(_workspace(tmp_path / "ws-init", home), "build", cache=tmp_path / "cache",
+                       env={"OCCLUM_HOME": ""})
+    assert refused.returncode == 1 and "Traceback" not in refused.output
+    assert "glibc/lib/libpthread.so.0" in refused.output and "occlum_init = False" in refused.output
+    ws = _workspace(tmp_path / "ws", home, occlum_init=False)
     result = _build(ws, tmp_path / "cache")
     assert NOTE not in result.output
     image = ws / "out/bin/image/image"

@@ -5,7 +5,9 @@ The install is the stand-in of tests/support/occlum_install.py (real layout, sta
 contents). The expected instance below is written from ../shared/specs/occlum-install.md
 section (b) (tools/occlum cmd_init/gen_initfs/cmd_build and tools/occlum_build.mk at occlum
 690d5dbf), not from this project's code; the init-ra initfs lists come from the same
-tools/occlum, gen_initfs_grpc_ratls / gen_initfs_aecs (lines 163-246).
+tools/occlum, gen_initfs_grpc_ratls / gen_initfs_aecs (lines 163-246). image/ is what
+cmd_init puts there with copy_bom's result on top; its directory list depends on the
+release (tools/occlum at v0.31.0 added image/sbin and image/ext2; v0.29.6-v0.30.1 lack them).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ INSTANCE = "out/bin/examples/hello_c/instance"
 PACKAGE = "out/bin/examples/hello_c/package/hello_c.tar.gz"
 SEFS_ROOTS = ("build/mount/__ROOT", "build/initfs/__ROOT")
 # Where this project's instance differs from Occlum's on purpose (README "Instance layout"):
-# image/ is the occlum_bom target's output, linked rather than copied, and
-# build/measurements.json records MRENCLAVE/MRSIGNER and what they were made from.
+# image/ is the occlum_bom target's output, linked rather than copied (compared on its own,
+# see image_listing), and build/measurements.json records MRENCLAVE/MRSIGNER and what they
+# were made from.
 OURS = ("image", "build/measurements.json")
 
 
@@ -97,6 +100,38 @@ def spec_initfs(inst: StandinInstall, init_ra: str | None = None) -> dict[str, t
         copy("bin/init", home / "build/bin/init_aecs")
         copy("etc/init_ra_conf.json", home / "etc/template/init_aecs.json")
     tree["etc/image_config.json"] = ("file", 0o644, image_config)
+    return tree
+
+
+def spec_image_init(inst: StandinInstall) -> dict[str, tuple]:
+    """image/ after occlum init (spec (b), cmd_init :313-365), before copy_bom runs."""
+    release = tuple(int(x) for x in inst.version.split("."))
+    dirs = ["bin", "lib", "lib64", "root", "host", "tmp", "dev", "proc", "etc"]
+    if release >= (0, 31, 0):
+        dirs += ["sbin", "ext2"]
+    glibc_lib = inst.home / "glibc/lib"  # this install's Occlum glibc (/opt/occlum/glibc/lib)
+    g = "opt/occlum/glibc"
+    if glibc_lib.is_dir():  # mkdir -p image/opt/occlum/glibc/{lib,etc}
+        dirs += ["opt", "opt/occlum", g, f"{g}/lib", f"{g}/etc"]
+    tree: dict[str, tuple] = {d: ("dir",) for d in dirs}
+
+    def copy(dest: str, src: Path) -> None:
+        tree[dest] = ("file", cp_mode(src), src)
+
+    tree["etc/hosts"] = ("file", 0o644, b"127.0.0.1   localhost\n")
+    copy("etc/localtime", Path("/etc/localtime"))
+    copy("lib/ld-musl-x86_64.so.1", Path("/lib/ld-musl-x86_64.so.1"))
+    for name in ("libc.so", "libstdc++.so.6", "libgcc_s.so.1", "libgomp.so.1"):
+        copy(f"lib/{name}", inst.musl_lib / name)
+    if glibc_lib.is_dir():
+        copy("lib64/ld-linux-x86-64.so.2", glibc_lib / "ld-linux-x86-64.so.2")
+        tree[f"{g}/lib/ld-linux-x86-64.so.2"] = ("link", "/lib64/ld-linux-x86-64.so.2")
+        for name in ("libc.so.6", "libpthread.so.0", "libm.so.6"):
+            copy(f"{g}/lib/{name}", glibc_lib / name)
+        os_lib = Path("/usr/lib/x86_64-linux-gnu")
+        for name in ("libstdc++.so.6", "libgcc_s.so.1"):
+            copy(f"{g}/lib/{name}", os_lib / name)
+        copy(f"{g}/etc/localtime", Path("/etc/localtime"))
     return tree
 
 
@@ -188,9 +223,14 @@ def instance_listing(inst_dir: Path) -> dict[str, tuple]:
     return built
 
 
+def image_listing(inst_dir: Path) -> dict[str, tuple]:
+    """image/ (a link to the occlum_bom output) listed like the rest."""
+    return listing((inst_dir / "image").resolve())
+
+
 def check_sefs(inst_dir: Path) -> None:
     """SEFS roots hold `metadata` + 32-hex-digit inode files (spec (b)); the initfs image
-    holds exactly initfs/ (names, kinds, modes, bytes)."""
+    holds exactly initfs/ and the mount image exactly image/ (names, kinds, modes, bytes)."""
     import hashlib
     import re
 
@@ -198,17 +238,18 @@ def check_sefs(inst_dir: Path) -> None:
         names = os.listdir(inst_dir / root)
         assert "metadata" in names, root
         assert all(n == "metadata" or re.fullmatch(r"[0-9a-f]{32}", n) for n in names), names
-    mac = (inst_dir / "build/initfs/.ROOT_MAC").read_text().strip()
-    packed = {e.path: (e.type, e.mode & 0o7777, e.sha256 if e.type == "file" else e.target)
-              for e in verify_image(inst_dir / "build/initfs/__ROOT", expected_mac=mac)}
-    tree = {}
-    for rel, entry in listing(inst_dir / "initfs").items():
-        kind = {"dir": "dir", "file": "file", "link": "symlink"}[entry[0]]
-        path = inst_dir / "initfs" / rel
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        tree[rel] = (kind, mode, hashlib.sha256(entry[2]).hexdigest() if kind == "file" else
-                     entry[1] if kind == "symlink" else None)
-    assert packed == tree
+    for packed_dir, src in (("build/initfs", inst_dir / "initfs"),
+                            ("build/mount", (inst_dir / "image").resolve())):
+        mac = (inst_dir / packed_dir / ".ROOT_MAC").read_text().strip()
+        packed = {e.path: (e.type, e.mode & 0o7777, e.sha256 if e.type == "file" else e.target)
+                  for e in verify_image(inst_dir / packed_dir / "__ROOT", expected_mac=mac)}
+        tree = {}
+        for rel, entry in listing(src).items():
+            kind = {"dir": "dir", "file": "file", "link": "symlink"}[entry[0]]
+            mode = stat.S_IMODE((src / rel).lstat().st_mode)
+            tree[rel] = (kind, mode, hashlib.sha256(entry[2]).hexdigest() if kind == "file" else
+                         entry[1] if kind == "symlink" else None)
+        assert packed == tree, packed_dir
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -257,6 +298,28 @@ def test_instance_is_what_occlum_init_and_build_leave(install, tmp_path, mode):
     assert problems == []
     check_sefs(inst_dir)
     assert (inst_dir / "image").is_symlink() and (inst_dir / "image").resolve().is_dir()
+
+
+def without_occlum_init(ws: Path) -> None:
+    build = ws / "examples/hello_c/BUILD.py"
+    text = build.read_text().replace('src = "hello.yaml",', 'src = "hello.yaml",\n    occlum_init = False,')
+    assert text != build.read_text()
+    build.write_text(text)
+
+
+def test_image_is_what_occlum_init_and_copy_bom_leave(install, tmp_path):
+    # image/ = occlum init's files, then copy_bom's on top. The copy_bom part is this project's
+    # BOM-only image (occlum_init = False; checked against copy_bom itself elsewhere).
+    ws = workspace(tmp_path / "ws", install)
+    build(ws, tmp_path / "cache")
+    bom_only = workspace(tmp_path / "bom-only", install)
+    without_occlum_init(bom_only)
+    build(bom_only, tmp_path / "cache")
+    from_bom = image_listing(bom_only / INSTANCE)
+    assert "etc/hosts" not in from_bom and "sbin" not in from_bom  # the BOM makes neither
+    expected = {**spec_image_init(install), **from_bom}
+    assert compare(image_listing(ws / INSTANCE), expected) == []
+    check_sefs(ws / INSTANCE)
 
 
 def test_initfs_keeps_source_modes_as_cp_does(install, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from occlum_rules.stages.config import default_occlum_json
+from tests.conftest import vectors_path
 from tests.support.workspace import make_workspace, outcomes, run_doit
 from tests.toolchains.fake_install import make_signable_install
 
@@ -91,5 +92,36 @@ def test_install_of_an_unsupported_release_stops_with_its_version(tmp_path):
     ws = workspace(tmp_path / "ws", home)
     result = run_doit(ws, "build", cache=tmp_path / "cache", env={"OCCLUM_HOME": ""})
     assert result.returncode == 1
-    assert "Occlum '0.28.1' is not supported for config generation" in result.output
+    assert "Occlum '0.28.1' is not supported:" in result.output
     assert "occlum_version.h" in result.output and "Traceback" not in result.output
+
+
+def _template_before_0_30_1(version: str) -> dict:
+    """etc/template/Occlum.json of 0.29.6 (a copy kept with the golden vectors); 0.29.7 has
+    the same file, 0.30.0 adds metadata.amx (the tags' template diff)."""
+    tree = json.loads(vectors_path("config-v0.29.6", "template-Occlum.json").read_text())
+    if version == "0.30.0":
+        tree["metadata"]["amx"] = 0
+    return tree
+
+
+@pytest.mark.parametrize("version", ["0.29.6", "0.29.7", "0.30.0"])
+def test_install_version_header_picks_the_release_format(version, tmp_path):
+    home = make_signable_install(tmp_path / f"occlum-{version}", version,
+                                 _template_before_0_30_1(version))
+    ws = workspace(tmp_path / "ws", home)
+    result = run_doit(ws, "build", cache=tmp_path / "cache", env={"OCCLUM_HOME": ""})
+    assert result.returncode == 0, result.output
+    assert "ignored by Occlum" not in result.output  # the release's own template fits it
+    inst = ws / INSTANCE
+    sys_json = json.loads((inst / "build/.Occlum_sys.json").read_text())
+    assert "feature" not in sys_json and "disable_log" not in sys_json
+    enclave_xml = (inst / "build/Enclave.xml").read_text()
+    assert ("<AMX>" in enclave_xml) == (version == "0.30.0")
+    app_mounts = [m["target"] for m in sys_json["app"][1]["mount"]]
+    if version == "0.29.6":  # four slots: root, host, /proc, /dev
+        assert sys_json["resource_limits"] == {"user_space_size": "256MB"}
+        assert app_mounts == ["/", "/host", "/proc", "/dev"]
+    else:  # /proc, /dev, then the user's mounts
+        assert app_mounts[:2] == ["/proc", "/dev"]
+        assert ("user_space_init_size" in sys_json["resource_limits"]) == (version == "0.30.0")

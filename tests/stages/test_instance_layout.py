@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import pytest
 
+from occlum_rules.errors import UserError
 from occlum_rules.stages.instance_layout import (
     InitfsSources,
     build_lib,
     cp_mode,
+    image_dirs,
+    image_init_plan,
     initfs_plan,
     missing_sources,
 )
@@ -112,3 +115,40 @@ def test_missing_sources_name_the_install_parts():
     assert "toolchains/aecs_client/*" in missing_sources(aecs, lambda p: True)
     # an optional copy (libprotobuf.so.32, copied only when present) is never missing
     assert not any("libprotobuf" in m for m in missing_sources(aecs, lambda p: False))
+
+
+@pytest.mark.parametrize("version,extra", [
+    # tools/occlum cmd_init: v0.31.0 added `mkdir -p image/sbin image/ext2`; the tags
+    # v0.29.6 .. v0.30.1 make the other nine directories only.
+    ("0.29.6", False), ("0.30.1", False), ("0.31.0", True), ("0.32.0", True), (None, True),
+])
+def test_image_dirs_follow_the_release(version, extra):
+    dirs = image_dirs(version)
+    assert dirs[:9] == ("bin", "lib", "lib64", "root", "host", "tmp", "dev", "proc", "etc")
+    assert dirs[9:] == (("sbin", "ext2") if extra else ())
+
+
+def test_image_init_plan_of_an_unsupported_release_is_one_clear_error():
+    with pytest.raises(UserError) as info:
+        image_init_plan(SOURCES, "0.28.1", "include/occlum_version.h")
+    assert str(info.value).startswith("include/occlum_version.h: Occlum '0.28.1' is not supported")
+
+
+def test_image_init_plan():
+    # spec (b) `occlum init`: directories, hosts, localtime, musl runtime, glibc bits
+    plan = {e.path: e for e in image_init_plan(SOURCES, "0.31.0")}
+    assert plan["etc/hosts"].text == "127.0.0.1   localhost\n"
+    assert plan["etc/localtime"].src == "/etc/localtime"
+    assert plan["lib/libc.so"].src == "/usr/local/occlum/x86_64-linux-musl/lib/libc.so"
+    assert plan["lib64/ld-linux-x86-64.so.2"].src == "/opt/occlum/glibc/lib/ld-linux-x86-64.so.2"
+    link = plan["opt/occlum/glibc/lib/ld-linux-x86-64.so.2"]
+    assert (link.kind, link.target) == ("symlink", "/lib64/ld-linux-x86-64.so.2")
+    assert plan["opt/occlum/glibc/lib/libgcc_s.so.1"].src == "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1"
+    assert plan["opt/occlum/glibc/etc/localtime"].src == "/etc/localtime"
+    assert {p for p, e in plan.items() if e.kind == "dir"} >= {"sbin", "ext2", "opt/occlum/glibc/etc"}
+    # no glibc: no glibc part; musl files without a source are left out
+    bare = InitfsSources(home="", init=None, musl_runtime={"libc.so": "/x/libc.so"},
+                         glibc_lib=None, os_lib="")
+    paths = {e.path for e in image_init_plan(bare, "0.30.1")}
+    assert not any(p.startswith(("opt", "lib64/")) for p in paths)
+    assert {p for p in paths if p.startswith("lib/")} == {"lib/libc.so"}

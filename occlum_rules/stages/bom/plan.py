@@ -549,8 +549,12 @@ def plan_bom(
     source_dir: str | os.PathLike[str] | None = None,
     root: str | None = None,
     origins: Mapping[str, str] | None = None,
+    initial: VTree | None = None,
 ) -> Plan:
     """Plan the image for ``bom_file``. Pure apart from reading host files.
+
+    ``initial`` is what the image holds before copy_bom runs (``occlum init``'s files); the
+    BOM's operations are replayed on top of it, so its copies win as later copies would.
 
     Relative sources resolve against ``source_dir`` when given (default: the BOM file's
     directory). With ``root`` and no ``source_dir`` they follow copy_bom exactly: against the
@@ -559,7 +563,7 @@ def plan_bom(
     """
     try:
         return _plan_bom(bom_file, include_dirs, loader_config, env, extra_files, source_dir, root,
-                         origins or {})
+                         origins or {}, initial)
     except OSError as exc:
         raise UserError(f"cannot read {exc.filename}: {exc.strerror}", exit_code=EXIT_FILE_NOT_FOUND) from None
 
@@ -573,6 +577,7 @@ def _plan_bom(
     source_dir: str | os.PathLike[str] | None,
     root: str | None,
     origins: Mapping[str, str],
+    initial: VTree | None = None,
 ) -> Plan:
     cwd = os.getcwd()
     config = loader_config if isinstance(loader_config, LoaderConfig) else load_loader_config(loader_config)
@@ -599,7 +604,7 @@ def _plan_bom(
     if extra_files:
         per_bom.append(_extra_bom(ctx, extra_files, missing))
     _dedupe(per_bom)
-    tree = VTree()
+    tree = initial if initial is not None else VTree()
     ops: list[Op] = []
     written: dict[int, list[tuple[str, Entry]]] = {}
     for i, b in enumerate(per_bom):

@@ -38,28 +38,40 @@ def resource_lines(res: Resolution) -> list[tuple[str, Resolved, bool]]:
 
 
 def explain_text(res: Resolution, source: str = "Occlum.json") -> str:
-    r = res.resources
+    """The explanation, in the format of the profile's release (``res.profile``)."""
+    r, profile = res.resources, res.profile
     meta = res.config.metadata
-    out = [f"{source}: {r.edmm_origin}", "", "Enclave.xml:"]
+    out = [f"{source}: {r.edmm_origin}",
+           f"format: {profile.label}'s gen_internal_conf ({profile.reference})", "", "Enclave.xml:"]
     for name, resolved, is_size in resource_lines(res):
         human = f"({human_size(resolved.value)})" if is_size else ""
         out.append(f"  {name:<20} {resolved.value:>12}  {human:<12}  {resolved.origin}")
     if r.user_region is None:
-        out.append(f"  {'UserRegionSize':<20} {'-':>12}  {'':<12}  not written (non-EDMM layout)")
+        why = "non-EDMM layout" if profile.edmm else f"{profile.label} has no EDMM"
+        out.append(f"  {'UserRegionSize':<20} {'-':>12}  {'':<12}  not written ({why})")
     debug = "metadata.debuggable=true" if meta.debuggable else "metadata.debuggable=false (release)"
     out.append(f"  {'DisableDebug':<20} {0 if meta.debuggable else 1:>12}  {'':<12}  {debug}")
+    out.append(f"  {'TCSPolicy':<20} {profile.tcs_policy:>12}  {'':<12}  fixed by {profile.label}")
     out.append("")
     out.append(".Occlum_sys.json:")
-    for name, resolved in (
-        ("user_space_init_size", r.user_space_init),
-        ("user_space_max_size", r.user_space_max),
-    ):
-        human = f"({human_size(resolved.value)})"
-        out.append(f"  {name:<20} {resolved.value:>12}  {human:<12}  {resolved.origin}")
-    log_origin = (
-        "metadata.disable_log" if meta.disable_log is not None else "default: !metadata.debuggable"
-    )
-    out.append(
-        f"  {'disable_log':<20} {str(disable_log(res.config)).lower():>12}  {'':<12}  {log_origin}"
-    )
+    if profile.thread_and_space_limits:
+        for name, resolved in (
+            ("user_space_init_size", r.user_space_init),
+            ("user_space_max_size", r.user_space_max),
+        ):
+            human = f"({human_size(resolved.value)})"
+            out.append(f"  {name:<20} {resolved.value:>12}  {human:<12}  {resolved.origin}")
+    else:  # the release copies the user's string
+        text = res.config.resource_limits.user_space_size
+        human = f"({human_size(r.user_space_init.value)})"
+        out.append(f"  {'user_space_size':<20} {text:>12}  {human:<12}  copied as written")
+    if profile.disable_log:
+        log_origin = (
+            "metadata.disable_log" if meta.disable_log is not None
+            else "default: !metadata.debuggable"
+        )
+        out.append(
+            f"  {'disable_log':<20} {str(disable_log(res.config)).lower():>12}  {'':<12}  "
+            f"{log_origin}"
+        )
     return "\n".join(out) + "\n"

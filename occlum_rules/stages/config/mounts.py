@@ -6,7 +6,7 @@ vanish, default options vanish, ``temporary: false`` vanishes. The root unionfs 
 exist and carry an image SEFS layer whose MAC is replaced by the root image's MAC; the
 init stage is fixed apart from the init image's MAC.
 
-Occlum 0.29 (profile ``app_mounts="slots"``) builds the app stage differently: four fixed
+Occlum 0.29.6 (profile ``app_mounts="slots"``) builds the app stage differently: four fixed
 slots (root, host, /proc, /dev), the user's root unionfs and first hostfs mount replacing
 the built-in ones, and every other user mount dropped (:func:`slot_app_mounts`).
 """
@@ -142,7 +142,7 @@ def check_root_mount(config: OcclumConfig, source: str = "Occlum.json") -> None:
 def slot_app_mounts(
     config: OcclumConfig, user_fs_mac: str, source: str, label: str
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Occlum 0.29's app-stage mounts (root, host, /proc, /dev) and warnings for the rest.
+    """Occlum 0.29.6's app-stage mounts (root, host, /proc, /dev) and warnings for the rest.
 
     The user's first ``/`` unionfs replaces the built-in root; it must have layers and an
     image SEFS layer (as in later releases), and the tool then writes the image MAC into
@@ -154,10 +154,9 @@ def slot_app_mounts(
     if root is None:
         root_value = _union_root(APP_ROOT_SOURCE, APP_RUN_SOURCE, user_fs_mac)
     else:
-        _root_image_layer(config, source)
-        layers = root.options.layers
-        assert layers  # _root_image_layer refused a root without an image layer
-        first = layers[0]
+        _root_image_layer(config, source)  # so the root has layers
+        assert root.options.layers is not None
+        first = root.options.layers[0]
         if first.options.mac is None:
             raise UserError(
                 f'has no "MAC" option; {label} writes the image MAC into the first layer of the '

@@ -164,7 +164,8 @@ def enclave_values(res: Resolution) -> EnclaveValues:
         isv_family_id_h=kss.family_id_high,
         isv_family_id_l=kss.family_id_low,
         pkru=meta.pkru if profile.pkru_in_metadata else res.config.feature.pkru,
-        amx=res.config.feature.amx if profile.amx_element else None,
+        amx=None if not profile.amx_element else (
+            meta.amx if profile.amx_in_metadata else res.config.feature.amx),
     )
 
 

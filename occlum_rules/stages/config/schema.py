@@ -59,7 +59,8 @@ class Metadata:
     enable_kss: bool
     family_id: MetaId
     ext_prod_id: MetaId
-    pkru: int = 0  # Occlum 0.29 only: PKRU lived in metadata before the feature section
+    pkru: int = 0  # Occlum 0.29.6-0.30.0: PKRU lived in metadata before the feature section
+    amx: int = 0  # Occlum 0.30.0 only: AMX too
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,8 @@ def read_metadata(value: Any, path: str, r: Reader) -> Metadata:
         fields = tuple(f for f in fields if f.key != "disable_log")
     if r.profile.pkru_in_metadata:
         fields += (Field("pkru", "pkru", read_u32, False, False, 0),)
+    if r.profile.amx_in_metadata:
+        fields += (Field("amx", "amx", read_u32, False, False, 0),)
     out = _read_struct(value, path, r, fields, "metadata")
     out.setdefault("disable_log", None)
     return Metadata(**out)

@@ -136,3 +136,47 @@ def test_config_check_root_mount_is_checked(tmp_path, capsys):
     path.write_text(json.dumps(conf))
     assert cli_main(["config", "check", str(path)]) == 1
     assert "mount[0].options.layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["0.29.6", "0.29.7", "0.30.0", "0.30.1", "0.31.0"])
+@pytest.mark.parametrize("edmm", [False, True], ids=["non-edmm", "edmm"])
+def test_explain_follows_the_occlum_version(version, edmm, capsys):
+    from occlum_rules.stages.config.profiles import profile_for_version
+
+    args = [str(SEED), "--occlum-version", version] + (["--edmm"] if edmm else [])
+    rows = _explained(capsys, *args)
+    profile = profile_for_version(version)
+    enclave_xml, sys_json = generate(SEED.read_bytes(), "u", "i", edmm=edmm, profile=profile)
+    elements = _xml_elements(enclave_xml)
+    for name in ("HeapInitSize", "HeapMaxSize", "TCSNum", "TCSMaxNum", "ReservedMemMaxSize",
+                 "TCSPolicy", "DisableDebug"):
+        assert rows[name] == elements[name], (version, name)
+    assert rows.get("UserRegionSize") == elements.get("UserRegionSize", "-")
+    sys_conf = json.loads(sys_json)
+    assert ("disable_log" in rows) == ("disable_log" in sys_conf)
+    if "user_space_max_size" in sys_conf["resource_limits"]:
+        assert rows["user_space_max_size"] + "B" == sys_conf["resource_limits"]["user_space_max_size"]
+    else:  # 0.29.x copies the string; the row names it
+        assert "user_space_init_size" not in rows
+        cli_main(["config", "explain", *args])
+        text = capsys.readouterr().out
+        assert re.search(r"^  user_space_size\s+1GB\s", text, re.M)
+    assert cli_main(["config", "explain", *args]) == 0
+    assert f"format: Occlum {version}'s gen_internal_conf" in capsys.readouterr().out
+
+
+def test_config_check_with_an_old_version_and_a_bad_one(tmp_path, capsys):
+    conf = json.loads(SEED.read_text())
+    conf["mount"] = [m for m in conf["mount"] if m["target"] != "/"]  # no root unionfs
+    path = tmp_path / "Occlum.json"
+    path.write_text(json.dumps(conf))
+    assert cli_main(["config", "check", str(path)]) == 1
+    assert "mount: has no root mount" in capsys.readouterr().err
+    # 0.29.6 falls back to its built-in root and drops mounts other than the first hostfs
+    assert cli_main(["config", "check", str(path), "--occlum-version", "0.29.6"]) == 0
+    out = capsys.readouterr()
+    assert "Occlum 0.29.6" in out.out and "dropped" in out.err
+    assert cli_main(["config", "explain", str(path), "--occlum-version", "0.28.0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --occlum-version: Occlum '0.28.0' is not supported")
+    assert len(err.strip().splitlines()) == 1

@@ -12,7 +12,9 @@ from occlum_rules.stages.config import default_occlum_json, generate_config
 from occlum_rules.stages.config.profiles import (
     NEWEST,
     V0_29,
+    V0_29_7,
     V0_30,
+    V0_30_0,
     profile_by_name,
     profile_for_version,
 )
@@ -23,6 +25,9 @@ from occlum_rules.stages.config.profiles import (
     [
         (None, NEWEST),
         ("0.29.6", V0_29),
+        ("0.29.7", V0_29_7),
+        ("0.29.8", V0_29_7),  # not released: the newest profile at or below it
+        ("0.30.0", V0_30_0),
         ("0.30.1", V0_30),
         ("0.30.2", V0_30),
         ("0.31.0", NEWEST),
@@ -35,6 +40,20 @@ def test_version_picks_profile(version, profile):
     assert profile_for_version(version) is profile
 
 
+def test_every_release_tag_from_0_29_0_maps_or_is_refused():
+    # The tags of occlum/occlum from v0.29.0 to the newest (v0.31.0); each one is either a
+    # profile whose name is the first release with its behaviour, or refused.
+    refused = [f"0.29.{p}" for p in range(6)]
+    mapped = {"0.29.6": "v0.29.6", "0.29.7": "v0.29.7", "0.30.0": "v0.30.0",
+              "0.30.1": "v0.30.1", "0.31.0": "v0.31.0"}
+    for version in refused:
+        with pytest.raises(UserError, match="gen_user_conf"):
+            profile_for_version(version)
+    for version, name in mapped.items():
+        assert profile_for_version(version).name == name
+        assert profile_by_name(name) is profile_for_version(version)
+
+
 @pytest.mark.parametrize(
     ("version", "why"),
     [
@@ -42,12 +61,11 @@ def test_version_picks_profile(version, profile):
         ("0.2", "X.Y.Z"),
         ("garbage", "X.Y.Z"),
         ("", "X.Y.Z"),
+        ("1.0.0-garbage", "X.Y.Z"),
         ("1.0.0", "after the 0.x series"),
-        # inside the supported series, but their tool differs from the profile's release
+        # inside 0.29, but built another way (two config files, see profiles.py)
         ("0.29.0", "gen_user_conf"),
         ("0.29.5", "gen_user_conf"),
-        ("0.29.7", "mount handling"),
-        ("0.30.0", "no feature section"),
     ],
 )
 def test_unsupported_version_is_one_clear_error(version, why):
@@ -56,12 +74,13 @@ def test_unsupported_version_is_one_clear_error(version, why):
     text = str(info.value)
     assert text.startswith("include/occlum_version.h: ")
     assert repr(version) in text and why in text
-    assert "supported: 0.29.6, 0.30.1" in text
+    assert "supported: 0.29.6 and later 0.x releases" in text
+    assert "\n" not in text
 
 
 def test_profile_by_name():
-    assert profile_by_name("v0.30") is V0_30
-    with pytest.raises(UserError, match="known: v0.29, v0.30, v0.31"):
+    assert profile_by_name("v0.30.1") is V0_30
+    with pytest.raises(UserError, match="known: v0.29.6, v0.29.7, v0.30.0, v0.30.1, v0.31.0"):
         profile_by_name("v0.1")
 
 
@@ -113,7 +132,7 @@ def test_feature_keys_follow_the_profile():
         assert list(sys_json["feature"]) == keys
     out = generate_config(tree, "U", "I", edmm=False, profile=V0_29)
     assert list(json.loads(out.sys_json)) == ["resource_limits", "process", "env", "app"]
-    assert any("feature: unknown key, ignored by Occlum 0.29" in w for w in out.warnings)
+    assert any("feature: unknown key, ignored by Occlum 0.29.6" in w for w in out.warnings)
 
 
 def test_bad_occlum_version_flag_is_exit_1(tmp_path, monkeypatch, capsys):
