@@ -341,9 +341,12 @@ class Toolchains:
     # ------------------------------------------------------------------ occlum init's files
     def init_sources(self, init: str | None) -> InitfsSources:
         """Where `occlum init`'s files come from here: the install, or host stand-ins."""
-        from occlum_rules.stages.init_sources import init_sources
+        from occlum_rules.stages.init_sources import NO_LOCALTIME_NOTE, init_sources
 
-        return init_sources(self.occlum(), init)
+        sources = init_sources(self.occlum(), init)
+        if sources.localtime is None:
+            self.note(NO_LOCALTIME_NOTE)
+        return sources
 
     # ------------------------------------------------------------------ make variables
     def python3(self) -> Tool:

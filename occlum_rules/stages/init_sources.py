@@ -35,13 +35,25 @@ def host_musl_standin() -> dict[str, str]:
     return found
 
 
+LOCALTIME = "/etc/localtime"
+NO_LOCALTIME_NOTE = ("occlum-rules: this host has no /etc/localtime (or it points nowhere; "
+                     "install tzdata): image/ and initfs/ get no etc/localtime, so the enclave "
+                     "runs in UTC")
+
+
+def host_localtime() -> str | None:
+    """/etc/localtime when it leads to a file (minimal containers often lack tzdata)."""
+    return LOCALTIME if os.path.isfile(LOCALTIME) else None  # the module's, so tests can move it
+
+
 def init_sources(install: Any, init: str | None) -> InitfsSources:
     """The sources ``occlum init`` would use with ``install`` (None: the stand-ins above)."""
+    localtime = host_localtime()
     if install is None:
         return InitfsSources(home="", init=init, musl_runtime=host_musl_standin(),
-                             glibc_lib=None, os_lib="")
+                             glibc_lib=None, os_lib="", localtime=localtime)
     return InitfsSources(
         home=str(install.home), init=init,
         musl_runtime={n: str(p) for n, p in install.musl_runtime().items()},
         glibc_lib=str(install.glibc_lib) if install.glibc_lib else None,
-        os_lib=OS_LIBS[0] if os.path.isdir(OS_LIBS[0]) else OS_LIBS[1])
+        os_lib=OS_LIBS[0] if os.path.isdir(OS_LIBS[0]) else OS_LIBS[1], localtime=localtime)

@@ -152,3 +152,21 @@ def test_image_init_plan():
     paths = {e.path for e in image_init_plan(bare, "0.30.1")}
     assert not any(p.startswith(("opt", "lib64/")) for p in paths)
     assert {p for p in paths if p.startswith("lib/")} == {"lib/libc.so"}
+
+
+def test_a_host_without_localtime_gives_image_and_initfs_none(tmp_path, monkeypatch):
+    # Ubuntu's minimal root has /etc/localtime pointing at a zoneinfo file tzdata never put there
+    from occlum_rules.stages import init_sources as sources_module
+
+    dangling = tmp_path / "localtime"
+    dangling.symlink_to(tmp_path / "zoneinfo/UTC")
+    monkeypatch.setattr(sources_module, "LOCALTIME", str(dangling))
+    sources = sources_module.init_sources(None, "/opt/occlum/build/bin/init")
+    assert sources.localtime is None
+    image = {e.path for e in image_init_plan(sources, "0.31.0")}
+    initfs, _ = initfs_plan(None, sources, listdir=lambda d: [])
+    assert "etc/localtime" not in image | {e.path for e in initfs}
+    assert "etc/hosts" in image
+    (tmp_path / "zoneinfo").mkdir()
+    (tmp_path / "zoneinfo/UTC").write_bytes(b"TZif")
+    assert sources_module.init_sources(None, None).localtime == str(dangling)
