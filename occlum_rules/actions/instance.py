@@ -105,9 +105,7 @@ def pack(ctx: StageContext) -> None:
                          f"{ctx.label}: pack {ctx.params['what']}", env=occlum_tools.tool_env(home))
         return
     key = load_image_key(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
-    state = ctx.state_dir / "sefs" / ctx.params["state"]
-    state.parent.mkdir(parents=True, exist_ok=True)
-    result = pack_image(src, root_dir, key=key, state_path=state, manifest=manifest,
+    result = pack_image(src, root_dir, key=key, state_path=ctx.state_dir / "pack.state", manifest=manifest,
                         label=f"{ctx.label}: pack {ctx.params['what']}")
     _write(mac_file, result.mac_text.encode())
     how = "incrementally" if result.incremental else f"in full ({result.reason})"

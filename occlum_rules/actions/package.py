@@ -65,8 +65,7 @@ def package(ctx: StageContext) -> None:
     tarball, manifest_file, sums = ctx.outputs
     members = select_members(instance, mode)
     result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
-                           level=p["level"], state_path=ctx.state_dir / "package" / hashlib.sha256(
-                               str(tarball).encode()).hexdigest()[:16],
+                           level=p["level"], state_path=ctx.state_dir / "segments.state",
                            digest_of=ctx.digests.digest)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
     manifest = package_manifest(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from occlum_rules.cli.common import human_bytes, parse_size
 from occlum_rules.core.digests import CHUNK
+from occlum_rules.core.executor import state_usage
 from occlum_rules.core.store import LocalStore, manifest_blobs
 from occlum_rules.core.workspace import find_root, load_workspace
 from occlum_rules.errors import UserError
@@ -31,6 +32,10 @@ def stats(store: LocalStore, ws) -> None:
     print(f"blobs:          {len(blobs)}")
     print(f"size:           {human_bytes(size)}")
     if ws is not None:
+        usage = state_usage(ws.state_dir)
+        print(f"action state:   {human_bytes(sum(usage.values()))} in {ws.state_dir}")
+        for kind, size in sorted(usage.items()):
+            print(f"  {kind + ':':<22}{human_bytes(size)}")
         report_path = ws.out / "build-report.json"
         try:
             rep = json.loads(report_path.read_text())

@@ -27,7 +27,7 @@ from occlum_rules.core.executor import (
     execute,
     is_up_to_date,
     read_state,
-    state_path,
+    remove_action_state,
 )
 from occlum_rules.core.workspace import Workspace, find_root, load_workspace
 from occlum_rules.errors import UserError
@@ -108,10 +108,7 @@ def _clean(action: dict, env: BuildEnv):
                 os.unlink(full)
             elif os.path.isdir(full):
                 shutil.rmtree(full)
-        try:
-            state_path(env, action["id"]).unlink()
-        except FileNotFoundError:
-            pass
+        remove_action_state(env, action)
     return clean
 
 

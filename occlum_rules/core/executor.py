@@ -10,6 +10,7 @@ This module is what every doit task calls. It keeps three promises:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -20,12 +21,12 @@ import stat as statmod
 import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from occlum_rules import state_file
 from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import compute_key, key_material
 from occlum_rules.core.digests import DigestCache, tree_digest, tree_entries
@@ -79,29 +80,86 @@ def _abs(env: BuildEnv, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(env.root, path)
 
 
+def _id_name(action_id: str) -> str:
+    return hashlib.sha256(action_id.encode()).hexdigest()[:32]
+
+
 def state_path(env: BuildEnv, action_id: str) -> Path:
-    name = hashlib.sha256(action_id.encode()).hexdigest()[:32]
-    return Path(env.state_dir) / "actions" / f"{name}.state"
+    """The engine's record of an action's last complete run (key, output stamps, manifest)."""
+    return Path(env.state_dir) / "actions" / f"{_id_name(action_id)}.state"
+
+
+def state_root(env: BuildEnv) -> Path:
+    """Where the private state of every action lives (``<out>/.occlum-rules/state``)."""
+    return Path(env.state_dir) / "state"
+
+
+def private_state_dir(env: BuildEnv, action: dict) -> Path:
+    """The directory only this action's stage writes between runs (an in-place stage's
+    memory of its previous outputs, a cargo target directory). Named by the action's kind
+    (so ``cache stats`` can sum it per kind) and the hash of its id (stable across key
+    changes: the state is what makes the next run incremental)."""
+    return state_root(env) / f"{action['kind']}-{_id_name(action['id'])[:16]}"
+
+
+def shared_state_dir(env: BuildEnv, action: dict) -> Path:
+    """A directory shared by the actions of one kind built with the same toolchains (the Go
+    build cache: one per go toolchain fingerprint, so two Go versions never share one)."""
+    tools = hashlib.sha256("\0".join(sorted(action["toolchains"])).encode()).hexdigest()[:16]
+    return state_root(env) / "shared" / f"{action['kind']}-{tools}"
+
+
+def remove_action_state(env: BuildEnv, action: dict) -> None:
+    """Forget everything kept for ``action``: its record, the material ``explain`` compares
+    with, its private state and the shared state of its kind and toolchains (a cache: the
+    next build refills it). What ``doit clean`` calls besides removing the outputs."""
+    for path in (state_path(env, action["id"]), _previous_path(env, action["id"])):
+        path.unlink(missing_ok=True)
+    for directory in (private_state_dir(env, action), shared_state_dir(env, action)):
+        _remove(str(directory))
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def state_usage(engine_dir: str | os.PathLike) -> dict[str, int]:
+    """Bytes of kept state per kind: each stage kind's private and shared state, and the
+    engine's own action records. What ``occlum-rules cache stats`` lists."""
+    usage: dict[str, int] = {}
+    root = Path(engine_dir) / "state"
+    for top in (root, root / "shared"):
+        try:
+            dirs = sorted(d for d in top.iterdir() if d.is_dir() and d.name != "shared")
+        except OSError:
+            continue
+        for d in dirs:
+            kind = d.name.rpartition("-")[0] or d.name
+            if top.name == "shared":
+                kind += " (shared)"
+            usage[kind] = usage.get(kind, 0) + _tree_bytes(d)
+    records = _tree_bytes(Path(engine_dir) / "actions")
+    if records:
+        usage["action records"] = records
+    return usage
 
 
 # An image action's state holds a record per file (output stamps, tree entries, discovered
-# inputs): megabytes. Stored as marshal behind a CRC-32 (a torn or damaged file reads as
-# "no state", so the action runs again): decoding it is several times faster than JSON,
-# and a null build reads every state.
-STATE_MAGIC = b"occlum-rules/action-state/1\n"
+# inputs): megabytes. Stored as marshal in the shared state framing (a torn or damaged file
+# reads as "no state", so the action runs again): decoding it is several times faster than
+# JSON, and a null build reads every state.
+ACTION_STATE_KIND = "action-state"
+ACTION_STATE_VERSION = 1
 
 
 def load_state_file(path: str | os.PathLike) -> dict | None:
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError:
-        return None
-    head = len(STATE_MAGIC) + 9
-    if not blob.startswith(STATE_MAGIC) or len(blob) < head:
-        return None
-    payload = memoryview(blob)[head:]
-    if b"%08x" % zlib.crc32(payload) != blob[len(STATE_MAGIC) : head - 1]:
+    payload = state_file.read_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION)
+    if isinstance(payload, state_file.Missing):
         return None
     try:
         data = marshal.loads(payload)
@@ -111,8 +169,7 @@ def load_state_file(path: str | os.PathLike) -> dict | None:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    payload = marshal.dumps(state, 4)
-    write_atomic(path, STATE_MAGIC + b"%08x\n" % zlib.crc32(payload), payload)
+    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(state, 4))
 
 
 _STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}
@@ -454,7 +511,8 @@ class StageContext:
     secrets: dict[str, Path]
     source_date_epoch: int
     digests: DigestCache
-    state_dir: Path
+    state_dir: Path         # private to this action, kept between runs (exists while it runs)
+    shared_state_dir: Path  # shared by actions of this kind and toolchains (create it if used)
     discovered: list[str] = field(default_factory=list)
 
     def add_inputs(self, paths) -> None:
@@ -532,8 +590,14 @@ def run_action(action: dict, env: BuildEnv) -> None:
                 params=action["params"],
                 secrets={k: Path(_abs(env, v)) for k, v in action["secrets"].items()},
                 source_date_epoch=env.source_date_epoch,
-                digests=digest_cache(env), state_dir=Path(env.state_dir))
-            func(ctx)
+                digests=digest_cache(env), state_dir=private_state_dir(env, action),
+                shared_state_dir=shared_state_dir(env, action))
+            ctx.state_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                func(ctx)
+            finally:
+                with contextlib.suppress(OSError):
+                    ctx.state_dir.rmdir()  # only if the stage kept nothing there
             discovered = sorted(set(ctx.discovered))
         for rel, kind in zip(action["outputs"], action["output_types"]):
             ok = os.path.isdir(where[rel]) if kind == "dir" else (

@@ -59,7 +59,7 @@ DEBIAN_REGISTRY = "/usr/share/cargo/registry"
 
 
 def work_dir(ctx: StageContext) -> Path:
-    return ctx.state_dir / "cargo" / hashlib.sha256(ctx.label.encode()).hexdigest()[:16]
+    return ctx.state_dir
 
 
 def stage_copy(inputs: list[Path], crate_src: Path, staged: Path) -> None:

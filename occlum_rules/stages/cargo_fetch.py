@@ -135,7 +135,7 @@ def fetch(ctx: StageContext) -> None:
     if "missing" in p:
         raise UserError(f"{ctx.label}: {p['missing']}")
     crate_src = ctx.root / p["crate"] if p["crate"] else ctx.root
-    work = ctx.state_dir / "cargo-fetch" / hashlib.sha256(ctx.label.encode()).hexdigest()[:16]
+    work = ctx.state_dir
     staged = work / "crate"
     stage_copy(ctx.inputs, crate_src, staged)
     if not any((staged / "src" / n).exists() for n in ("lib.rs", "main.rs")):

@@ -33,7 +33,7 @@ def ldflags_value(extra: list[str]) -> str:
 
 def go_env(ctx: StageContext, go: str) -> dict[str, str]:
     p = ctx.params
-    state = ctx.state_dir / "go"
+    state = ctx.shared_state_dir  # one build cache per go toolchain fingerprint
     goflags = ["-modcacherw"]
     if p.get("vendor"):
         goflags.append("-mod=vendor")
