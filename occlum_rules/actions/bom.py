@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from occlum_rules.core.executor import StageContext
+from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom import apply_plan, elf_deps, plan_bom, write_manifest
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from occlum_rules.core.digests import DigestCache
 
 # Bump when the meaning of an action key or of a stored manifest changes.
 ENGINE_FORMAT = 2
@@ -117,3 +122,33 @@ def material_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 _ABSENT = object()
+
+
+@dataclass
+class StageContext:
+    """What a Python stage function (an adapter in occlum_rules/actions/) receives.
+
+    Paths are absolute. ``state_dir`` is the action's own, kept between runs and removed
+    by ``doit clean``; ``shared_state_dir`` is shared by the actions of one kind and
+    toolchain fingerprints. Neither is chosen by the stage or seen by the rule."""
+
+    root: Path
+    label: str
+    inputs: list[Path]
+    outputs: list[Path]
+    params: dict[str, Any]
+    secrets: dict[str, Path]
+    source_date_epoch: int
+    digests: DigestCache
+    state_dir: Path         # private to this action, kept between runs (exists while it runs)
+    shared_state_dir: Path  # shared by actions of this kind and toolchains (create it if used)
+    discovered: list[str] = field(default_factory=list)
+
+    def add_inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Declare inputs found while running (host files a BOM copies, libraries it pulls
+        in). They are re-checked on every later build and guard cache hits."""
+        for p in paths:
+            self.discovered.append(str(os.fspath(p)))
+
+    def log(self, message: str) -> None:
+        print(f"[{self.label}] {message}", file=sys.stderr)

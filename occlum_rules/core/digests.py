@@ -15,6 +15,8 @@ import stat as statmod
 import threading
 from pathlib import Path
 
+from occlum_rules.atomic_write import write_atomic
+
 CHUNK = 1 << 20
 
 
@@ -45,12 +47,16 @@ class _Shard:
         self.seen: tuple | None = None  # the file's stamp when we last read or wrote it
 
     def file_stamp(self) -> tuple | None:
+        if self.path is None:
+            return None
         try:
             return stat_stamp(os.stat(self.path))
         except (OSError, TypeError):
             return None
 
     def read(self) -> dict[str, tuple]:
+        if self.path is None:
+            return {}
         try:
             with open(self.path, "rb") as f:
                 data = marshal.loads(f.read())  # marshal.load(f) reads in tiny pieces
@@ -72,11 +78,7 @@ class _Shard:
             if self.file_stamp() != self.seen:  # another process wrote it: keep its entries
                 merged.update(self.read())
             merged.update(self.entries)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                marshal.dump(merged, f)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, marshal.dumps(merged))
             self.entries = merged
             self.seen = self.file_stamp()
             self.dirty = False
@@ -102,7 +104,7 @@ class DigestCache:
         self._lock = threading.Lock()
 
     def _shard(self, key: str) -> _Shard:
-        if self._outputs is not None and key.startswith(self._split):
+        if self._outputs is not None and self._split and key.startswith(self._split):
             return self._outputs
         return self._main
 

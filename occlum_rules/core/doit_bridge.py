@@ -20,15 +20,12 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.action_state import read_state, remove_action_state
 from occlum_rules.core.analysis import Graph
-from occlum_rules.core.executor import (
-    BuildEnv,
-    digest_cache,
-    execute,
-    is_up_to_date,
-    read_state,
-    remove_action_state,
-)
+from occlum_rules.core.build_env import BuildEnv, digest_cache
+from occlum_rules.core.executor import execute, is_up_to_date
+from occlum_rules.core.journal import drop_journal, read_journal
 from occlum_rules.core.workspace import Workspace, find_root, load_workspace
 from occlum_rules.errors import UserError
 
@@ -194,15 +191,7 @@ class BuildReporter(ConsoleReporter):
     def _write_report(self) -> None:
         env: BuildEnv = _STATE["env"]
         actions: dict[str, dict] = _STATE["actions"]
-        run_dir = Path(env.state_dir) / "runs" / env.run_id
-        records: dict[str, dict] = {}
-        if run_dir.is_dir():
-            for f in sorted(run_dir.iterdir()):
-                try:
-                    rec = json.loads(f.read_text())
-                    records[rec["id"]] = rec
-                except (OSError, ValueError, KeyError):
-                    continue
+        records = read_journal(env)
         for task_name in self.skipped:
             if task_name not in records:
                 state = read_state(env, task_name) or {}
@@ -219,14 +208,9 @@ class BuildReporter(ConsoleReporter):
         report = {**counts, "failed": self.failed, "seconds": round(elapsed, 3),
                   "notes": _STATE.get("notes", []),
                   "actions": sorted(records.values(), key=lambda r: r["id"])}
-        out = Path(env.out) / "build-report.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(".build-report.json.tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out)
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+        write_atomic(Path(env.out) / "build-report.json",
+                     (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+        drop_journal(env)
         self.write(f"occlum-rules: {counts['actions_run']} actions run, "
                    f"{counts['cache_hits_local']} cache hits (local), "
                    f"{counts['cache_hits_remote']} cache hits (remote), "
