@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     if not actions:
         raise UserError(f"no target or action '{args.label}' (see `doit list --all`)")
     for action in actions:
-        found = explain(action.to_dict(), env)
+        found = explain(action, env)
         if found.status == "unknown":
             print(f"{action.id}: cannot compute its key now: {found.detail}")
         elif found.status == "not built":

@@ -73,7 +73,7 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> dict[str, Any]:
+def key_material(action: Action, input_digests: list[tuple[str, str]]) -> dict[str, Any]:
     """Everything that decides an action's outputs.
 
     The key is the hash of exactly this, and `occlum-rules explain` compares two of these, so
@@ -81,18 +81,18 @@ def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -
     """
     return {
         "format": ENGINE_FORMAT,
-        "kind": action["kind"],
-        "argv": action["argv"],
-        "func": action["func"],
-        "params": action["params"],
-        "toolchains": sorted(action["toolchains"]),
-        "env": action["env"],
+        "kind": action.kind,
+        "argv": action.argv,
+        "func": action.func,
+        "params": action.params,
+        "toolchains": sorted(action.toolchains),
+        "env": action.env,
         "inputs": dict(_key_inputs(input_digests)),
-        "outputs": [[path, kind] for path, kind in zip(action["outputs"], action["output_types"])],
+        "outputs": [[path, kind] for path, kind in zip(action.outputs, action.output_types)],
     }
 
 
-def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> str:
+def compute_key(action: Action, input_digests: list[tuple[str, str]]) -> str:
     return hashlib.sha256(canonical(key_material(action, input_digests))).hexdigest()
 
 

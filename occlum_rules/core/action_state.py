@@ -27,6 +27,7 @@ from typing import Any
 
 from occlum_rules import state_file
 from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.outputs import remove_path
 
@@ -45,26 +46,26 @@ def state_root(env: BuildEnv) -> Path:
     return Path(env.state_dir) / "state"
 
 
-def private_state_dir(env: BuildEnv, action: dict) -> Path:
+def private_state_dir(env: BuildEnv, action: Action) -> Path:
     """The directory only this action's stage writes between runs (an in-place stage's
     memory of its previous outputs, a cargo target directory). Named by the action's kind
     (so ``cache stats`` can sum it per kind) and the hash of its id (stable across key
     changes: the state is what makes the next run incremental)."""
-    return state_root(env) / f"{action['kind']}-{id_name(action['id'])[:16]}"
+    return state_root(env) / f"{action.kind}-{id_name(action.id)[:16]}"
 
 
-def shared_state_dir(env: BuildEnv, action: dict) -> Path:
+def shared_state_dir(env: BuildEnv, action: Action) -> Path:
     """A directory shared by the actions of one kind built with the same toolchains (the Go
     build cache: one per go toolchain fingerprint, so two Go versions never share one)."""
-    tools = hashlib.sha256("\0".join(sorted(action["toolchains"])).encode()).hexdigest()[:16]
-    return state_root(env) / "shared" / f"{action['kind']}-{tools}"
+    tools = hashlib.sha256("\0".join(sorted(action.toolchains)).encode()).hexdigest()[:16]
+    return state_root(env) / "shared" / f"{action.kind}-{tools}"
 
 
-def remove_action_state(env: BuildEnv, action: dict) -> None:
+def remove_action_state(env: BuildEnv, action: Action) -> None:
     """Forget everything kept for ``action``: its record, the material ``explain`` compares
     with, its private state and the shared state of its kind and toolchains (a cache: the
     next build refills it). What ``doit clean`` calls besides removing the outputs."""
-    for path in (state_path(env, action["id"]), previous_path(env, action["id"])):
+    for path in (state_path(env, action.id), previous_path(env, action.id)):
         path.unlink(missing_ok=True)
     for directory in (private_state_dir(env, action), shared_state_dir(env, action)):
         remove_path(str(directory))

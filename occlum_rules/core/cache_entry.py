@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest
 from occlum_rules.core.outputs import remove_path
@@ -88,7 +89,7 @@ def _entries_problem(entries: Any) -> str | None:
     return None
 
 
-def manifest_problem(action: dict, manifest: Any) -> str | None:
+def manifest_problem(action: Action, manifest: Any) -> str | None:
     """Why a cached manifest cannot be this action's result (None: it fits).
 
     A cache entry is data from outside the build (another checkout, a remote cache, a disk
@@ -96,14 +97,14 @@ def manifest_problem(action: dict, manifest: Any) -> str | None:
     digests self-consistent before anything is restored from it.
     """
     outs = manifest.get("outputs") if isinstance(manifest, dict) else None
-    if not isinstance(outs, list) or len(outs) != len(action["outputs"]):
+    if not isinstance(outs, list) or len(outs) != len(action.outputs):
         return "the outputs do not match the action's"
     dynamic = manifest.get("dynamic", [])
     if not isinstance(dynamic, list) or not all(
             isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
             for d in dynamic):
         return "malformed discovered inputs"
-    for out, rel, kind in zip(outs, action["outputs"], action["output_types"]):
+    for out, rel, kind in zip(outs, action.outputs, action.output_types):
         if not isinstance(out, dict) or out.get("path") != rel:
             return f"output {out.get('path') if isinstance(out, dict) else out!r} is not {rel!r}"
         if kind == "dir":
@@ -127,12 +128,12 @@ def manifest_problem(action: dict, manifest: Any) -> str | None:
     return None
 
 
-def restore_outputs(action: dict, env: BuildEnv, store: LocalStore, manifest: dict) -> None:
+def restore_outputs(action: Action, env: BuildEnv, store: LocalStore, manifest: dict) -> None:
     """Put a cached result in place; all-or-nothing per output."""
     problem = manifest_problem(action, manifest)
     if problem:
         raise UnfitManifest(f"cache entry refused: {problem}")
-    scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
+    scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action.id.encode()).hexdigest()[:16]
     remove_path(str(scratch))
     staged: list[tuple[Path, str]] = []
     try:
@@ -171,7 +172,7 @@ def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: boo
                     put(base / e["path"], e["sha256"])
 
 
-def fetch_remote(remote, store: LocalStore, key: str, action: dict | None = None) -> dict | None:
+def fetch_remote(remote, store: LocalStore, key: str, action: Action | None = None) -> dict | None:
     data = remote.get_action_result(key)
     if data is None:
         return None

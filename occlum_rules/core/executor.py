@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from occlum_rules.core.action import key_material
+from occlum_rules.core.action import Action, key_material
 from occlum_rules.core.action_state import (
     compact_output,
     previous_material,
@@ -46,10 +46,10 @@ from occlum_rules.core.store import CorruptBlob, LocalStore
 from occlum_rules.errors import UserError
 
 
-def is_up_to_date(action: dict, env: BuildEnv) -> bool:
+def is_up_to_date(action: Action, env: BuildEnv) -> bool:
     """doit's `uptodate` hook: same key as last time and outputs untouched."""
     try:
-        state = read_state(env, action["id"])
+        state = read_state(env, action.id)
         if not state:
             return False
         key, _ = action_key(action, env)
@@ -59,7 +59,7 @@ def is_up_to_date(action: dict, env: BuildEnv) -> bool:
         return False
 
 
-def execute(action: dict, env: BuildEnv) -> str:
+def execute(action: Action, env: BuildEnv) -> str:
     """Bring one action's outputs up to date; return the outcome."""
     os.umask(0o022)  # outputs (and so SEFS images and MRENCLAVE) must not depend on the umask
     try:
@@ -70,29 +70,29 @@ def execute(action: dict, env: BuildEnv) -> str:
         ensure_dirs(action, env)
 
 
-def _execute(action: dict, env: BuildEnv) -> str:
+def _execute(action: Action, env: BuildEnv) -> str:
     started = time.monotonic()
     key, digests = action_key(action, env)
-    spath = state_path(env, action["id"])
-    state = read_state(env, action["id"])
+    spath = state_path(env, action.id)
+    state = read_state(env, action.id)
     if state and state.get("key") == key and outputs_intact(action, env, state) \
             and dynamic_unchanged(state.get("dynamic"), env):
         journal(env, action, "up_to_date", time.monotonic() - started, key)
         return "up_to_date"
-    previous = (state or {}).get("material") or previous_material(env, action["id"])
-    remember_previous(env, action["id"], previous)
+    previous = (state or {}).get("material") or previous_material(env, action.id)
+    remember_previous(env, action.id, previous)
     # From here on the outputs may change: forget that they were ever complete.
     if spath.exists():
         spath.unlink()
     store = LocalStore(Path(env.cache_dir))
-    outcome, manifest, damaged = (_from_cache(action, env, store, key) if action["cacheable"]
+    outcome, manifest, damaged = (_from_cache(action, env, store, key) if action.cacheable
                                   else (None, None, False))
     if outcome is None or manifest is None:
         manifest = run_action(action, env)
         outcome = "run"
-        if action["cacheable"]:
-            stored = {"outputs": manifest["outputs"], "label": action["label"],
-                      "kind": action["kind"], "dynamic": manifest.get("dynamic", [])}
+        if action.cacheable:
+            stored = {"outputs": manifest["outputs"], "label": action.label,
+                      "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
             store_outputs(store, env, stored, replace=damaged)
             store.put_action(key, stored)
             remote = remote_for(env)
@@ -108,7 +108,7 @@ def _execute(action: dict, env: BuildEnv) -> str:
     return outcome
 
 
-def _from_cache(action: dict, env: BuildEnv, store: LocalStore,
+def _from_cache(action: Action, env: BuildEnv, store: LocalStore,
                 key: str) -> tuple[str | None, dict[str, Any] | None, bool]:
     """(outcome, manifest, damaged): a verified result restored from the local store or the
     remote, else (None, None, damaged). ``damaged``: a cached result failed to restore, so
@@ -118,11 +118,11 @@ def _from_cache(action: dict, env: BuildEnv, store: LocalStore,
     damaged = False
     cached = store.get_action(key)
     if store.corrupt_found:
-        print(f"warning: {action['label']}: cache entry {key[:12]}… is corrupted; it was "
+        print(f"warning: {action.label}: cache entry {key[:12]}… is corrupted; it was "
               "removed; rebuilding", file=sys.stderr)
     problem = manifest_problem(action, cached) if cached is not None else None
     if problem:
-        print(f"warning: {action['label']}: cache entry {key[:12]}… refused ({problem}); "
+        print(f"warning: {action.label}: cache entry {key[:12]}… refused ({problem}); "
               "it was removed; rebuilding", file=sys.stderr)
         store.ac_path(key).unlink(missing_ok=True)
         cached = None
@@ -134,7 +134,7 @@ def _from_cache(action: dict, env: BuildEnv, store: LocalStore,
             outcome, manifest = "cache_hit_local", cached
         except (CorruptBlob, FileNotFoundError) as exc:
             damaged = True
-            print(f"warning: {action['label']}: {exc}; rebuilding", file=sys.stderr)
+            print(f"warning: {action.label}: {exc}; rebuilding", file=sys.stderr)
     if outcome is None:
         remote = remote_for(env)
         if remote is not None:

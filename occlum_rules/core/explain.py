@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from occlum_rules.core.action import key_material, material_changes
+from occlum_rules.core.action import Action, key_material, material_changes
 from occlum_rules.core.action_state import previous_material, read_state
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.keys import input_digests
@@ -27,14 +27,14 @@ class Explanation:
     detail: str = ""
 
 
-def explain(action: dict, env: BuildEnv) -> Explanation:
-    state = read_state(env, action["id"])
+def explain(action: Action, env: BuildEnv) -> Explanation:
+    state = read_state(env, action.id)
     try:
         current = key_material(action, input_digests(action, env))
     except UserError as exc:
         return Explanation("unknown", detail=str(exc))
     if not state:
-        previous = previous_material(env, action["id"])
+        previous = previous_material(env, action.id)
         reasons = (material_changes(previous, current) or ["nothing in its key changed"]
                    if previous else [])
         return Explanation("not built", reasons)

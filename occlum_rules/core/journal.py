@@ -7,14 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
+from occlum_rules.core.action import Action
 from occlum_rules.core.action_state import id_name, write_json_atomic
 from occlum_rules.core.build_env import BuildEnv
 
 
-def journal(env: BuildEnv, action: dict, outcome: str, seconds: float, key: str) -> None:
-    record = {"id": action["id"], "label": action["label"], "stage": action["kind"],
+def journal(env: BuildEnv, action: Action, outcome: str, seconds: float, key: str) -> None:
+    record = {"id": action.id, "label": action.label, "stage": action.kind,
               "outcome": outcome, "seconds": round(seconds, 4), "action_key": key}
-    write_json_atomic(_run_dir(env) / f"{id_name(action['id'])}.json", record)
+    write_json_atomic(_run_dir(env) / f"{id_name(action.id)}.json", record)
 
 
 def _run_dir(env: BuildEnv) -> Path:

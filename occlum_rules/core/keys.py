@@ -10,19 +10,19 @@ import os
 import stat as statmod
 from pathlib import Path
 
-from occlum_rules.core.action import compute_key
+from occlum_rules.core.action import Action, compute_key
 from occlum_rules.core.action_state import read_state
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest, tree_entries
 from occlum_rules.errors import UserError
 
 
-def input_digests(action: dict, env: BuildEnv) -> list[tuple[str, str]]:
+def input_digests(action: Action, env: BuildEnv) -> list[tuple[str, str]]:
     cache = digest_cache(env)
     result: list[tuple[str, str]] = []
     producer_states: dict[str, dict | None] = {}
-    for path in action["inputs"]:
-        producer = action["input_producers"].get(path)
+    for path in action.inputs:
+        producer = action.input_producers.get(path)
         digest = None
         if producer is not None:
             if producer not in producer_states:
@@ -38,7 +38,7 @@ def input_digests(action: dict, env: BuildEnv) -> list[tuple[str, str]]:
             try:
                 st = os.stat(full)
             except FileNotFoundError:
-                raise UserError(f"{action['label']}: input '{path}' does not exist") from None
+                raise UserError(f"{action.label}: input '{path}' does not exist") from None
             if statmod.S_ISDIR(st.st_mode):
                 digest = "tree:" + tree_digest(tree_entries(Path(full), cache))
             else:
@@ -85,6 +85,6 @@ def dynamic_unchanged(recorded: list | None, env: BuildEnv) -> bool:
     return True
 
 
-def action_key(action: dict, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
+def action_key(action: Action, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
     digests = input_digests(action, env)
     return compute_key(action, digests), digests

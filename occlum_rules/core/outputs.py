@@ -7,21 +7,24 @@ import os
 import shutil
 import stat as statmod
 from pathlib import Path
+from typing import Any
 
+from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest, tree_entries
 from occlum_rules.errors import UserError
 
 
-def describe_outputs(action: dict, env: BuildEnv, where: dict[str, str] | None = None) -> dict:
+def describe_outputs(action: Action, env: BuildEnv,
+                     where: dict[str, str] | None = None) -> dict[str, Any]:
     """Build the output manifest (what the cache stores and what up-to-date checks compare)."""
     cache = digest_cache(env)
-    outputs = []
-    for rel, kind in zip(action["outputs"], action["output_types"]):
+    outputs: list[dict[str, Any]] = []
+    for rel, kind in zip(action.outputs, action.output_types):
         full = (where or {}).get(rel) or abs_path(env, rel)
         if kind == "dir":
             if not os.path.isdir(full):
-                raise UserError(f"{action['label']}: declared output directory '{rel}' was not created")
+                raise UserError(f"{action.label}: declared output directory '{rel}' was not created")
             entries = tree_entries(Path(full), cache)
             outputs.append({"path": rel, "type": "dir", "entries": entries,
                             "digest": "tree:" + tree_digest(entries)})
@@ -31,7 +34,7 @@ def describe_outputs(action: dict, env: BuildEnv, where: dict[str, str] | None =
                             "digest": "link:" + target})
         else:
             if not os.path.isfile(full):
-                raise UserError(f"{action['label']}: declared output '{rel}' was not created")
+                raise UserError(f"{action.label}: declared output '{rel}' was not created")
             st = os.stat(full)
             digest = cache.digest(full, st)
             outputs.append({"path": rel, "type": "file", "mode": statmod.S_IMODE(st.st_mode),
@@ -39,7 +42,7 @@ def describe_outputs(action: dict, env: BuildEnv, where: dict[str, str] | None =
     return {"outputs": outputs}
 
 
-def output_stamps(action: dict, env: BuildEnv) -> dict[str, tuple[int, int, int]]:
+def output_stamps(action: Action, env: BuildEnv) -> dict[str, tuple[int, int, int]]:
     """(size, mtime, mode) of every output path: the cheap proof nothing touched them.
 
     A recursive scandir rather than os.walk + lstat: on a null build this walk over every
@@ -56,7 +59,7 @@ def output_stamps(action: dict, env: BuildEnv) -> dict[str, tuple[int, int, int]
                 if entry.is_dir(follow_symlinks=False):
                     walk(entry.path)
 
-    for rel, kind in zip(action["outputs"], action["output_types"]):
+    for rel, kind in zip(action.outputs, action.output_types):
         full = abs_path(env, rel)
         if kind == "dir":
             walk(full)
@@ -66,7 +69,7 @@ def output_stamps(action: dict, env: BuildEnv) -> dict[str, tuple[int, int, int]
     return stamps
 
 
-def outputs_intact(action: dict, env: BuildEnv, state: dict) -> bool:
+def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
     """Are the outputs exactly what the state says we left? (size, mtime, mode, set of paths)"""
     try:
         return output_stamps(action, env) == state.get("stamps")
@@ -81,18 +84,18 @@ def remove_path(path: str) -> None:
         shutil.rmtree(path)
 
 
-def ensure_dirs(action: dict, env: BuildEnv) -> None:
-    for rel in action.get("ensure_dirs", []):
+def ensure_dirs(action: Action, env: BuildEnv) -> None:
+    for rel in action.ensure_dirs:
         os.makedirs(abs_path(env, rel), exist_ok=True)
 
 
-def prune_dirs(action: dict, env: BuildEnv) -> None:
+def prune_dirs(action: Action, env: BuildEnv) -> None:
     """Remove what an owned directory holds beyond the names the action keeps there.
 
     Outputs an action no longer declares (the other SGX mode's LibOS and PAL after a mode
     switch) would otherwise stay beside the new ones; this runs after a cache hit too, which
     runs no stage code."""
-    for rel, keep in action.get("prune_dirs", {}).items():
+    for rel, keep in action.prune_dirs.items():
         where = abs_path(env, rel)
         try:
             names = os.listdir(where)

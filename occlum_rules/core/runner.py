@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from occlum_rules.core.action import StageContext
+from occlum_rules.core.action import Action, StageContext
 from occlum_rules.core.action_state import private_state_dir, shared_state_dir
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.keys import dynamic_digests
@@ -22,7 +22,7 @@ from occlum_rules.core.outputs import describe_outputs, remove_path
 from occlum_rules.errors import UserError
 
 
-def _subprocess_env(action: dict, env: BuildEnv) -> dict[str, str]:
+def _subprocess_env(action: Action, env: BuildEnv) -> dict[str, str]:
     base = {
         "PATH": env.path_env or os.environ.get("PATH", "/usr/bin:/bin"),
         "LC_ALL": "C",
@@ -30,7 +30,7 @@ def _subprocess_env(action: dict, env: BuildEnv) -> dict[str, str]:
         "SOURCE_DATE_EPOCH": str(env.source_date_epoch),
         "HOME": os.environ.get("HOME", "/tmp"),
     }
-    base.update(action["env"])
+    base.update(action.env)
     return base
 
 
@@ -59,35 +59,35 @@ def run_command(argv: list[str], cwd: str | os.PathLike, env: dict[str, str], wh
         raise UserError(f"{what} failed (exit {proc.returncode}):\n{_trim(proc.stderr or proc.stdout)}")
 
 
-def run_action(action: dict, env: BuildEnv) -> dict[str, Any]:
+def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
     """Run the action's command or stage; return its output manifest (what describe_outputs
     reports, plus ``dynamic``: the inputs it discovered, with their digests)."""
     root = env.root
-    if action["in_place"]:
-        where = {rel: abs_path(env, rel) for rel in action["outputs"]}
+    if action.in_place:
+        where = {rel: abs_path(env, rel) for rel in action.outputs}
         scratch = None
     else:
-        scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action["id"].encode()).hexdigest()[:16]
+        scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action.id.encode()).hexdigest()[:16]
         remove_path(str(scratch))
-        where = {rel: str(scratch / rel) for rel in action["outputs"]}
-        for rel in action["outputs"]:
+        where = {rel: str(scratch / rel) for rel in action.outputs}
+        for rel in action.outputs:
             os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
     discovered: list[str] = []
     try:
-        if action["argv"] is not None:
+        if action.argv is not None:
             rel_where = {k: os.path.relpath(v, root) for k, v in where.items()}
-            argv = [_substitute(a, rel_where, root) for a in action["argv"]]
+            argv = [_substitute(a, rel_where, root) for a in action.argv]
             run_command(argv, root, _subprocess_env(action, env),
-                        f"{action['label']}: {action['kind']}")
-        else:
-            module_name, func_name = action["func"].split(":")
+                        f"{action.label}: {action.kind}")
+        elif action.func is not None:
+            module_name, func_name = action.func.split(":")
             func = getattr(importlib.import_module(module_name), func_name)
             ctx = StageContext(
-                root=Path(root), label=action["label"],
-                inputs=[Path(abs_path(env, p)) for p in action["inputs"]],
-                outputs=[Path(where[rel]) for rel in action["outputs"]],
-                params=action["params"],
-                secrets={k: Path(abs_path(env, v)) for k, v in action["secrets"].items()},
+                root=Path(root), label=action.label,
+                inputs=[Path(abs_path(env, p)) for p in action.inputs],
+                outputs=[Path(where[rel]) for rel in action.outputs],
+                params=action.params,
+                secrets={k: Path(abs_path(env, v)) for k, v in action.secrets.items()},
                 source_date_epoch=env.source_date_epoch,
                 digests=digest_cache(env), state_dir=private_state_dir(env, action),
                 shared_state_dir=shared_state_dir(env, action))
@@ -98,14 +98,14 @@ def run_action(action: dict, env: BuildEnv) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     ctx.state_dir.rmdir()  # only if the stage kept nothing there
             discovered = sorted(set(ctx.discovered))
-        for rel, kind in zip(action["outputs"], action["output_types"]):
+        for rel, kind in zip(action.outputs, action.output_types):
             ok = os.path.isdir(where[rel]) if kind == "dir" else (
                 os.path.isfile(where[rel]) or os.path.islink(where[rel]))
             if not ok:
-                raise UserError(f"{action['label']}: {action['kind']} did not create its declared "
+                raise UserError(f"{action.label}: {action.kind} did not create its declared "
                                 f"output '{rel}'")
         if scratch is not None:
-            for rel in action["outputs"]:
+            for rel in action.outputs:
                 final = abs_path(env, rel)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 remove_path(final)

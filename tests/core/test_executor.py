@@ -65,11 +65,11 @@ def env(tmp_path: Path) -> BuildEnv:
                     cache_dir=str(tmp_path / "cache"), run_id="r1", source_date_epoch=0)
 
 
-def action(func: str, output: str = "out/greeting.txt", kind: str = "file", **extra) -> dict:
+def action(func: str, output: str = "out/greeting.txt", kind: str = "file", **extra) -> Action:
     params = extra.pop("params", {"text": "hello "})
     return Action(id=f"//t:{func}", label="//t:t", name=func, kind="test.stage",
                   inputs=["in.txt"], outputs=[output], output_types=[kind],
-                  func=f"tests.core.test_executor:{func}", params=params, **extra).to_dict()
+                  func=f"tests.core.test_executor:{func}", params=params, **extra)
 
 
 # --------------------------------------------------------------------------- tests
@@ -97,7 +97,7 @@ def test_a_corrupted_cache_blob_is_refused_removed_and_rebuilt(env: BuildEnv) ->
     victim.chmod(0o644)
     victim.write_bytes(b"alphA\n")  # one flipped byte, same length
     shutil.rmtree(tree)
-    state_path(env, a["id"]).unlink()
+    state_path(env, a.id).unlink()
     assert execute(a, env) == "run"  # the restore failed part-way: the stage ran instead
     assert (tree / "a.txt").read_text() == "alpha\n"
     scratch = Path(env.state_dir) / "scratch"
@@ -105,7 +105,7 @@ def test_a_corrupted_cache_blob_is_refused_removed_and_rebuilt(env: BuildEnv) ->
     # the damaged blob was replaced by the fresh bytes, so the next restore works
     assert victim.read_bytes() == b"alpha\n"
     shutil.rmtree(tree)
-    state_path(env, a["id"]).unlink()
+    state_path(env, a.id).unlink()
     assert execute(a, env) == "cache_hit_local"
     assert (tree / "sub" / "b.txt").read_text() == "hello "
 
@@ -113,12 +113,12 @@ def test_a_corrupted_cache_blob_is_refused_removed_and_rebuilt(env: BuildEnv) ->
 def test_a_corrupted_cache_entry_is_removed_and_rebuilt(env: BuildEnv) -> None:
     a = action("write_greeting")
     execute(a, env)
-    key = read_state(env, a["id"])["key"]
+    key = read_state(env, a.id)["key"]
     store = LocalStore(Path(env.cache_dir))
     entry = store.ac_path(key)
     entry.write_bytes(entry.read_bytes().replace(b'"mode":420', b'"mode":493'))
     (Path(env.root) / "out/greeting.txt").unlink()
-    state_path(env, a["id"]).unlink()
+    state_path(env, a.id).unlink()
     assert execute(a, env) == "run"
     assert (Path(env.root) / "out/greeting.txt").read_text() == "hello world\n"
     assert store.get_action(key) is not None  # stored again, intact
@@ -127,7 +127,7 @@ def test_a_corrupted_cache_entry_is_removed_and_rebuilt(env: BuildEnv) -> None:
 def test_the_action_record_is_removed_before_outputs_change_and_written_last(env: BuildEnv) -> None:
     a = action("write_greeting", cacheable=False)
     assert execute(a, env) == "run"
-    record = state_path(env, a["id"])
+    record = state_path(env, a.id)
     out = Path(env.root) / "out/greeting.txt"
     assert record.stat().st_mtime_ns >= out.stat().st_mtime_ns
     assert load_state_file(record)["key"]
@@ -162,7 +162,7 @@ def test_output_stamps_notice_any_touch(env: BuildEnv, change: str) -> None:
 def test_an_in_place_stage_keeps_state_in_its_private_directory(env: BuildEnv) -> None:
     a = action("count_runs", in_place=True, cacheable=False, toolchains=["tool-a"])
     b = action("count_runs", in_place=True, cacheable=False, toolchains=["tool-b"])
-    b["id"] = "//t:other"
+    b.id = "//t:other"
     execute(a, env)
     root = Path(env.root)
     private, shared = (Path(p) for p in (root / "state_dirs.txt").read_text().split())
@@ -172,6 +172,6 @@ def test_an_in_place_stage_keeps_state_in_its_private_directory(env: BuildEnv) -
     execute(b, env)
     assert private_state_dir(env, b) != private  # per action
     assert shared_state_dir(env, b) != shared    # per toolchain fingerprint
-    a["params"] = {"text": "again"}
+    a.params = {"text": "again"}
     execute(a, env)
     assert (root / "out/greeting.txt").read_text() == "again 2\n"  # it found its own state
