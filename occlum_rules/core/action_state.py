@@ -71,6 +71,17 @@ def remove_action_state(env: BuildEnv, action: Action) -> None:
         remove_path(str(directory))
 
 
+# Where stages kept state before the engine owned it (they chose these paths themselves).
+_LEGACY = ("sefs", "package", "cargo", "cargo-fetch", "go", "elf-headers.marshal")
+
+
+def remove_legacy_state(engine_dir: str | os.PathLike) -> None:
+    """Remove what an older occlum-rules left beside the engine's files: nothing reads it
+    any more, and ``doit clean`` would otherwise never remove it."""
+    for name in _LEGACY:
+        remove_path(os.path.join(engine_dir, name))
+
+
 def _tree_bytes(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):

@@ -22,7 +22,7 @@ from doit.reporter import ConsoleReporter
 
 from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import Action
-from occlum_rules.core.action_state import read_state, remove_action_state
+from occlum_rules.core.action_state import read_state, remove_action_state, remove_legacy_state
 from occlum_rules.core.analysis import Graph
 from occlum_rules.core.build_env import BuildEnv, digest_cache
 from occlum_rules.core.executor import execute, is_up_to_date
@@ -226,6 +226,7 @@ def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
         env = build_env(ws, os.environ.get("OCCLUM_RULES_RUN_ID"))
         if _doit_command(sys.argv) in _RUN_COMMANDS:
             _take_lock(ws)
+            remove_legacy_state(ws.state_dir)
         tasks = make_tasks(ws, graph, env)
         tc = graph.toolchains
         if tc is not None:

@@ -71,6 +71,10 @@ def test_clean_removes_every_actions_state(built):
     ws, cache = built
     engine = ws / "out" / ".occlum-rules"
     assert _files_under(engine / "state") and _files_under(engine / "actions")
+    # what an older version left where stages chose their own paths goes too
+    (engine / "sefs").mkdir()
+    (engine / "sefs" / "0123-image.json").write_text("{}")
+    (engine / "elf-headers.marshal").write_bytes(b"old")
     result = run_doit(ws, "clean", cache=cache)
     assert result.returncode == 0, result.output
     assert _files_under(engine / "state") == []
