@@ -143,7 +143,7 @@ def _fetch_action(ctx: RuleContext, crate_dir: str, inputs: list[File], paths: s
     params.update({k: v for k, v in tool_params.items()
                    if k in ("cargo", "tool_env", "missing")})
     ctx.actions.stage(name="cargo-fetch", kind="cargo.fetch",
-                      func="occlum_rules.stages.cargo_fetch:fetch",
+                      func="occlum_rules.actions.cargo:fetch",
                       inputs=fetch_inputs, outputs=[crates], params=params,
                       description=f"cargo fetch ({lock})")
     return {"deps": "fetch", "fetched": crates.path}, [crates]
@@ -164,7 +164,7 @@ def _cargo_action(ctx: RuleContext, kind: str, target_name: str, output: File) -
         "locked": locked, **tool_params, **dep_params,
     }
     ctx.actions.stage(name="cargo-build", kind=f"cargo.{kind}",
-                      func="occlum_rules.stages.cargo_build:build",
+                      func="occlum_rules.actions.cargo:build",
                       inputs=inputs + dep_inputs, outputs=[output], params=params,
                       toolchains=fingerprints,
                       description=f"cargo build {kind} {target_name} ({crate_dir or '.'})")

@@ -99,7 +99,7 @@ def cc_binary_impl(ctx: RuleContext) -> dict[str, Any]:
     binary = ctx.declare_file(ctx.label.name, action="link")
     argv = [tool.path, "-o", "${OUT:0}", "-pie", *[o.path for o in objects],
             *[lib.path for lib in dep_libs], *ctx.attr["linkopts"]]
-    ctx.actions.stage(name="link", kind="cc.link", func="occlum_rules.stages.cc_link:link",
+    ctx.actions.stage(name="link", kind="cc.link", func="occlum_rules.actions.cc:link",
                       inputs=[*objects, *dep_libs], outputs=[binary],
                       params={"argv": argv}, toolchains=[tool.fingerprint],
                       description=f"link {binary.path}")

@@ -72,7 +72,7 @@ def go_binary_impl(ctx: RuleContext) -> dict[str, Any]:
     params = {"cwd": cwd or "", "args": args, "ldflags": list(ctx.attr["ldflags"]),
               "tags": sorted(set(ctx.attr["tags"])), "cgo": bool(cgo), "vendor": vendored,
               "module": module is not None, **tool_params}
-    ctx.actions.stage(name="go-build", kind="go.build", func="occlum_rules.stages.go_build:build",
+    ctx.actions.stage(name="go-build", kind="go.build", func="occlum_rules.actions.go:build",
                       inputs=inputs, outputs=[binary], params=params, toolchains=fingerprints,
                       description=f"go build {' '.join(args)} ({cwd or '.'})")
     return {"files": [binary], "executable": binary}

@@ -10,7 +10,6 @@ changed image file re-packs incrementally. The instance directory has the layout
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,13 +211,12 @@ def instance_impl(ctx: RuleContext) -> dict[str, Any]:
         description="assemble the initfs")
 
     # SEFS packs
-    state_id = hashlib.sha256(str(ctx.label).encode()).hexdigest()[:16]
     mount_root = ctx.declare_file("build/mount/__ROOT", action="pack-image", is_dir=True)
     mount_mac = ctx.declare_file("build/mount/.ROOT_MAC", action="pack-image")
     ctx.actions.stage(
         name="pack-image", kind="sefs.pack", func="occlum_rules.actions.instance:pack",
         inputs=[image, image_manifest], outputs=[mount_root, mount_mac],
-        params={"what": "image", "manifest": image_manifest.path, "state": f"{state_id}-image.json",
+        params={"what": "image", "manifest": image_manifest.path,
                 "image_key_fp": image_key_fp, **tools},
         secrets={"image_key": image_key} if image_key else {}, in_place=True,
         description="pack the image into build/mount (SEFS)")
@@ -227,7 +225,7 @@ def instance_impl(ctx: RuleContext) -> dict[str, Any]:
     ctx.actions.stage(
         name="pack-initfs", kind="sefs.pack", func="occlum_rules.actions.instance:pack",
         inputs=[initfs], outputs=[initfs_root, initfs_mac],
-        params={"what": "initfs", "state": f"{state_id}-initfs.json", **tools},
+        params={"what": "initfs", **tools},
         in_place=True, cacheable=not secrets, description="pack the initfs into build/initfs (SEFS)")
 
     # Occlum.json

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from occlum_rules.core.executor import StageContext
+from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom import apply_plan, elf_deps, plan_bom, write_manifest
 
@@ -19,7 +19,7 @@ def assemble(ctx: StageContext) -> None:
     extra = {image_dir: [str(ctx.root / p) for p in paths]
              for image_dir, paths in params["extra_files"].items()}
     loader = _loader_config(params)
-    elf_cache = ctx.state_dir / "elf-headers.marshal"
+    elf_cache = ctx.state_dir / "elf-headers.state"
     elf_deps.load_elf_cache(elf_cache)
     origins = {str(ctx.root / p): who for p, who in params.get("origins", {}).items()}
     base = None

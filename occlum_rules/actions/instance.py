@@ -11,30 +11,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from occlum_rules.core.executor import StageContext
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
+from occlum_rules.stages.instance_files import assemble_initfs as assemble_initfs_tree
+from occlum_rules.stages.instance_files import write_layout
 from occlum_rules.stages.instance_layout import cp_mode
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _copy(src: Path, dst: Path, mode: int | None = None) -> None:
-    """Copy like a plain ``cp`` under umask 022 (the source's mode less 022) unless ``mode``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    os.chmod(dst, mode if mode is not None else cp_mode(os.stat(src).st_mode))
-
-
-def image_config_json(encrypted: bool) -> bytes:
-    """What ``jq -n '{image_type: ...}'`` prints in occlum_build.mk."""
-    kind = "encrypted" if encrypted else "integrity-only"
-    return f'{{\n  "image_type": "{kind}"\n}}\n'.encode()
+    write_atomic(path, data, mode=mode)
 
 
 # ----------------------------------------------------------------------------- stand-in
@@ -55,32 +41,14 @@ def build_standin(ctx: StageContext) -> None:
 
 def assemble_initfs(ctx: StageContext) -> None:
     """The initfs ``occlum init`` makes (the plan of stages.instance_layout) plus what
-    occlum_build.mk adds at build time. Copies keep their source's mode, as ``cp`` does."""
+    occlum_build.mk adds at build time (stages.instance_files)."""
     initfs, image_config = ctx.outputs
     p = ctx.params
-    for e in p["entries"]:
-        dest = initfs / e["path"]
-        if e["kind"] == "dir":
-            dest.mkdir(parents=True, exist_ok=True)
-        elif e["kind"] == "text":
-            _write(dest, e["text"].encode())
-        elif e["kind"] == "symlink":
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(e["target"], dest)
-        elif e["src"] is not None and (not e["optional"] or os.path.exists(e["src"])):
-            src = Path(e["src"]) if os.path.isabs(e["src"]) else ctx.root / e["src"]
-            real = src.resolve()  # cp follows links: the copy holds the target's bytes and mode
-            _copy(real, dest)
-            if os.path.isabs(e["src"]):
-                ctx.add_inputs([real])
-    config = image_config_json(p["encrypted"])
-    _write(image_config, config)
-    _write(initfs / "etc" / "image_config.json", config)
-    if p.get("init_ra_conf"):
-        conf = Path(p["init_ra_conf"])
-        _copy(conf if conf.is_absolute() else ctx.root / conf, initfs / "etc" / "init_ra_conf.json")
-    if p["buildin_image_key"]:
-        _copy(ctx.secrets["image_key"], initfs / "etc" / "image_key", 0o600)
+    host_files = assemble_initfs_tree(
+        ctx.root, initfs, image_config, p["entries"], encrypted=p["encrypted"],
+        init_ra_conf=p.get("init_ra_conf"),
+        image_key=ctx.secrets["image_key"] if p["buildin_image_key"] else None)
+    ctx.add_inputs(host_files)
 
 
 # ----------------------------------------------------------------------------- SEFS
@@ -105,9 +73,7 @@ def pack(ctx: StageContext) -> None:
                          f"{ctx.label}: pack {ctx.params['what']}", env=occlum_tools.tool_env(home))
         return
     key = load_image_key(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
-    state = ctx.state_dir / "sefs" / ctx.params["state"]
-    state.parent.mkdir(parents=True, exist_ok=True)
-    result = pack_image(src, root_dir, key=key, state_path=state, manifest=manifest,
+    result = pack_image(src, root_dir, key=key, state_path=ctx.state_dir / "pack.state", manifest=manifest,
                         label=f"{ctx.label}: pack {ctx.params['what']}")
     _write(mac_file, result.mac_text.encode())
     how = "incrementally" if result.incremental else f"in full ({result.reason})"
@@ -329,25 +295,7 @@ def catsig(ctx: StageContext) -> None:
 # ----------------------------------------------------------------------------- layout
 
 def layout(ctx: StageContext) -> None:
-    """Links, copies and status files that make the directory an Occlum instance.
-
-    ``run/`` (the application's persistent data) is created when missing and never
-    removed: ``occlum build`` wipes it on every build, which loses data.
-    """
+    """Links, copies and status files that make the directory an Occlum instance."""
     p = ctx.params
-    outs = dict(zip(p["names"], ctx.outputs))
-    for name, spec in p["entries"].items():
-        path = outs[name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if spec["kind"] == "symlink":
-            if os.path.lexists(path):
-                os.unlink(path)
-            os.symlink(spec["target"], path)
-        elif spec["kind"] == "copy":
-            _copy(Path(spec["src"]) if os.path.isabs(spec["src"]) else ctx.root / spec["src"],
-                  path, spec.get("mode"))
-        else:
-            _write(path, spec["text"].encode())
-    instance = ctx.root / p["instance_dir"]
-    for d in ("run/mount/__ROOT", "run/initfs/__ROOT"):
-        (instance / d).mkdir(parents=True, exist_ok=True)
+    write_layout(ctx.root, ctx.root / p["instance_dir"], p["entries"],
+                 dict(zip(p["names"], ctx.outputs)))

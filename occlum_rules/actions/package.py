@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from occlum_rules.core.executor import StageContext
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o644)
 
 
 def refusal(label: str, occlum_json: dict, measurements: dict, sgx_mode: str,
@@ -65,8 +61,7 @@ def package(ctx: StageContext) -> None:
     tarball, manifest_file, sums = ctx.outputs
     members = select_members(instance, mode)
     result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
-                           level=p["level"], state_path=ctx.state_dir / "package" / hashlib.sha256(
-                               str(tarball).encode()).hexdigest()[:16],
+                           level=p["level"], state_path=ctx.state_dir / "segments.state",
                            digest_of=ctx.digests.digest)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
     manifest = package_manifest(

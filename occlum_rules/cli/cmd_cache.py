@@ -3,37 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from occlum_rules.cli.common import human_bytes, parse_size
-from occlum_rules.core.digests import CHUNK
-from occlum_rules.core.store import LocalStore, manifest_blobs
-from occlum_rules.core.workspace import find_root, load_workspace
+from occlum_rules.core.action_state import state_usage
+from occlum_rules.core.store import LocalStore, gc, store_stats, verify
+from occlum_rules.core.workspace import Workspace, find_root, load_workspace
 from occlum_rules.errors import UserError
 
 
-def _store_and_ws(args) -> tuple[LocalStore, object | None]:
+def _store_and_ws(args: argparse.Namespace) -> tuple[LocalStore, Workspace | None]:
     if args.dir:
         return LocalStore(Path(args.dir)), None
     ws = load_workspace(find_root(Path.cwd()))
     return LocalStore(ws.cache_dir()), ws
 
 
-def stats(store: LocalStore, ws) -> None:
-    blobs = list(store.iter_blobs())
-    actions = list(store.iter_actions())
-    size = sum(b.stat().st_size for b in blobs) + sum(a.stat().st_size for a in actions)
+def _stats(store: LocalStore, ws: Workspace | None) -> None:
+    counts = store_stats(store)
     print(f"store:          {store.root}")
-    print(f"action entries: {len(actions)}")
-    print(f"blobs:          {len(blobs)}")
-    print(f"size:           {human_bytes(size)}")
+    print(f"action entries: {counts.entries}")
+    print(f"blobs:          {counts.blobs}")
+    print(f"size:           {human_bytes(counts.size)}")
     if ws is not None:
-        report_path = ws.out / "build-report.json"
+        usage = state_usage(ws.state_dir)
+        print(f"action state:   {human_bytes(sum(usage.values()))} in {ws.state_dir}")
+        for kind, size in sorted(usage.items()):
+            print(f"  {kind + ':':<22}{human_bytes(size)}")
         try:
-            rep = json.loads(report_path.read_text())
+            rep = json.loads((ws.out / "build-report.json").read_text())
             looked = rep["actions_run"] + rep["cache_hits_local"] + rep["cache_hits_remote"]
             hits = rep["cache_hits_local"] + rep["cache_hits_remote"]
             rate = f"{100 * hits / looked:.0f}%" if looked else "n/a (everything was up to date)"
@@ -44,63 +43,22 @@ def stats(store: LocalStore, ws) -> None:
             print("last build:     no build-report.json yet")
 
 
-def gc(store: LocalStore, max_size: int) -> None:
-    """Drop least-recently-used action entries until the store fits; then every blob that no
-    kept entry needs. A blob a kept entry needs is never removed."""
-    entries = sorted(store.iter_actions(), key=lambda p: p.stat().st_mtime)
-    blobs = {b.name: b for b in store.iter_blobs()}
-    needs: dict[Path, set[str]] = {}
-    for entry in entries:
-        try:
-            needs[entry] = set(manifest_blobs(json.loads(entry.read_bytes())))
-        except (OSError, ValueError):
-            needs[entry] = set()
-
-    def total(kept: list[Path]) -> int:
-        wanted = set().union(*(needs[e] for e in kept)) if kept else set()
-        return sum(blobs[d].stat().st_size for d in wanted if d in blobs) + sum(
-            e.stat().st_size for e in kept)
-
-    kept = list(entries)
-    removed_entries = 0
-    while kept and total(kept) > max_size:
-        victim = kept.pop(0)
-        victim.unlink(missing_ok=True)
-        removed_entries += 1
-    wanted = set().union(*(needs[e] for e in kept)) if kept else set()
-    removed_blobs = freed = 0
-    for digest, path in blobs.items():
-        if digest not in wanted:
-            freed += path.stat().st_size
-            path.unlink(missing_ok=True)
-            removed_blobs += 1
-    print(f"removed {removed_entries} action entries and {removed_blobs} blobs "
-          f"({human_bytes(freed)} of blobs); kept {len(kept)} entries, {human_bytes(total(kept))}")
+def _gc(store: LocalStore, max_size: int) -> None:
+    r = gc(store, max_size)
+    print(f"removed {r.removed_entries} action entries and {r.removed_blobs} blobs "
+          f"({human_bytes(r.freed_blob_bytes)} of blobs); kept {r.kept_entries} entries, "
+          f"{human_bytes(r.kept_bytes)}")
 
 
-def verify(store: LocalStore) -> int:
-    bad = 0
-    count = 0
-    for blob in store.iter_blobs():
-        count += 1
-        h = hashlib.sha256()
-        with open(blob, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != blob.name:
-            print(f"corrupt blob removed: {blob.name}")
-            os.unlink(blob)
-            bad += 1
-    for entry in store.iter_actions():
-        try:
-            data = json.loads(entry.read_bytes())
-            manifest_blobs(data)
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            print(f"corrupt action entry removed: {entry.name}")
-            entry.unlink(missing_ok=True)
-            bad += 1
-    print(f"verified {count} blobs: {bad} corrupt entr{'y' if bad == 1 else 'ies'} removed")
-    return 1 if bad else 0
+def _verify(store: LocalStore) -> int:
+    r = verify(store)
+    for digest in r.corrupt_blobs:
+        print(f"corrupt blob removed: {digest}")
+    for key in r.corrupt_entries:
+        print(f"corrupt action entry removed: {key}")
+    print(f"verified {r.blobs_checked} blobs: {r.bad} corrupt entr{'y' if r.bad == 1 else 'ies'} "
+          "removed")
+    return 1 if r.bad else 0
 
 
 def main(argv: list[str]) -> int:
@@ -117,9 +75,9 @@ def main(argv: list[str]) -> int:
     if not store.root.exists():
         raise UserError(f"no cache at {store.root}")
     if args.command == "stats":
-        stats(store, ws)
+        _stats(store, ws)
         return 0
     if args.command == "gc":
-        gc(store, parse_size(args.max_size))
+        _gc(store, parse_size(args.max_size))
         return 0
-    return verify(store)
+    return _verify(store)

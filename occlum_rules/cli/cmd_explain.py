@@ -1,8 +1,6 @@
 """``occlum-rules explain LABEL``: why an action re-ran (or would re-run).
 
-The state of every action keeps the material its key was computed from, and the material of
-the build before it. Comparing the two names the input file, parameter or toolchain that
-changed.
+Argument parsing and printing; core/explain.py compares the key materials.
 """
 
 from __future__ import annotations
@@ -10,13 +8,8 @@ from __future__ import annotations
 import argparse
 
 from occlum_rules.cli.common import load
-from occlum_rules.core.action import key_material, material_changes
 from occlum_rules.core.doit_bridge import build_env
-from occlum_rules.core.executor import (
-    input_digests,
-    previous_material,
-    read_state,
-)
+from occlum_rules.core.explain import explain
 from occlum_rules.errors import UserError
 
 
@@ -32,31 +25,17 @@ def main(argv: list[str]) -> int:
     if not actions:
         raise UserError(f"no target or action '{args.label}' (see `doit list --all`)")
     for action in actions:
-        payload = action.to_dict()
-        state = read_state(env, action.id)
-        try:
-            current = key_material(payload, input_digests(payload, env))
-        except UserError as exc:
-            print(f"{action.id}: cannot compute its key now: {exc}")
-            continue
-        if not state:
+        found = explain(action, env)
+        if found.status == "unknown":
+            print(f"{action.id}: cannot compute its key now: {found.detail}")
+        elif found.status == "not built":
             print(f"{action.id}: not built yet (or its last run did not finish)")
-            previous = previous_material(env, action.id)
-            if previous:
-                for reason in material_changes(previous, current) or ["nothing in its key changed"]:
-                    print(f"  - {reason}")
-            continue
-        pending = material_changes(state.get("material") or {}, current)
-        if pending:
+        elif found.status == "will re-run":
             print(f"{action.id}: will re-run:")
-            for reason in pending:
-                print(f"  - {reason}")
         else:
-            print(f"{action.id}: up to date (key {state['key'][:16]})")
-            if state.get("previous"):
-                why = material_changes(state["previous"], state["material"])
-                if why:
-                    print("  last re-run because:")
-                    for reason in why:
-                        print(f"  - {reason}")
+            print(f"{action.id}: up to date (key {found.detail})")
+            if found.reasons:
+                print("  last re-run because:")
+        for reason in found.reasons:
+            print(f"  - {reason}")
     return 0

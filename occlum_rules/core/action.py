@@ -11,8 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from occlum_rules.core.digests import DigestCache
 
 # Bump when the meaning of an action key or of a stored manifest changes.
 ENGINE_FORMAT = 2
@@ -68,7 +73,7 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> dict[str, Any]:
+def key_material(action: Action, input_digests: list[tuple[str, str]]) -> dict[str, Any]:
     """Everything that decides an action's outputs.
 
     The key is the hash of exactly this, and `occlum-rules explain` compares two of these, so
@@ -76,18 +81,18 @@ def key_material(action: dict[str, Any], input_digests: list[tuple[str, str]]) -
     """
     return {
         "format": ENGINE_FORMAT,
-        "kind": action["kind"],
-        "argv": action["argv"],
-        "func": action["func"],
-        "params": action["params"],
-        "toolchains": sorted(action["toolchains"]),
-        "env": action["env"],
+        "kind": action.kind,
+        "argv": action.argv,
+        "func": action.func,
+        "params": action.params,
+        "toolchains": sorted(action.toolchains),
+        "env": action.env,
         "inputs": dict(_key_inputs(input_digests)),
-        "outputs": [[path, kind] for path, kind in zip(action["outputs"], action["output_types"])],
+        "outputs": [[path, kind] for path, kind in zip(action.outputs, action.output_types)],
     }
 
 
-def compute_key(action: dict[str, Any], input_digests: list[tuple[str, str]]) -> str:
+def compute_key(action: Action, input_digests: list[tuple[str, str]]) -> str:
     return hashlib.sha256(canonical(key_material(action, input_digests))).hexdigest()
 
 
@@ -117,3 +122,33 @@ def material_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 _ABSENT = object()
+
+
+@dataclass
+class StageContext:
+    """What a Python stage function (an adapter in occlum_rules/actions/) receives.
+
+    Paths are absolute. ``state_dir`` is the action's own, kept between runs and removed
+    by ``doit clean``; ``shared_state_dir`` is shared by the actions of one kind and
+    toolchain fingerprints. Neither is chosen by the stage or seen by the rule."""
+
+    root: Path
+    label: str
+    inputs: list[Path]
+    outputs: list[Path]
+    params: dict[str, Any]
+    secrets: dict[str, Path]
+    source_date_epoch: int
+    digests: DigestCache
+    state_dir: Path         # private to this action, kept between runs (exists while it runs)
+    shared_state_dir: Path  # shared by actions of this kind and toolchains (create it if used)
+    discovered: list[str] = field(default_factory=list)
+
+    def add_inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """Declare inputs found while running (host files a BOM copies, libraries it pulls
+        in). They are re-checked on every later build and guard cache hits."""
+        for p in paths:
+            self.discovered.append(str(os.fspath(p)))
+
+    def log(self, message: str) -> None:
+        print(f"[{self.label}] {message}", file=sys.stderr)

@@ -20,15 +20,13 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.action import Action
+from occlum_rules.core.action_state import read_state, remove_action_state, remove_legacy_state
 from occlum_rules.core.analysis import Graph
-from occlum_rules.core.executor import (
-    BuildEnv,
-    digest_cache,
-    execute,
-    is_up_to_date,
-    read_state,
-    state_path,
-)
+from occlum_rules.core.build_env import BuildEnv, digest_cache
+from occlum_rules.core.executor import execute, is_up_to_date
+from occlum_rules.core.journal import drop_journal, read_journal
 from occlum_rules.core.workspace import Workspace, find_root, load_workspace
 from occlum_rules.errors import UserError
 
@@ -82,7 +80,7 @@ def _take_lock(ws: Workspace) -> None:
     _STATE["lock_fd"] = fd  # held until this process exits
 
 
-def execute_task(action: dict, env: BuildEnv):
+def execute_task(action: Action, env: BuildEnv):
     try:
         execute(action, env)
     except UserError as exc:
@@ -92,26 +90,23 @@ def execute_task(action: dict, env: BuildEnv):
     return None
 
 
-def _uptodate(action: dict, env: BuildEnv):
+def _uptodate(action: Action, env: BuildEnv):
     def check(task, values) -> bool:
         return is_up_to_date(action, env)
     return check
 
 
-def _clean(action: dict, env: BuildEnv):
+def _clean(action: Action, env: BuildEnv):
     def clean() -> None:
         import shutil
 
-        for rel in action["outputs"]:
+        for rel in action.outputs:
             full = os.path.join(env.root, rel)
             if os.path.islink(full) or os.path.isfile(full):
                 os.unlink(full)
             elif os.path.isdir(full):
                 shutil.rmtree(full)
-        try:
-            state_path(env, action["id"]).unlink()
-        except FileNotFoundError:
-            pass
+        remove_action_state(env, action)
     return clean
 
 
@@ -130,19 +125,18 @@ def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
         tasks.append({"basename": name, "name": None,
                       "doc": f"{target.rule.name} ({target.location})"})
         for a in actions:
-            payload = a.to_dict()
             file_deps = [p for p in a.inputs
                          if p not in a.input_producers and not os.path.isabs(p)
                          and (ws.root / p).is_file()]
             tasks.append({
                 "basename": name, "name": a.name,
                 "doc": a.description,
-                "actions": [(execute_task, [payload, env])],
+                "actions": [(execute_task, [a, env])],
                 "file_dep": file_deps,
                 "targets": list(a.outputs),
                 "task_dep": list(a.producers),
-                "uptodate": [_uptodate(payload, env)],
-                "clean": [_clean(payload, env)],
+                "uptodate": [_uptodate(a, env)],
+                "clean": [_clean(a, env)],
                 "verbosity": 2,
             })
         if not actions:
@@ -196,21 +190,13 @@ class BuildReporter(ConsoleReporter):
 
     def _write_report(self) -> None:
         env: BuildEnv = _STATE["env"]
-        actions: dict[str, dict] = _STATE["actions"]
-        run_dir = Path(env.state_dir) / "runs" / env.run_id
-        records: dict[str, dict] = {}
-        if run_dir.is_dir():
-            for f in sorted(run_dir.iterdir()):
-                try:
-                    rec = json.loads(f.read_text())
-                    records[rec["id"]] = rec
-                except (OSError, ValueError, KeyError):
-                    continue
+        actions: dict[str, Action] = _STATE["actions"]
+        records = read_journal(env)
         for task_name in self.skipped:
             if task_name not in records:
                 state = read_state(env, task_name) or {}
                 a = actions[task_name]
-                records[task_name] = {"id": task_name, "label": a["label"], "stage": a["kind"],
+                records[task_name] = {"id": task_name, "label": a.label, "stage": a.kind,
                                       "outcome": "up_to_date", "seconds": 0.0,
                                       "action_key": state.get("key")}
         counts = {"actions_run": 0, "cache_hits_local": 0, "cache_hits_remote": 0, "up_to_date": 0}
@@ -222,14 +208,9 @@ class BuildReporter(ConsoleReporter):
         report = {**counts, "failed": self.failed, "seconds": round(elapsed, 3),
                   "notes": _STATE.get("notes", []),
                   "actions": sorted(records.values(), key=lambda r: r["id"])}
-        out = Path(env.out) / "build-report.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(".build-report.json.tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out)
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+        write_atomic(Path(env.out) / "build-report.json",
+                     (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+        drop_journal(env)
         self.write(f"occlum-rules: {counts['actions_run']} actions run, "
                    f"{counts['cache_hits_local']} cache hits (local), "
                    f"{counts['cache_hits_remote']} cache hits (remote), "
@@ -245,6 +226,7 @@ def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
         env = build_env(ws, os.environ.get("OCCLUM_RULES_RUN_ID"))
         if _doit_command(sys.argv) in _RUN_COMMANDS:
             _take_lock(ws)
+            remove_legacy_state(ws.state_dir)
         tasks = make_tasks(ws, graph, env)
         for note in graph.toolchains.notes:
             print(note, file=sys.stderr)
@@ -254,7 +236,7 @@ def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     _STATE["env"] = env
-    _STATE["actions"] = {a.id: a.to_dict() for a in graph.actions}
+    _STATE["actions"] = {a.id: a for a in graph.actions}
     ws.state_dir.mkdir(parents=True, exist_ok=True)
 
     def task_occlum_rules():

@@ -15,9 +15,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.core.digests import CHUNK, stat_stamp
+from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.digests import CHUNK, sha256_file, stat_stamp
 
 
 class CorruptBlob(Exception):
@@ -115,9 +117,7 @@ class LocalStore:
         digest = hashlib.sha256(data).hexdigest()
         dest = self.cas_path(digest)
         if not dest.is_file():
-            tmp = self._tmp_near(dest)
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            write_atomic(dest, data)
         return digest
 
     def restore(self, digest: str, dest: Path, mode: int) -> None:
@@ -175,9 +175,7 @@ class LocalStore:
         path = self.ac_path(key)
         record = {k: v for k, v in manifest.items() if k != "checksum"}
         record["checksum"] = entry_checksum(record)
-        tmp = self._tmp_near(path)
-        tmp.write_text(json.dumps(record, sort_keys=True, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
 
     def action_bytes(self, key: str) -> bytes | None:
         try:
@@ -225,3 +223,92 @@ def manifest_blobs(manifest: dict) -> list[str]:
             if e.get("type") == "file":
                 digests.append(e["sha256"])
     return digests
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+@dataclass
+class StoreStats:
+    entries: int
+    blobs: int
+    size: int
+
+
+def store_stats(store: LocalStore) -> StoreStats:
+    blobs = list(store.iter_blobs())
+    actions = list(store.iter_actions())
+    size = sum(b.stat().st_size for b in blobs) + sum(a.stat().st_size for a in actions)
+    return StoreStats(len(actions), len(blobs), size)
+
+
+@dataclass
+class GcResult:
+    removed_entries: int
+    removed_blobs: int
+    freed_blob_bytes: int
+    kept_entries: int
+    kept_bytes: int
+
+
+def gc(store: LocalStore, max_size: int) -> GcResult:
+    """Drop least-recently-used action entries until the store fits ``max_size`` bytes; then
+    every blob that no kept entry needs. A blob a kept entry needs is never removed."""
+    entries = sorted(store.iter_actions(), key=lambda p: p.stat().st_mtime)
+    blobs = {b.name: b for b in store.iter_blobs()}
+    needs: dict[Path, set[str]] = {}
+    for entry in entries:
+        try:
+            needs[entry] = set(manifest_blobs(json.loads(entry.read_bytes())))
+        except (OSError, ValueError):
+            needs[entry] = set()
+
+    def wanted_by(kept: list[Path]) -> set[str]:
+        return set().union(*(needs[e] for e in kept)) if kept else set()
+
+    def total(kept: list[Path]) -> int:
+        return sum(blobs[d].stat().st_size for d in wanted_by(kept) if d in blobs) + sum(
+            e.stat().st_size for e in kept)
+
+    kept = list(entries)
+    removed_entries = 0
+    while kept and total(kept) > max_size:
+        victim = kept.pop(0)
+        victim.unlink(missing_ok=True)
+        removed_entries += 1
+    wanted = wanted_by(kept)
+    removed_blobs = freed = 0
+    for digest, path in blobs.items():
+        if digest not in wanted:
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed_blobs += 1
+    return GcResult(removed_entries, removed_blobs, freed, len(kept), total(kept))
+
+
+@dataclass
+class VerifyResult:
+    blobs_checked: int = 0
+    corrupt_blobs: list[str] = field(default_factory=list)     # digests, removed
+    corrupt_entries: list[str] = field(default_factory=list)   # action keys, removed
+
+    @property
+    def bad(self) -> int:
+        return len(self.corrupt_blobs) + len(self.corrupt_entries)
+
+
+def verify(store: LocalStore) -> VerifyResult:
+    """Re-hash every blob and parse every action entry; remove what is corrupt."""
+    result = VerifyResult()
+    for blob in store.iter_blobs():
+        result.blobs_checked += 1
+        if sha256_file(blob) != blob.name:
+            os.unlink(blob)
+            result.corrupt_blobs.append(blob.name)
+    for entry in store.iter_actions():
+        try:
+            manifest_blobs(json.loads(entry.read_bytes()))
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)
+            result.corrupt_entries.append(entry.name)
+    return result

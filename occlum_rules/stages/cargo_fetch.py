@@ -25,13 +25,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from occlum_rules.core.digests import sha256_file
-from occlum_rules.core.executor import StageContext
 from occlum_rules.errors import UserError
-from occlum_rules.stages.cargo_build import base_env, run_tool, stage_copy, trim_tool_output
 
 _KEY = re.compile(r'^([A-Za-z_-]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$')
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # cargo's own configuration files in $CARGO_HOME: settings (mirrors, proxies, net options),
 # never credentials.
 _USER_CONFIG = ("config.toml", "config")
@@ -94,10 +91,10 @@ def unpack_crate(data: bytes, name: str, version: str, dest: Path) -> dict[str, 
                     raise UserError(f"{name} {version}: .crate entry {path!r} is not a "
                                     "regular file")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                entry = tar.extractfile(member)
-                if entry is None:
-                    raise UserError(f"{name} {version}: .crate entry {path!r} cannot be read")
-                body = entry.read()
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise UserError(f"{name} {version}: cannot read .crate entry {path!r}")
+                body = extracted.read()
                 target.write_bytes(body)
                 target.chmod(0o755 if member.mode & 0o111 else 0o644)
                 files[rel] = hashlib.sha256(body).hexdigest()
@@ -106,7 +103,7 @@ def unpack_crate(data: bytes, name: str, version: str, dest: Path) -> dict[str, 
     return files
 
 
-def _downloaded(home: Path) -> dict[str, list[Path]]:
+def downloaded_crates(home: Path) -> dict[str, list[Path]]:
     """Every .crate cargo keeps under CARGO_HOME, by file name (one per registry used)."""
     found: dict[str, list[Path]] = {}
     cache = home / "registry" / "cache"
@@ -118,7 +115,7 @@ def _downloaded(home: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _private_home(work: Path) -> Path:
+def private_home(work: Path) -> Path:
     """A CARGO_HOME of this action's own (downloads are kept between runs), carrying the
     user's cargo settings so a configured mirror or proxy still applies."""
     home = work / "home"
@@ -131,53 +128,3 @@ def _private_home(work: Path) -> Path:
         elif dest.exists():
             dest.unlink()
     return home
-
-
-def fetch(ctx: StageContext) -> None:
-    p = ctx.params
-    if "missing" in p:
-        raise UserError(f"{ctx.label}: {p['missing']}")
-    crate_src = ctx.root / p["crate"] if p["crate"] else ctx.root
-    work = ctx.state_dir / "cargo-fetch" / hashlib.sha256(ctx.label.encode()).hexdigest()[:16]
-    staged = work / "crate"
-    stage_copy(ctx.inputs, crate_src, staged)
-    if not any((staged / "src" / n).exists() for n in ("lib.rs", "main.rs")):
-        # cargo loads the manifest before fetching and wants a target; nothing is compiled
-        (staged / "src").mkdir(exist_ok=True)
-        (staged / "src" / "lib.rs").write_text("")
-    home = _private_home(work)
-    env = base_env(p["cargo"], p.get("tool_env", {}))
-    env["CARGO_HOME"] = str(home)
-    manifest = staged / p["manifest"]
-    proc = run_tool([p["cargo"], "fetch", "--locked", "--manifest-path", str(manifest)],
-                    staged, env)
-    if proc.returncode != 0:
-        raise UserError(f"{ctx.label}: cargo fetch failed (exit {proc.returncode}):\n"
-                        f"{trim_tool_output(proc.stderr or proc.stdout)}")
-    lock = staged / "Cargo.lock"
-    downloaded = _downloaded(home)
-    out = ctx.outputs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    where = f"{p['crate'] or '.'}/Cargo.lock"
-    for pkg in lock_packages(lock.read_text(errors="replace")):
-        source = pkg.get("source")
-        if source is None:
-            continue  # the crate itself, or a path dependency: not downloaded
-        name, version = pkg.get("name", "?"), pkg.get("version", "?")
-        if not source.startswith(("registry+", "sparse+")):
-            raise UserError(f"{ctx.label}: {where}: {name} {version} comes from {source}; "
-                            "fetch = True takes registry crates only (vendor git "
-                            "dependencies with `cargo vendor` and set vendor = ...)")
-        checksum = pkg.get("checksum", "")
-        if not _HEX64.match(checksum):
-            raise UserError(f"{ctx.label}: {where}: {name} {version} has no sha256 checksum "
-                            f"(got {checksum!r}), so a download cannot be checked")
-        crate = next((c for c in downloaded.get(f"{name}-{version}.crate", [])
-                      if sha256_file(c) == checksum), None)
-        if crate is None:
-            raise UserError(f"{ctx.label}: cargo fetch left no {name}-{version}.crate with "
-                            f"the sha256 {where} pins ({checksum[:12]}…)")
-        dest = out / f"{name}-{version}"
-        files = unpack_crate(crate.read_bytes(), name, version, dest)
-        (dest / ".cargo-checksum.json").write_bytes(checksum_json(files, checksum))
-        (dest / ".cargo-checksum.json").chmod(0o644)

@@ -36,15 +36,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.atomic_write import AtomicFile, write_atomic
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core.digests import sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
+from occlum_rules.state_file import Missing, discard_state, read_state, write_state
 
 SEGMENT = 4 << 20
 BIG = 1 << 20
 GROUP_SPREAD = 32
 STATE_VERSION = 1
+STATE_KIND = "package-segments"  # in the shared state framing (occlum_rules/state_file.py)
 _GZIP_XFL = {9: 2, 1: 4}  # what gzip (and Python's gzip module) writes for best/fastest
 
 
@@ -189,8 +191,11 @@ def _load_state(state_path: Path | None, out: Path, salt: str) -> dict[str, list
     when the state describes exactly that file (else empty: everything is deflated)."""
     if state_path is None:
         return {}
+    payload = read_state(state_path, STATE_KIND, STATE_VERSION)
+    if isinstance(payload, Missing):
+        return {}
     try:
-        state = json.loads(Path(state_path).read_text())
+        state = json.loads(bytes(payload))
         if (state.get("version") != STATE_VERSION or state.get("salt") != salt
                 or state.get("stamp") != _stamp(out)):
             return {}
@@ -205,8 +210,9 @@ def _load_state(state_path: Path | None, out: Path, salt: str) -> dict[str, list
 
 
 def _save_state(state_path: Path, out: Path, salt: str, segments: dict) -> None:
-    write_atomic(state_path, json.dumps({"version": STATE_VERSION, "salt": salt,
-                                         "stamp": _stamp(out), "segments": segments}).encode())
+    write_state(state_path, STATE_KIND, STATE_VERSION,
+                json.dumps({"version": STATE_VERSION, "salt": salt, "stamp": _stamp(out),
+                            "segments": segments}).encode())
 
 
 # --------------------------------------------------------------------------- writer
@@ -240,7 +246,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     segments = plan_segments(members)
     previous = _load_state(state_path, out, salt)
     if state_path is not None:
-        Path(state_path).unlink(missing_ok=True)  # from here on it no longer describes `out`
+        discard_state(state_path)  # from here on it no longer describes `out`
     digests: dict[int, str] = {}
     if previous:
         for i, m in enumerate(members):

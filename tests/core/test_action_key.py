@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from occlum_rules.core import action as action_mod
-from occlum_rules.core.action import compute_key, key_material, material_changes
+from occlum_rules.core.action import Action, material_changes
+from occlum_rules.core.action import compute_key as _compute_key
+from occlum_rules.core.action import key_material as _key_material
 
 text = st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), min_size=1, max_size=8)
 digest = st.text("0123456789abcdef", min_size=64, max_size=64)
@@ -27,6 +29,18 @@ actions = st.fixed_dictionaries({
     "outputs": st.lists(text, min_size=1, max_size=3, unique=True),
 }).map(lambda a: {**a, "output_types": ["file"] * len(a["outputs"])})
 inputs = st.dictionaries(text, digest, max_size=4).map(lambda d: sorted(d.items()))
+
+def _action(fields: dict) -> Action:
+    return Action(id="//t:t:a", label="//t:t", name="a", inputs=[], **fields)
+
+
+def compute_key(fields: dict, ins: list) -> str:
+    return _compute_key(_action(fields), ins)
+
+
+def key_material(fields: dict, ins: list) -> dict:
+    return _key_material(_action(fields), ins)
+
 
 FIELDS = ("input digest", "input added", "input removed", "kind", "argv", "func", "param",
           "toolchain", "env", "output name", "output type", "engine format")

@@ -145,7 +145,7 @@ def false_up_to_date(ws: Path) -> list[str]:
     outputs' size/mtime/mode stamps all match) while the bytes on disk differ from what the
     state records: exactly the "half-written output treated as done" failure."""
     problems: list[str] = []
-    from occlum_rules.core.executor import load_state_file, tree_entries_of
+    from occlum_rules.core.action_state import load_state_file, tree_entries_of
 
     for f in sorted((ws / "out/.occlum-rules/actions").glob("*.state")):
         try:

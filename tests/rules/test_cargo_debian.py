@@ -137,8 +137,8 @@ def test_seed_enclave_with_rustups_cargo_in_its_own_target_dir(debian_build):
     run = subprocess.run([ws / SEED_APP, ws / SEED_LIB, "x"], capture_output=True, text=True,
                          check=True)
     assert json.loads(run.stdout.splitlines()[0])["tag"] == expected_tag("x")[1]
-    # each toolchain kept its own target directory
-    seed_work = [d for d in (ws / "out/.occlum-rules/cargo").iterdir()
+    # each toolchain kept its own target directory, in the action's private state directory
+    seed_work = [d for d in (ws / "out/.occlum-rules/state").glob("cargo.*")
                  if (d / "src/Cargo.toml").read_text().find("neo_service_enclave") >= 0]
     assert len(seed_work) == 1
     assert len([t for t in seed_work[0].iterdir() if t.name.startswith("target-")]) == 2

@@ -72,8 +72,10 @@ def checkouts(tmp_path_factory):
     b = copy_examples(base / "somewhere" / "else" / "checkout", EXAMPLES)
     first = build(a, base / "cache-a")
     first_report = report(a)
-    gocache = a / "out/.occlum-rules/go/cache"
-    shutil.copytree(gocache, b / "out/.occlum-rules/go/cache")
+    # the go build cache: one per go toolchain, shared by the go actions (same name in b)
+    shared = a / "out/.occlum-rules/state/shared"
+    assert [d.name.startswith("go.build-") for d in shared.iterdir()] == [True]
+    shutil.copytree(shared, b / "out/.occlum-rules/state/shared")
     build(b, base / "cache-b")
     second_report = report(b)
     files = [RUST_BIN, GO_BIN, CDYLIB, LOADER]

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from occlum_rules.core.executor import load_state_file, state_path
+from occlum_rules.core.action_state import load_state_file, state_path
 from tests.rules.test_occlum_stages import fake_install
 from tests.support.workspace import make_workspace, run_doit
 

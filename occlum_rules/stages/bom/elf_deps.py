@@ -27,7 +27,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
-from occlum_rules.atomic_write import write_atomic
+from occlum_rules import state_file
 from occlum_rules.errors import UserError
 
 from .paths import rust_join
@@ -171,7 +171,8 @@ class ElfInfo:
 
 _ELF_CACHE: dict[tuple[int, int, int, int, int], ElfInfo | None] = {}
 _USED: set[tuple[int, int, int, int, int]] = set()
-_CACHE_VERSION = 1
+_CACHE_KIND = "elf-headers"
+_CACHE_VERSION = 2  # 2: the shared state framing
 
 
 def read_elf(path: str) -> ElfInfo | None:
@@ -199,26 +200,30 @@ def read_elf(path: str) -> ElfInfo | None:
 
 
 def load_elf_cache(path: str | os.PathLike) -> None:
-    """Seed the in-process cache from :func:`save_elf_cache`'s file.
+    """Seed the in-process cache from :func:`save_elf_cache`'s file, and start recording
+    which entries the caller uses (what the next save keeps).
 
     Entries are keyed by the file's stat stamp (device, inode, size, mtime, ctime), like the
     build's digest cache: a changed file simply misses. Planning a BOM that copies a tree of
-    20k files otherwise opens every one of them to look for an ELF header.
+    20k files otherwise opens every one of them to look for an ELF header. The file is in
+    the shared state framing (occlum_rules/state_file.py); where it lives is the caller's.
     """
+    _USED.clear()
+    payload = state_file.read_state(path, _CACHE_KIND, _CACHE_VERSION)
+    if isinstance(payload, state_file.Missing):
+        return
     try:
-        with open(path, "rb") as f:
-            data = marshal.loads(f.read())
-        if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
-            return
-        for key, value in data["entries"].items():
+        data = marshal.loads(payload)
+        for key, value in data.items():
             if key not in _ELF_CACHE:
                 _ELF_CACHE[key] = None if value is None else ElfInfo(*value)
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+    except (EOFError, ValueError, TypeError, AttributeError):
         return
 
 
 def save_elf_cache(path: str | os.PathLike) -> None:
-    """Persist what this process looked up (only that: files gone since are forgotten)."""
+    """Persist what was looked up since the last load (only that: files gone since are
+    forgotten)."""
     entries = {}
     for key in _USED:
         if key in _ELF_CACHE:
@@ -226,7 +231,7 @@ def save_elf_cache(path: str | os.PathLike) -> None:
             entries[key] = None if v is None else (v.etype, v.elfclass, v.machine, v.interp,
                                                    v.needed, v.rpath, v.runpath, v.soname)
     with contextlib.suppress(OSError):  # a cache: failing to keep it only costs time
-        write_atomic(path, marshal.dumps({"version": _CACHE_VERSION, "entries": entries}))
+        state_file.write_state(path, _CACHE_KIND, _CACHE_VERSION, marshal.dumps(entries))
 
 
 _STRUCTS: dict[tuple, ELFStructs] = {}

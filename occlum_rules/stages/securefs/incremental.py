@@ -43,13 +43,11 @@ import marshal
 import operator
 import os
 import sys
-import zlib
 from array import array
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from occlum_rules.atomic_write import write_atomic
 from occlum_rules.stages.securefs.pfs import (
     _PLAIN,
     ENCRYPTED_PART_SIZE,
@@ -61,8 +59,12 @@ from occlum_rules.stages.securefs.pfs import (
 )
 from occlum_rules.stages.securefs.primitives import ZERO_IV, ZERO_KEY
 from occlum_rules.stages.securefs.sefs_format import METADATA_NAME, allocate_ids, inode_file_name
+from occlum_rules.state_file import Missing, read_state, write_state
+from occlum_rules.state_file import discard_state as discard_state
 
-STATE_MAGIC = b"occlum-rules/sefs-pack-state/4\n"
+# The state file's kind and version in the shared framing (occlum_rules/state_file.py).
+STATE_KIND = "sefs-pack-state"
+STATE_VERSION = 4
 
 # A recorded stat key proves "unchanged" only for files whose last change was well before
 # the scan that recorded it: timestamps are coarse (kernel tick, or seconds on some file
@@ -148,19 +150,8 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
         "root_dir_stat": list(state.root_dir_stat),
         "lengths": [len(v) for v in views],
     }, 4)
-    parts: list[bytes | memoryview] = [len(header).to_bytes(4, "little"), header, *views]
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    write_atomic(path, STATE_MAGIC + b"%08x\n" % crc, *parts)
-
-
-def discard_state(path: str | os.PathLike | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    write_state(path, STATE_KIND, STATE_VERSION, len(header).to_bytes(4, "little"), header,
+                *views)
 
 
 def _array(code: str, raw) -> array:
@@ -203,20 +194,11 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
     Anything unexpected means "do a full pack": a wrong re-use would silently produce a
     wrong image, while a needless full pack only costs time.
     """
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except FileNotFoundError:
-        return None, "no previous pack state"
-    except OSError as exc:
-        return None, f"unreadable pack state ({exc.strerror})"
-    head_len = len(STATE_MAGIC) + 9
-    if not blob.startswith(STATE_MAGIC) or len(blob) < head_len:
-        return None, "pack state from another version"
-    digest = blob[len(STATE_MAGIC) : head_len - 1]
-    payload = memoryview(blob)[head_len:]
-    if b"%08x" % zlib.crc32(payload) != digest:
-        return None, "pack state checksum mismatch"
+    payload = read_state(path, STATE_KIND, STATE_VERSION)
+    if isinstance(payload, Missing):
+        if payload.reason == "missing":
+            return None, "no previous pack state"
+        return None, f"pack state {payload.reason}"
     try:
         state = _parse_state(payload)
     except (EOFError, ValueError, TypeError, KeyError):

@@ -1,0 +1,105 @@
+"""An action's outputs on disk: their manifest (digests), their stamps (the cheap proof that
+nothing touched them since), and the directories the engine keeps or prunes around them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat as statmod
+from pathlib import Path
+from typing import Any
+
+from occlum_rules.core.action import Action
+from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
+from occlum_rules.core.digests import tree_digest, tree_entries
+from occlum_rules.errors import UserError
+
+
+def describe_outputs(action: Action, env: BuildEnv,
+                     where: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build the output manifest (what the cache stores and what up-to-date checks compare)."""
+    cache = digest_cache(env)
+    outputs: list[dict[str, Any]] = []
+    for rel, kind in zip(action.outputs, action.output_types):
+        full = (where or {}).get(rel) or abs_path(env, rel)
+        if kind == "dir":
+            if not os.path.isdir(full):
+                raise UserError(f"{action.label}: declared output directory '{rel}' was not created")
+            entries = tree_entries(Path(full), cache)
+            outputs.append({"path": rel, "type": "dir", "entries": entries,
+                            "digest": "tree:" + tree_digest(entries)})
+        elif os.path.islink(full):
+            target = os.readlink(full)
+            outputs.append({"path": rel, "type": "symlink", "target": target,
+                            "digest": "link:" + target})
+        else:
+            if not os.path.isfile(full):
+                raise UserError(f"{action.label}: declared output '{rel}' was not created")
+            st = os.stat(full)
+            digest = cache.digest(full, st)
+            outputs.append({"path": rel, "type": "file", "mode": statmod.S_IMODE(st.st_mode),
+                            "size": st.st_size, "sha256": digest, "digest": digest})
+    return {"outputs": outputs}
+
+
+def output_stamps(action: Action, env: BuildEnv) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime, mode) of every output path: the cheap proof nothing touched them.
+
+    A recursive scandir rather than os.walk + lstat: on a null build this walk over every
+    image is most of the work, and DirEntry gives the type without another system call.
+    """
+    stamps: dict[str, tuple[int, int, int]] = {}
+    cut = len(env.root) + 1
+
+    def walk(path: str) -> None:
+        with os.scandir(path) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                stamps[entry.path[cut:]] = (st.st_size, st.st_mtime_ns, st.st_mode)
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path)
+
+    for rel, kind in zip(action.outputs, action.output_types):
+        full = abs_path(env, rel)
+        if kind == "dir":
+            walk(full)
+        else:
+            st = os.lstat(full)
+            stamps[rel] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return stamps
+
+
+def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
+    """Are the outputs exactly what the state says we left? (size, mtime, mode, set of paths)"""
+    try:
+        return output_stamps(action, env) == state.get("stamps")
+    except OSError:
+        return False
+
+
+def remove_path(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def ensure_dirs(action: Action, env: BuildEnv) -> None:
+    for rel in action.ensure_dirs:
+        os.makedirs(abs_path(env, rel), exist_ok=True)
+
+
+def prune_dirs(action: Action, env: BuildEnv) -> None:
+    """Remove what an owned directory holds beyond the names the action keeps there.
+
+    Outputs an action no longer declares (the other SGX mode's LibOS and PAL after a mode
+    switch) would otherwise stay beside the new ones; this runs after a cache hit too, which
+    runs no stage code."""
+    for rel, keep in action.prune_dirs.items():
+        where = abs_path(env, rel)
+        try:
+            names = os.listdir(where)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in sorted(set(names) - set(keep)):
+            remove_path(os.path.join(where, name))

@@ -1,0 +1,87 @@
+"""The engine owns every action's state: where it lives, how `cache stats` counts it and
+that `doit clean` takes it away with the outputs (issue 16, item 1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.workspace import copy_examples, run_cli, run_doit
+
+# What may stay under out/.occlum-rules/ after `doit clean`: nothing that belongs to one
+# action. doit's own database and lock, the digest cache (file stamps -> sha256, shared by
+# every action and keyed by path, like a journal of what was hashed), the toolchain probe
+# and the state directories themselves (empty).
+SHARED = {"doit.db", "lock", "digests.marshal", "digests.marshal.outputs", "toolchains.json",
+          "state", "actions", "runs",
+          "scratch"}
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("state")
+    names = ["hello_c"] + (["hello_go"] if shutil.which("go") else [])
+    ws = copy_examples(tmp / "ws", names)
+    cache = tmp / "cache"
+    result = run_doit(ws, "build", cache=cache)
+    assert result.returncode == 0, result.output
+    return ws, cache
+
+
+def test_in_place_stages_keep_state_only_in_engine_given_directories(built):
+    ws, _ = built
+    engine = ws / "out" / ".occlum-rules"
+    state = engine / "state"
+    kinds = {d.name.rpartition("-")[0] for d in state.iterdir() if d.is_dir() and d.name != "shared"}
+    # the SEFS packs, copy_bom's ELF facts and the package's segments each have their own
+    assert {"sefs.pack", "copy_bom", "package"} <= kinds, kinds
+    packs = [d for d in state.iterdir() if d.name.startswith("sefs.pack-")]
+    assert len(packs) == 2 and all((d / "pack.state").is_file() for d in packs)
+    # every state file there is in the one framing
+    for d in state.iterdir():
+        for f in d.rglob("*.state"):
+            assert f.read_bytes().startswith(b"occlum-rules/"), f
+    # nothing of a stage's state beside the engine's own files any more
+    assert not (engine / "sefs").exists() and not (engine / "package").exists()
+    assert not (engine / "elf-headers.marshal").exists()
+    if shutil.which("go"):
+        shared = [d.name for d in (state / "shared").iterdir()]
+        assert len(shared) == 1 and shared[0].startswith("go.build-"), shared
+
+
+def test_cache_stats_lists_state_bytes_per_kind(built):
+    ws, cache = built
+    result = run_cli("cache", "stats", cwd=ws, env={"OCCLUM_RULES_CACHE": str(cache)})
+    assert result.returncode == 0, result.output
+    lines = {line.split(":")[0].strip(): line for line in result.stdout.splitlines()}
+    assert "action state" in lines
+    for kind in ("sefs.pack", "copy_bom", "package", "action records"):
+        assert kind in lines, result.stdout
+        assert not lines[kind].rstrip().endswith(" 0 B"), lines[kind]
+
+
+def test_clean_removes_every_actions_state(built):
+    ws, cache = built
+    engine = ws / "out" / ".occlum-rules"
+    assert _files_under(engine / "state") and _files_under(engine / "actions")
+    # what an older version left where stages chose their own paths goes too
+    (engine / "sefs").mkdir()
+    (engine / "sefs" / "0123-image.json").write_text("{}")
+    (engine / "elf-headers.marshal").write_bytes(b"old")
+    result = run_doit(ws, "clean", cache=cache)
+    assert result.returncode == 0, result.output
+    assert _files_under(engine / "state") == []
+    assert _files_under(engine / "actions") == []
+    left = {p.name for p in engine.iterdir()}
+    assert left <= SHARED, left - SHARED
+    # and the next build starts from nothing and works
+    again = run_doit(ws, "build", cache=cache)
+    assert again.returncode == 0, again.output
+    assert os.path.isfile(ws / "out" / ".occlum-rules" / "doit.db")

@@ -1,0 +1,177 @@
+"""The executor on its own (no doit): restore of a damaged cache entry, the action record
+written last, output stamps, and the private state directory a stage gets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from occlum_rules.core.action import Action, StageContext
+from occlum_rules.core.action_state import (
+    load_state_file,
+    private_state_dir,
+    read_state,
+    shared_state_dir,
+    state_path,
+)
+from occlum_rules.core.build_env import BuildEnv
+from occlum_rules.core.executor import execute, is_up_to_date
+from occlum_rules.core.store import LocalStore
+from occlum_rules.errors import UserError
+
+# --------------------------------------------------------------------------- stage functions
+# (what an action's ``func`` names; module-level so the executor can import them by name)
+
+
+def write_greeting(ctx: StageContext) -> None:
+    """Writes its output from a parameter; fails when the workspace holds FAIL."""
+    if (ctx.root / "FAIL").exists():
+        raise UserError(f"{ctx.label}: asked to fail")
+    out = ctx.outputs[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(ctx.params["text"] + (ctx.root / "in.txt").read_text())
+
+
+def write_tree(ctx: StageContext) -> None:
+    tree = ctx.outputs[0]
+    (tree / "sub").mkdir(parents=True, exist_ok=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "b.txt").write_text(ctx.params["text"])
+
+
+def count_runs(ctx: StageContext) -> None:
+    """An in-place stage that remembers how often it ran, in its private state directory."""
+    assert ctx.state_dir.is_dir()
+    runs = ctx.state_dir / "runs"
+    n = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(n))
+    ctx.outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    ctx.outputs[0].write_text(f"{ctx.params['text']} {n}\n")
+    (ctx.root / "state_dirs.txt").write_text(f"{ctx.state_dir}\n{ctx.shared_state_dir}\n")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> BuildEnv:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "in.txt").write_text("world\n")
+    return BuildEnv(root=str(root), out=str(root / "out"), state_dir=str(root / "out/.occlum-rules"),
+                    cache_dir=str(tmp_path / "cache"), run_id="r1", source_date_epoch=0)
+
+
+def action(func: str, output: str = "out/greeting.txt", kind: str = "file", **extra) -> Action:
+    params = extra.pop("params", {"text": "hello "})
+    return Action(id=f"//t:{func}", label="//t:t", name=func, kind="test.stage",
+                  inputs=["in.txt"], outputs=[output], output_types=[kind],
+                  func=f"tests.core.test_executor:{func}", params=params, **extra)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_run_then_up_to_date_then_restore(env: BuildEnv) -> None:
+    a = action("write_greeting")
+    out = Path(env.root) / "out/greeting.txt"
+    assert execute(a, env) == "run"
+    assert out.read_text() == "hello world\n"
+    assert is_up_to_date(a, env) and execute(a, env) == "up_to_date"
+    out.unlink()
+    assert not is_up_to_date(a, env)
+    assert execute(a, env) == "cache_hit_local" and out.read_text() == "hello world\n"
+
+
+def test_a_corrupted_cache_blob_is_refused_removed_and_rebuilt(env: BuildEnv) -> None:
+    a = action("write_tree", output="out/tree", kind="dir")
+    assert execute(a, env) == "run"
+    tree = Path(env.root) / "out/tree"
+    store = LocalStore(Path(env.cache_dir))
+    blobs = list(store.iter_blobs())
+    assert len(blobs) == 2
+    victim = next(b for b in blobs if b.read_bytes() == b"alpha\n")
+    victim.chmod(0o644)
+    victim.write_bytes(b"alphA\n")  # one flipped byte, same length
+    shutil.rmtree(tree)
+    state_path(env, a.id).unlink()
+    assert execute(a, env) == "run"  # the restore failed part-way: the stage ran instead
+    assert (tree / "a.txt").read_text() == "alpha\n"
+    scratch = Path(env.state_dir) / "scratch"
+    assert not scratch.exists() or not any(scratch.iterdir())  # the half restore is gone
+    # the damaged blob was replaced by the fresh bytes, so the next restore works
+    assert victim.read_bytes() == b"alpha\n"
+    shutil.rmtree(tree)
+    state_path(env, a.id).unlink()
+    assert execute(a, env) == "cache_hit_local"
+    assert (tree / "sub" / "b.txt").read_text() == "hello "
+
+
+def test_a_corrupted_cache_entry_is_removed_and_rebuilt(env: BuildEnv) -> None:
+    a = action("write_greeting")
+    execute(a, env)
+    key = read_state(env, a.id)["key"]
+    store = LocalStore(Path(env.cache_dir))
+    entry = store.ac_path(key)
+    entry.write_bytes(entry.read_bytes().replace(b'"mode":420', b'"mode":493'))
+    (Path(env.root) / "out/greeting.txt").unlink()
+    state_path(env, a.id).unlink()
+    assert execute(a, env) == "run"
+    assert (Path(env.root) / "out/greeting.txt").read_text() == "hello world\n"
+    assert store.get_action(key) is not None  # stored again, intact
+
+
+def test_the_action_record_is_removed_before_outputs_change_and_written_last(env: BuildEnv) -> None:
+    a = action("write_greeting", cacheable=False)
+    assert execute(a, env) == "run"
+    record = state_path(env, a.id)
+    out = Path(env.root) / "out/greeting.txt"
+    assert record.stat().st_mtime_ns >= out.stat().st_mtime_ns
+    assert load_state_file(record)["key"]
+    # an input change whose run fails leaves no record claiming the old outputs are current
+    (Path(env.root) / "in.txt").write_text("moon\n")
+    (Path(env.root) / "FAIL").write_text("")
+    with pytest.raises(UserError):
+        execute(a, env)
+    assert not record.exists()
+    assert not is_up_to_date(a, env)
+    (Path(env.root) / "FAIL").unlink()
+    assert execute(a, env) == "run" and out.read_text() == "hello moon\n"
+
+
+@pytest.mark.parametrize("change", ["content", "mode", "extra file"])
+def test_output_stamps_notice_any_touch(env: BuildEnv, change: str) -> None:
+    a = action("write_tree", output="out/tree", kind="dir", cacheable=False)
+    execute(a, env)
+    assert is_up_to_date(a, env)
+    tree = Path(env.root) / "out/tree"
+    if change == "content":
+        (tree / "a.txt").write_text("ALPHA\n")  # same size
+    elif change == "mode":
+        os.chmod(tree / "a.txt", 0o600)
+    else:
+        (tree / "sub" / "c.txt").write_text("")
+    assert not is_up_to_date(a, env)
+    assert execute(a, env) == "run"
+    assert (tree / "a.txt").read_text() == "alpha\n" and is_up_to_date(a, env)
+
+
+def test_an_in_place_stage_keeps_state_in_its_private_directory(env: BuildEnv) -> None:
+    a = action("count_runs", in_place=True, cacheable=False, toolchains=["tool-a"])
+    b = action("count_runs", in_place=True, cacheable=False, toolchains=["tool-b"])
+    b.id = "//t:other"
+    execute(a, env)
+    root = Path(env.root)
+    private, shared = (Path(p) for p in (root / "state_dirs.txt").read_text().split())
+    assert private == private_state_dir(env, a) and shared == shared_state_dir(env, a)
+    assert private.parent == Path(env.state_dir) / "state"
+    assert shared.parent == Path(env.state_dir) / "state" / "shared"
+    execute(b, env)
+    assert private_state_dir(env, b) != private  # per action
+    assert shared_state_dir(env, b) != shared    # per toolchain fingerprint
+    a.params = {"text": "again"}
+    execute(a, env)
+    assert (root / "out/greeting.txt").read_text() == "again 2\n"  # it found its own state
