@@ -355,7 +355,7 @@ def _parse_elf(elf: ELFFile) -> ElfInfo:
                     str_off = offset + (strtab - vaddr)
                     break
 
-        def string(at: int) -> str:
+        def string(at: int, str_off: int) -> str:
             stream.seek(str_off + at)
             buf = b""
             while b"\x00" not in buf:
@@ -368,13 +368,13 @@ def _parse_elf(elf: ELFFile) -> ElfInfo:
         if str_off is not None:
             for tag, val in tags:
                 if tag == 1:  # DT_NEEDED
-                    needed.append(string(val))
+                    needed.append(string(val, str_off))
                 elif tag == 15:  # DT_RPATH
-                    rpath = _split_path_list(string(val))
+                    rpath = _split_path_list(string(val, str_off))
                 elif tag == 29:  # DT_RUNPATH
-                    runpath = _split_path_list(string(val))
+                    runpath = _split_path_list(string(val, str_off))
                 elif tag == 14:  # DT_SONAME
-                    soname = string(val)
+                    soname = string(val, str_off)
     return ElfInfo(
         etype=elf["e_type"],
         elfclass=elf.elfclass,
@@ -534,7 +534,7 @@ class LoaderEmulator:
     def _glibc_search(self, obj: _Obj, name: str, main: _Obj) -> tuple[str, str] | None:
         dirs: list[str] = []
         if obj.info.runpath is None:
-            chain = obj
+            chain: _Obj | None = obj
             seen_main = False
             while chain is not None:
                 if chain.info.rpath is not None:
@@ -557,7 +557,8 @@ class LoaderEmulator:
         if cached:
             host = self.fs.file(cached)
             info = read_elf(host) if host else None
-            if info is not None and info.elfclass == main.info.elfclass and info.machine == main.info.machine:
+            if (host is not None and info is not None and info.elfclass == main.info.elfclass
+                    and info.machine == main.info.machine):
                 return cached, host
         for d in GLIBC_SYSTEM_DIRS:
             hit = self._glibc_candidate(d, name, main.info)
@@ -729,7 +730,7 @@ def find_dependencies(path: str, config: LoaderConfig,
     res = AutodepResult()
     host = fs.file(path)
     info = read_elf(host) if host else None
-    if info is None or info.etype not in (ET_EXEC, ET_DYN):
+    if host is None or info is None or info.etype not in (ET_EXEC, ET_DYN):
         return res
     if info.interp:
         entry = config.by_name(info.interp)

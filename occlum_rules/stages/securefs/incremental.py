@@ -370,9 +370,9 @@ def make_plan(state: PackState | None, new_content: dict[int, str], new_ids: lis
         by_content.setdefault(state.content(p), []).append(i)
     claimed: set[int] = set()
     for i in new_ids:
-        p = old_pos.get(i)
-        if p is not None and state.content(p) == new_content[i]:
-            plan.keep[i] = state.mac(p)
+        pos = old_pos.get(i)
+        if pos is not None and state.content(pos) == new_content[i]:
+            plan.keep[i] = state.mac(pos)
             claimed.add(i)
     pending = []
     for i in new_ids:

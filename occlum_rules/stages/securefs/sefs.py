@@ -7,6 +7,7 @@ the state, so an interrupted pack is never mistaken for a good one.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import itertools
@@ -66,7 +67,7 @@ class PackResult:
     reason: str = ""  # why a full pack was done
 
     @property
-    def root_mac(self) -> bytes:
+    def root_mac(self) -> builtins.bytes:  # `bytes` is a field here
         return parse_mac_text(self.mac_text)
 
 
@@ -174,7 +175,7 @@ def pack_image(
         # integrity-only image, stored in clear anyway) is left alone: it stops matching
         # once this pack replaces __ROOT, and matches again if that image is restored.
         reason = "encrypted images are always packed in full"
-    elif want_state and os.path.isdir(dst):
+    elif state_path is not None and want_state and os.path.isdir(dst):
         state, reason = incremental.load_state(state_path, dst)
     elif want_state:
         reason = "no previous image"
@@ -201,11 +202,11 @@ def pack_image(
         manifest = _decode_manifest(text)
     nodes = tree_from_manifest(manifest) if manifest is not None else scan_tree(src)
     if state is not None and manifest is None:
-        change = _scan_changes(state, nodes, src)
-        if change is not None:
-            state.stats, state.scan_started_ns = change[1], started_ns
+        scanned = _scan_changes(state, nodes, src)
+        if scanned is not None:
+            state.stats, state.scan_started_ns = scanned[1], started_ns
             state.manifest = None  # its text no longer describes what was packed
-            done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
+            done = _apply_in_place(src, dst, state, scanned[0], state_path, progress, summary, label)
             if done is not None:
                 return done
             state = None
@@ -283,10 +284,11 @@ def pack_image(
             shutil.rmtree(work, ignore_errors=True)
         raise
 
-    if want_state:
+    if state_path is not None and want_state:
         kept = None
         if manifest is not None:
-            if not canonical and not incremental.manifest_lines_are_rows(text, manifest):
+            if text is None or (not canonical
+                                and not incremental.manifest_lines_are_rows(text, manifest)):
                 text = encode_manifest(manifest)
             perm = array("i", [-1]) * len(manifest)
             for pos, n in enumerate(nodes):
@@ -362,7 +364,8 @@ def _manifest_changes(state, text: bytes) -> tuple[list, dict] | None:
             size, sha = item.get("size"), item.get("sha256")
             if type(size) is not int or size < 0 or type(sha) is not str or not _HEX64.fullmatch(sha):
                 return None
-            new = (size, sha, None) if (size, sha) != (state.sizes[pos], state.content(pos)) else None
+            new: tuple[int, str, bytes | None] | None = (
+                (size, sha, None) if (size, sha) != (state.sizes[pos], state.content(pos)) else None)
         elif kind == KIND_SYMLINK:
             target = item.get("target")
             if not isinstance(target, str):
@@ -409,13 +412,13 @@ def _scan_changes(state, nodes: list[Node], src: str) -> tuple[list, array] | No
     work = []
     for pos in sorted(suspects):
         n = nodes[pos]
-        new = None
+        new: tuple[int, str, bytes | None] | None = None
         if n.kind == KIND_FILE:
             if n.stat_key is None or not incremental.stat_proves_unchanged(state, pos, n.stat_key):
                 sha = _hash_file(src + n.rel)
                 if (n.size, sha) != (state.sizes[pos], state.content(pos)):
                     new = (n.size, sha, None)
-        elif n.kind == KIND_SYMLINK:
+        elif n.kind == KIND_SYMLINK and n.target is not None:
             digest = _sha_hex(n.target)
             if digest != state.content(pos):
                 new = (n.size, digest, n.target)
