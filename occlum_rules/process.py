@@ -67,14 +67,16 @@ def run_tool(argv: Sequence[str | os.PathLike[str]], what: str, *, cwd: str | os
              env: Mapping[str, str] | None = None, input: str | None = None,
              check: bool = True, timeout: float | None = None, lines: int = 25,
              tail: bool = False, one_line: bool = False, hide: str | None = None,
-             max_chars: int | None = None) -> subprocess.CompletedProcess[str]:
+             max_chars: int | None = None, not_found: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` with its output captured (text, undecodable bytes replaced) and
     ``input`` (if any) on its stdin.
 
     Not startable, or (with ``check``) a non-zero exit, raises one UserError:
     ``<what>: tool not found: <argv0>`` / ``<what> failed (exit N):`` and the trimmed
     output (stderr, else stdout; the trimming options are :func:`trim_output`'s). The
-    message is one line when ``one_line`` is set.
+    message is one line when ``one_line`` is set. ``not_found`` replaces the whole
+    message for a tool that does not exist (to say what the user should install).
     """
     argv = [os.fspath(a) for a in argv]
     try:
@@ -82,7 +84,7 @@ def run_tool(argv: Sequence[str | os.PathLike[str]], what: str, *, cwd: str | os
                               input=input, capture_output=True, text=True, errors="replace",
                               timeout=timeout)
     except FileNotFoundError:
-        raise UserError(f"{what}: tool not found: {argv[0]}") from None
+        raise UserError(not_found or f"{what}: tool not found: {argv[0]}") from None
     except subprocess.TimeoutExpired:
         raise UserError(f"{what}: {argv[0]} did not finish within {timeout:g} s") from None
     except OSError as exc:

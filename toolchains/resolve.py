@@ -6,15 +6,16 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.core.workspace import Workspace
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 from occlum_rules.toolchains import occlum as occlum_install
 from occlum_rules.toolchains.occlum import OcclumInstall
 
@@ -89,12 +90,9 @@ class Toolchains:
         hit = self._probes().get(key)
         if hit and hit["stamp"] == stamp:
             return hit["version"], hit["digest"], hit["version_digest"]
-        try:
-            proc = subprocess.run([path, *version_args], capture_output=True, text=True,
-                                  timeout=30, errors="replace")
-            text = (proc.stdout or proc.stderr).strip()
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UserError(f"cannot run '{path} {' '.join(version_args)}': {exc}") from None
+        proc = run_tool([path, *version_args], f"asking '{path} {' '.join(version_args)}' "
+                        "for its version", timeout=30, check=False)
+        text = (proc.stdout or proc.stderr).strip()
         version = text.splitlines()[0] if text else "unknown"
         digest = sha256_file(path)
         version_digest = hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -105,10 +103,8 @@ class Toolchains:
 
     def _save_probes(self) -> None:
         try:
-            self._cache_file().parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._cache_file().with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._probes(), indent=1, sort_keys=True))
-            os.replace(tmp, self._cache_file())
+            write_atomic(self._cache_file(),
+                         json.dumps(self._probes(), indent=1, sort_keys=True).encode())
         except OSError:
             pass
 
@@ -311,11 +307,9 @@ class Toolchains:
         return sysroot
 
     def _ask_rust_sysroot(self, rustc_proxy: str, cwd: str | None) -> str:
-        try:
-            proc = subprocess.run([rustc_proxy, "--print", "sysroot"], capture_output=True,
-                                  text=True, timeout=60, cwd=cwd, errors="replace")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UserError(f"cannot run '{rustc_proxy} --print sysroot': {exc}") from None
+        proc = run_tool([rustc_proxy, "--print", "sysroot"],
+                        f"asking '{rustc_proxy} --print sysroot' for the Rust toolchain",
+                        timeout=60, cwd=cwd, check=False)
         sysroot = proc.stdout.strip()
         if proc.returncode != 0 or not sysroot or not os.path.isdir(sysroot):
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

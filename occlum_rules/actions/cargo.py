@@ -18,12 +18,12 @@ from pathlib import Path
 from occlum_rules.core.action import StageContext
 from occlum_rules.core.digests import sha256_file
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 from occlum_rules.stages.cargo_build import (
     DEBIAN_REGISTRY,
     base_env,
     dependency_files,
     find_artifact,
-    run_tool,
     source_args,
     stage_copy,
     trim_tool_output,
@@ -107,7 +107,8 @@ def _check_target(ctx: StageContext, cargo: str, manifest: Path, env: dict[str, 
     """The named bin / a cdylib lib must exist: say so plainly instead of cargo's hint."""
     p = ctx.params
     proc = run_tool([cargo, "metadata", "--offline", "--no-deps", "--format-version", "1",
-                     "--manifest-path", str(manifest), *source], manifest.parent, env)
+                     "--manifest-path", str(manifest), *source], f"{ctx.label}: cargo metadata",
+                    cwd=manifest.parent, env=env, check=False)
     if proc.returncode != 0:
         raise UserError(f"{ctx.label}: cargo could not read {p['crate']}/{p['manifest']}:\n"
                         f"{trim_tool_output(proc.stderr or proc.stdout)}")
@@ -166,7 +167,7 @@ def build(ctx: StageContext) -> None:
     if p["features"]:
         argv += ["--features", ",".join(p["features"])]
     argv += ["--bin", p["target_name"]] if p["kind"] == "bin" else ["--lib"]
-    proc = run_tool(argv, staged, env)
+    proc = run_tool(argv, f"{ctx.label}: cargo build", cwd=staged, env=env, check=False)
     if proc.returncode != 0:
         text = proc.stderr or proc.stdout
         raise UserError(f"{ctx.label}: cargo build failed (exit {proc.returncode}):\n"
@@ -249,7 +250,7 @@ def fetch(ctx: StageContext) -> None:
     env["CARGO_HOME"] = str(home)
     manifest = staged / p["manifest"]
     proc = run_tool([p["cargo"], "fetch", "--locked", "--manifest-path", str(manifest)],
-                    staged, env)
+                    f"{ctx.label}: cargo fetch", cwd=staged, env=env, check=False)
     if proc.returncode != 0:
         raise UserError(f"{ctx.label}: cargo fetch failed (exit {proc.returncode}):\n"
                         f"{trim_tool_output(proc.stderr or proc.stdout)}")

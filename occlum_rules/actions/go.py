@@ -3,10 +3,9 @@ a build cache the engine shares between the Go builds of one toolchain fingerpri
 
 from __future__ import annotations
 
-import subprocess
-
 from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 from occlum_rules.stages.cargo_build import trim_tool_output
 from occlum_rules.stages.go_build import build_argv, go_env, require_pie
 
@@ -22,11 +21,7 @@ def build(ctx: StageContext) -> None:
     cwd = ctx.root / p["cwd"] if p["cwd"] else ctx.root
     env = go_env(go, ctx.shared_state_dir, ctx.source_date_epoch, vendor=bool(p.get("vendor")),
                  module=bool(p.get("module")), cgo=bool(p.get("cgo")))
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              errors="replace")
-    except OSError as exc:
-        raise UserError(f"{ctx.label}: cannot run {go}: {exc}") from None
+    proc = run_tool(argv, f"{ctx.label}: go build", cwd=cwd, env=env, check=False)
     if proc.returncode != 0:
         raise UserError(f"{ctx.label}: go build failed (exit {proc.returncode}):\n"
                         f"{trim_tool_output(proc.stderr or proc.stdout)}")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from occlum_rules.atomic_write import write_atomic
+from occlum_rules.atomic_write import publish, write_atomic
 from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 from occlum_rules.stages.instance_files import assemble_initfs as assemble_initfs_tree
 from occlum_rules.stages.instance_files import write_layout
 from occlum_rules.stages.instance_layout import cp_mode
@@ -34,7 +34,7 @@ def build_standin(ctx: StageContext) -> None:
         for src, dst in ((files.libos, libos), (files.pal, pal), (files.init, init),
                          (files.occlum_run, run)):
             dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+            publish(src, dst)
 
 
 # ----------------------------------------------------------------------------- initfs
@@ -275,10 +275,8 @@ def catsig(ctx: StageContext) -> None:
     if command and not signature.exists():
         argv = [a.replace("{material}", str(material)).replace("{signature}", str(signature))
                 for a in command]
-        proc = subprocess.run(argv, cwd=ctx.root, capture_output=True, text=True, errors="replace")
-        if proc.returncode != 0:
-            raise UserError(f"{ctx.label}: the external signer failed (exit {proc.returncode}): "
-                            f"{(proc.stderr or proc.stdout).strip()[:400]}")
+        run_tool(argv, f"{ctx.label}: the external signer", cwd=ctx.root, one_line=True,
+                 max_chars=400)
     if not signature.exists():
         raise UserError(
             f"{ctx.label}: waiting for the enclave signature. Sign "

@@ -8,10 +8,9 @@ integrity-only images, byte-identical to the built-in Python stages).
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from occlum_rules.errors import UserError
+from occlum_rules.process import deterministic_env, run_tool
 
 
 def sefs_zip(home: str, src: str, dst_root: str, mac_file: str, key: str | None = None) -> list[str]:
@@ -47,23 +46,16 @@ def sgx_sign(tool: str, key: str, enclave_xml: str, enclave: str, out: str) -> l
 
 
 def tool_env(home: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+    """The Occlum tools find their SGX SDK libraries (and parts of their own) through the
+    caller's environment, so it is inherited, with the deterministic settings on top."""
     sdk = os.environ.get("SGX_SDK") or (f"{home}/sgxsdk-tools" if os.path.isdir(f"{home}/sgxsdk-tools")
                                          else "/opt/intel/sgxsdk")
-    env["LD_LIBRARY_PATH"] = f"{sdk}/sdk_libs"
-    # the real sgx_sign dates SIGSTRUCT "today"; drop-in replacements honour this
-    env.setdefault("SOURCE_DATE_EPOCH", os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    env.update(extra or {})
-    return env
+    # the real sgx_sign dates SIGSTRUCT "today"; drop-in replacements honour SOURCE_DATE_EPOCH
+    return deterministic_env(os.environ.get("SOURCE_DATE_EPOCH", "0"), inherit=True,
+                             extra={"LD_LIBRARY_PATH": f"{sdk}/sdk_libs", **(extra or {})})
 
 
 def run(argv: list[str], what: str, cwd: str | Path | None = None,
         env: dict[str, str] | None = None) -> None:
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, errors="replace")
-    except FileNotFoundError:
-        raise UserError(f"{what}: the Occlum tool {argv[0]} is missing") from None
-    if proc.returncode != 0:
-        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-10:]
-        raise UserError(f"{what}: {Path(argv[0]).name} failed (exit {proc.returncode}): "
-                        + " | ".join(detail))
+    run_tool(argv, f"{what}: {Path(argv[0]).name}", cwd=cwd, env=env, lines=10, tail=True,
+             one_line=True, not_found=f"{what}: the Occlum tool {argv[0]} is missing")

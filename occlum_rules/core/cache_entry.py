@@ -151,6 +151,8 @@ def restore_outputs(action: Action, env: BuildEnv, store: LocalStore, manifest: 
         for tmp, final in staged:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             remove_path(final)
+            # outputs restored whole (trees, links, files) in scratch, then moved into
+            # place together: a rename of finished outputs, not a file write
             os.replace(tmp, final)
     finally:
         remove_path(str(scratch))

@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core.credentials import RemoteCredentials, credentials_from_env, redact_url
 from occlum_rules.errors import UserError
 
@@ -267,15 +267,13 @@ class RemoteCache:
             return False
         dest = Path(dest_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        tmp = AtomicFile(dest, mode=mode)
         try:
-            with os.fdopen(fd, "w+b") as tmp:
-                outcome = self._exchange(
-                    "GET", f"/cas/{digest}", handle=lambda r: self._receive_blob(r, tmp, digest)
-                )
+            outcome = self._exchange(
+                "GET", f"/cas/{digest}", handle=lambda r: self._receive_blob(r, tmp.file, digest)
+            )
             if outcome is True:
-                os.chmod(tmp_name, mode)
-                os.replace(tmp_name, dest)
+                tmp.commit()
                 self._count(hits=1)
                 return True
             if outcome == "mismatch":
@@ -283,8 +281,7 @@ class RemoteCache:
             self._count(misses=1)
             return False
         finally:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+            tmp.discard()  # nothing left to drop after a commit
 
     def put_blob(self, digest: str, path: str | os.PathLike[str]) -> bool:
         """Upload the file at ``path`` as blob ``digest`` unless the remote has it already.

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import importlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,11 @@ from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.keys import dynamic_digests
 from occlum_rules.core.outputs import describe_outputs, remove_path
 from occlum_rules.errors import UserError
+from occlum_rules.process import deterministic_env, run_tool
 
 
 def _subprocess_env(action: Action, env: BuildEnv) -> dict[str, str]:
-    base = {
-        "PATH": env.path_env or os.environ.get("PATH", "/usr/bin:/bin"),
-        "LC_ALL": "C",
-        "TZ": "UTC",
-        "SOURCE_DATE_EPOCH": str(env.source_date_epoch),
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
-    base.update(action.env)
-    return base
+    return deterministic_env(env.source_date_epoch, path=env.path_env, extra=action.env)
 
 
 def _substitute(arg: str, outputs: dict[str, str], root: str) -> str:
@@ -41,22 +33,9 @@ def _substitute(arg: str, outputs: dict[str, str], root: str) -> str:
     return arg
 
 
-def _trim(text: str, lines: int = 25) -> str:
-    rows = [r for r in text.strip().splitlines() if r.strip()]
-    if len(rows) > lines:
-        rows = rows[:lines] + [f"... ({len(rows) - lines} more lines)"]
-    return "\n".join(rows)
-
-
 def run_command(argv: list[str], cwd: str | os.PathLike, env: dict[str, str], what: str) -> None:
     """Run a build tool; a failure is one UserError with the tool's own (trimmed) output."""
-    try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              errors="replace")
-    except FileNotFoundError:
-        raise UserError(f"{what}: tool not found: {argv[0]}") from None
-    if proc.returncode != 0:
-        raise UserError(f"{what} failed (exit {proc.returncode}):\n{_trim(proc.stderr or proc.stdout)}")
+    run_tool(argv, what, cwd=cwd, env=env)
 
 
 def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
@@ -109,6 +88,8 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 final = abs_path(env, rel)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 remove_path(final)
+                # a finished output (a file or a whole tree) made in scratch, moved into
+                # place: a rename of what a tool wrote, not a file write of ours
                 os.replace(where[rel], final)
         manifest = describe_outputs(action, env)
         manifest["dynamic"] = dynamic_digests(discovered, env)

@@ -13,12 +13,11 @@ import json
 import mmap
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.atomic_write import write_atomic
+from occlum_rules.atomic_write import AtomicFile, write_atomic
 from occlum_rules.core.digests import CHUNK, sha256_file, stat_stamp
 
 
@@ -27,6 +26,22 @@ class CorruptBlob(Exception):
 
 
 MAP_FROM = 1 << 20
+
+
+def _copy_kernel(fd_in: int, fd_out: int, size: int) -> None:
+    """Copy ``size`` bytes of one file descriptor to another inside the kernel (what
+    shutil.copyfile does by name), or through :func:`_copy_hashed` where sendfile cannot."""
+    done = 0
+    try:
+        while done < size:
+            sent = os.sendfile(fd_out, fd_in, done, size - done)
+            if sent == 0:
+                break
+            done += sent
+    except OSError:
+        if done:
+            raise
+        _copy_hashed(fd_in, fd_out)
 
 
 def _copy_hashed(fd_in: int, fd_out: int) -> str:
@@ -72,10 +87,6 @@ class LocalStore:
     def ac_path(self, key: str) -> Path:
         return self.root / "ac" / key[:2] / key
 
-    def _tmp_near(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-
     # -- blobs
     def has_blob(self, digest: str) -> bool:
         return self.cas_path(digest).is_file()
@@ -94,23 +105,16 @@ class LocalStore:
         restore pays), so the fresh bytes replace them."""
         if not replace and os.path.isfile(self._blob(digest)):
             return False
-        dest = self.cas_path(digest)
-        tmp = self._tmp_near(dest)
-        try:
-            before = os.stat(src)
+        with AtomicFile(self.cas_path(digest), mode=0o444) as tmp, open(src, "rb") as fin:
+            assert tmp.fd is not None
+            before = os.fstat(fin.fileno())
             if known is not None and known(before):
-                shutil.copyfile(src, tmp)
+                _copy_kernel(fin.fileno(), tmp.fd, before.st_size)
                 unchanged = stat_stamp(os.stat(src)) == stat_stamp(before)
             else:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    unchanged = _copy_hashed(fin.fileno(), fout.fileno()) == digest
+                unchanged = _copy_hashed(fin.fileno(), tmp.fd) == digest
             if not unchanged:
                 raise CorruptBlob(f"{src} changed while it was being stored")
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return True
 
     def put_bytes(self, data: bytes) -> str:

@@ -9,13 +9,13 @@ names the file and line.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from occlum_rules.core.yamlcheck import Field, Schema, check, compose
 from occlum_rules.errors import UserError
+from occlum_rules.process import run_tool
 
 WORKSPACE_FILE = "WORKSPACE.yaml"
 
@@ -105,11 +105,10 @@ class Workspace:
             return policy
         if policy == "git":
             try:
-                text = subprocess.run(
-                    ["git", "log", "-1", "--format=%ct"], cwd=self.root, check=True,
-                    capture_output=True, text=True).stdout.strip()
+                text = run_tool(["git", "log", "-1", "--format=%ct"], "git log",
+                                cwd=self.root).stdout.strip()
                 return int(text)
-            except (OSError, subprocess.CalledProcessError, ValueError):
+            except (UserError, ValueError):
                 raise UserError("source_date_epoch is 'git' but the last commit time could not be "
                                 "read (is this a git checkout with a commit?)",
                                 where=str(self.config_path)) from None

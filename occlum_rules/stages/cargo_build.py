@@ -30,11 +30,10 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
 from occlum_rules.atomic_write import write_atomic
-from occlum_rules.errors import UserError
+from occlum_rules.process import deterministic_env
 
 _PASS_ENV = ("HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "USER")
 
@@ -85,12 +84,9 @@ def write_wrapper(path: Path, remaps: list[tuple[str, str]]) -> None:
 
 def base_env(cargo: str, tool_env: dict[str, str]) -> dict[str, str]:
     """What every cargo run gets: the user's homes, the toolchain first on PATH, C locale."""
-    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
-    path = os.environ.get("PATH", "/usr/bin:/bin")
-    env.update({"PATH": os.pathsep.join([os.path.dirname(cargo), path]),
-                "LC_ALL": "C", "TZ": "UTC", "CARGO_TERM_COLOR": "never"})
-    env.update(tool_env)
-    return env
+    return deterministic_env(None, prepend_path=[os.path.dirname(cargo)], home=False,
+                             passthrough=_PASS_ENV,
+                             extra={"CARGO_TERM_COLOR": "never", **tool_env})
 
 
 def source_args(source: Path | None) -> list[str]:
@@ -100,14 +96,6 @@ def source_args(source: Path | None) -> list[str]:
         return []
     return ["--config", f"source.crates-io.replace-with={json.dumps(SOURCE_NAME)}",
             "--config", f"source.{SOURCE_NAME}.directory={json.dumps(str(source))}"]
-
-
-def run_tool(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              errors="replace")
-    except OSError as exc:
-        raise UserError(f"cannot run {argv[0]}: {exc}") from None
 
 
 def messages(stdout: str):

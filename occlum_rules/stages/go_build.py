@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from occlum_rules.errors import UserError
+from occlum_rules.process import deterministic_env
 from occlum_rules.stages.elfcheck import pie_kind
 
 
@@ -36,10 +37,7 @@ def go_env(go: str, state: Path, source_date_epoch: int, *, vendor: bool, module
     goflags = ["-modcacherw"]
     if vendor:
         goflags.append("-mod=vendor")
-    env = {
-        "PATH": os.pathsep.join([os.path.dirname(go), os.environ.get("PATH", "/usr/bin:/bin")]),
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "LC_ALL": "C", "TZ": "UTC", "SOURCE_DATE_EPOCH": str(source_date_epoch),
+    return deterministic_env(source_date_epoch, prepend_path=[os.path.dirname(go)], extra={
         "GOCACHE": str(state / "cache"),
         "GOPATH": str(state / "path"),
         "GOMODCACHE": str(state / "path" / "pkg" / "mod"),
@@ -47,8 +45,7 @@ def go_env(go: str, state: Path, source_date_epoch: int, *, vendor: bool, module
         "GONOSUMDB": "*", "GOWORK": "off", "GO111MODULE": "on" if module else "auto",
         "GOFLAGS": " ".join(goflags),
         "CGO_ENABLED": "1" if cgo else "0",
-    }
-    return env
+    })
 
 
 def build_argv(go: str, out: Path, ldflags: list[str], tags: list[str], args: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from occlum_rules.atomic_write import write_atomic
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom.vtree import EXISTING, VFile, VTree
 from occlum_rules.stages.instance_layout import cp_mode
@@ -26,10 +27,7 @@ def _text_file(text: str, text_dir: Path) -> str:
     data = text.encode()
     path = text_dir / f"text-{hashlib.sha256(data).hexdigest()[:16]}"
     if not path.is_file() or path.read_bytes() != data:
-        text_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return str(path)
 
 

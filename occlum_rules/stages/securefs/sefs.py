@@ -250,6 +250,8 @@ def pack_image(
                 shutil.copyfile(old_path(j), new_path(i))
                 macs[i] = incremental.rename_protected(new_path(i), inode_file_name(i))
             for i, j in plan.move.items():
+                # an existing inode file given its new inode number (then re-MACed by
+                # rename_protected): a rename of a file already written, not a write
                 os.rename(old_path(j), new_path(i))
                 macs[i] = incremental.rename_protected(new_path(i), inode_file_name(i))
             for j in plan.delete:
@@ -484,7 +486,9 @@ def _remove_leftovers(dst: str) -> None:
 
 
 def _swap_in(work: str, dst: str) -> None:
-    """Replace ``dst`` by the finished ``work`` directory (old one removed afterwards)."""
+    """Replace ``dst`` by the finished ``work`` directory (old one removed afterwards).
+
+    Whole directories are swapped here, which the atomic writer (one file) does not do."""
     if os.path.lexists(dst):
         old = f"{dst}.old-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
