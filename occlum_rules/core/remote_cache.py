@@ -132,6 +132,17 @@ class _LocalIOError(Exception):
         self.error = error
 
 
+def _found(resp: http.client.HTTPResponse) -> bool:
+    """True for a 200 answer to a GET; False for a 404 (a miss); any other status is
+    refused. The body of a non-200 answer is drained so the connection can be reused."""
+    if resp.status == 200:
+        return True
+    resp.read()
+    if resp.status == 404:
+        return False
+    raise _RejectedStatus(resp.status, resp.reason)
+
+
 class _TimeoutConnectionMixin:
     """Use one timeout for connecting and another for each read afterwards."""
 
@@ -394,12 +405,8 @@ class RemoteCache:
         return False
 
     def _receive_blob(self, resp: http.client.HTTPResponse, tmp: IO[bytes], digest: str) -> Any:
-        if resp.status == 404:
-            resp.read()
+        if not _found(resp):
             return False
-        if resp.status != 200:
-            resp.read()
-            raise _RejectedStatus(resp.status, resp.reason)
         try:  # a retry starts the file over
             tmp.seek(0)
             tmp.truncate()
@@ -425,12 +432,8 @@ class RemoteCache:
         return True if hasher.hexdigest() == digest else "mismatch"
 
     def _receive_small(self, resp: http.client.HTTPResponse) -> bytes | bool:
-        if resp.status == 404:
-            resp.read()
+        if not _found(resp):
             return False
-        if resp.status != 200:
-            resp.read()
-            raise _RejectedStatus(resp.status, resp.reason)
         length = resp.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_action_result_size:
             resp.close()  # do not read a huge body into memory; the connection is dropped

@@ -76,3 +76,42 @@ def test_trim_output_keeps_a_short_text_whole():
     assert trim_output("  a\n\n  b  \n") == "  a\n  b"
     assert trim_output("") == "(no output)"
     assert trim_output("x" * 50, max_chars=10) == "..." + "x" * 10
+
+
+def test_not_found_message_replaces_the_default():
+    with pytest.raises(UserError, match=r"^pack: install Occlum$"):
+        run_tool(["/no/such/tool"], "pack", not_found="pack: install Occlum")
+
+
+def test_a_missing_external_signer_is_a_user_error_not_a_traceback(tmp_path):
+    # actions/instance.py catsig ran the signer with a bare subprocess.run: a command that
+    # does not exist raised FileNotFoundError (a traceback) instead of one clear error
+    from occlum_rules.actions.instance import catsig
+    from occlum_rules.core.action import StageContext
+
+    ins = [tmp_path / n for n in ("libos.so", "Enclave.xml", "material.bin", "key.pub")]
+    ctx = StageContext(root=tmp_path, label="//app:signed", inputs=ins,
+                       outputs=[tmp_path / "signed.so", tmp_path / "m.json"],
+                       params={"signature": "sig.bin",
+                               "command": ["/no/such/signer", "{material}", "{signature}"]},
+                       secrets={}, source_date_epoch=0, digests=None,  # type: ignore[arg-type]
+                       state_dir=tmp_path / "s", shared_state_dir=tmp_path / "t")
+    with pytest.raises(UserError, match=r"^//app:signed: the external signer: tool not found: "
+                                        r"/no/such/signer$"):
+        catsig(ctx)
+    fail = [PY, "-c", "import sys; sys.exit('no key')"]
+    ctx.params["command"] = fail
+    with pytest.raises(UserError, match=r"the external signer failed \(exit 1\): no key$"):
+        catsig(ctx)
+
+
+def test_occlum_tool_env_inherits_and_is_deterministic(monkeypatch, tmp_path):
+    from occlum_rules.actions.occlum_tools import tool_env
+
+    monkeypatch.setenv("SOME_SDK_VAR", "kept")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.setenv("SGX_SDK", str(tmp_path))
+    env = tool_env("/opt/occlum", {"X": "1"})
+    assert env["SOME_SDK_VAR"] == "kept"
+    assert env["LD_LIBRARY_PATH"] == f"{tmp_path}/sdk_libs"
+    assert (env["SOURCE_DATE_EPOCH"], env["LC_ALL"], env["TZ"], env["X"]) == ("0", "C", "UTC", "1")
