@@ -24,6 +24,8 @@ from occlum_rules.core.rule import (
     RuleContext,
     Target,
 )
+from occlum_rules.errors import UserError
+from occlum_rules.toolchains import occlum_layout as layout
 
 GLIBC_STANDIN = ("stand-in: the host's glibc (no Occlum install); not Occlum's glibc, "
                  "cannot run in Occlum")
@@ -65,30 +67,10 @@ def _bom_env(ctx: RuleContext) -> dict[str, str]:
 
 
 def _occlum_init_entries(ctx: RuleContext) -> list[dict]:
-    """What ``occlum init`` puts in image/ before the BOM is copied: from the Occlum install
-    (its release decides the directories), or host musl stand-ins without one."""
-    from dataclasses import asdict
-
-    from occlum_rules.errors import UserError
-    from occlum_rules.stages.init_sources import STANDIN_NOTE
-    from occlum_rules.stages.instance_layout import image_init_plan, missing_sources
-
-    install = ctx.toolchains.occlum()
-    if install is None:
-        ctx.toolchains.note(STANDIN_NOTE)
     try:
-        entries = image_init_plan(ctx.toolchains.init_sources(None),
-                                  install.version if install else None,
-                                  str(install.version_header) if install else "Occlum version")
+        return layout.image_init_entries(ctx.toolchains, ctx.fs.exists)
     except UserError as exc:
         raise ctx.error(str(exc)) from None
-    if install is not None:
-        missing = missing_sources(entries, ctx.fs.exists)
-        if missing:
-            raise ctx.error(f"occlum_init: the Occlum install at {install.home} has no "
-                            f"{', '.join(missing)}, which `occlum init` copies into image/ "
-                            "(set occlum_init = False to build the image from the BOM only)")
-    return [asdict(e) for e in entries]
 
 
 def bom_impl(ctx: RuleContext) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 from occlum_rules.errors import UserError
+from occlum_rules.toolchains import occlum_layout as layout
 from occlum_rules.toolchains.occlum import OcclumInstall
 
 STANDIN_VERSION = "0.31.0"
@@ -92,13 +93,11 @@ def _runtime(ctx: RuleContext, install: OcclumInstall | None, mode: str) -> Runt
                        init_input=[], real=True,  # the initfs action records what it copies
                        fingerprint=install.fingerprint)
     gcc = ctx.toolchains.find("cc", ["gcc", "cc"], why="stand-in LibOS compiler")
-    from occlum_rules.standin.build import standin_sources
-
     outs = [ctx.declare_file(f"runtime/{n}", action="standin", private=True)
             for n in ("libocclum-libos.so", "libocclum-pal.so", "init", "occlum-run")]
     ctx.actions.stage(
         name="standin", kind="standin", func="occlum_rules.actions.instance:build_standin",
-        inputs=[str(p) for p in standin_sources()], outputs=outs,
+        inputs=layout.standin_sources(), outputs=outs,
         params={"cc": gcc.path, "sdk_minor": 20},
         toolchains=[gcc.fingerprint, ctx.toolchains.find("ld", ["ld"], why="links the stand-in").fingerprint],
         description="build the stand-in LibOS (cannot run on SGX)")
@@ -117,43 +116,20 @@ def _config_version(ctx: RuleContext, install: OcclumInstall | None, rt: Runtime
     the build here, naming its version header."""
     if install is None or not rt.real:
         return None
-    from occlum_rules.stages.config.profiles import profile_for_version
-
     try:
-        profile_for_version(rt.version, str(install.version_header))
+        layout.check_config_profile(rt.version, str(install.version_header))
     except UserError as exc:
         raise ctx.error(str(exc)) from None
     return rt.version
 
 
-def _initfs_plan(ctx: RuleContext, install: OcclumInstall | None, rt: Runtime,
+def _initfs_plan(ctx: RuleContext, rt: Runtime,
                  variant: str | None) -> tuple[list[dict[str, Any]], str]:
-    """What ``occlum init [--init-ra VARIANT]`` puts in initfs/, and the init_ra_conf template.
-
-    Checked against the install here, so a missing part is one clear error rather than a
-    different initfs. The default init takes the musl runtime files there are (as before).
-    """
-    from dataclasses import asdict
-
-    from occlum_rules.stages.instance_layout import initfs_plan, missing_sources
-
-    sources = ctx.toolchains.init_sources(rt.init)  # without an install: host musl stand-ins
-    entries, template = initfs_plan(variant, sources, listdir=ctx.fs.listdir)
-    if variant is None:
-        entries = [e for e in entries if not (e.path.startswith("lib/") and e.src is None)]
-    if install is not None:
-        missing = missing_sources(entries, ctx.fs.exists)
-        if template and not ctx.fs.is_file(template):
-            missing.append(os.path.relpath(template, install.home))
-        if missing and variant is None:
-            raise ctx.error(f"the Occlum install at {install.home} has no {', '.join(missing)}")
-        if missing:
-            raise ctx.error(
-                f"init_ra = {variant!r}: the Occlum install at {install.home} lacks what `occlum "
-                f"init --init-ra {variant}` copies: {', '.join(missing)} (install Occlum's "
-                f"{'grpc_ratls and dcap_lib' if variant == 'grpc_ratls' else 'aecs_client'} "
-                "toolchain, or drop init_ra)")
-    return [asdict(e) for e in entries], template
+    try:
+        return layout.initfs_entries(ctx.toolchains, rt.init, variant, listdir=ctx.fs.listdir,
+                                     exists=ctx.fs.exists, is_file=ctx.fs.is_file)
+    except UserError as exc:
+        raise ctx.error(str(exc)) from None
 
 
 def instance_impl(ctx: RuleContext) -> dict[str, Any]:
@@ -195,7 +171,7 @@ def instance_impl(ctx: RuleContext) -> dict[str, Any]:
     # initfs (+ build/image_config.json)
     initfs = ctx.declare_file("initfs", action="initfs", is_dir=True)
     image_config = ctx.declare_file("build/image_config.json", action="initfs")
-    initfs_entries, ra_template = _initfs_plan(ctx, install, rt, attr["init_ra"])
+    initfs_entries, ra_template = _initfs_plan(ctx, rt, attr["init_ra"])
     init_ra_conf = source_files(attr["init_ra_conf"])[0] if attr["init_ra_conf"] else (
         _file(ra_template) if ra_template else None)
     secrets = {"image_key": image_key} if (attr["buildin_image_key"] and image_key) else {}
@@ -316,12 +292,7 @@ def instance_impl(ctx: RuleContext) -> dict[str, Any]:
             secrets={"key": key_path}, description="sign the enclave")
 
     # links, copies and status files
-    from occlum_rules.stages.instance_layout import build_lib
-
-    lib_names = build_lib(rt.version, mode)
-    entries: dict[str, dict[str, Any]] = {
-        f"build/lib/{n}": ({"kind": "copy", "src": rt.pal.path} if e["kind"] == "pal" else e)
-        for n, e in lib_names.items() if e["kind"] in ("symlink", "pal")}
+    entries, lib_names = layout.build_lib_layout(rt.version, mode, rt.pal.path)
     entries.update({
         ".__occlum_status": {"kind": "text", "text": "built\n"},
         ".sgx_mode": {"kind": "text", "text": f"{mode}\n"},

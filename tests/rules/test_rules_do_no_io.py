@@ -1,5 +1,6 @@
 """Rules declare, analysis reads: no module under rules/ touches the file system or runs a
-process, and none imports another rule module for a helper.
+process, none imports another rule module for a helper, and none reaches into the stages,
+the actions adapters, the executor or the CLIs (docs/architecture.md).
 
 The check reads the source of every rule module (an AST scan, so a helper hidden behind an
 alias still shows up by its call) and names each offence with its file and line.
@@ -29,6 +30,14 @@ _FORBIDDEN_ON = {"replace": {"os", "shutil"}, "remove": {"os"}, "rename": {"os"}
 # is analysis's recorded view of the file system, the one way a rule may ask.
 _ALLOWED_RECEIVERS = {"actions", "fs"}
 _FORBIDDEN_MODULES = {"subprocess", "shutil", "glob", "tempfile", "io"}
+# Layers a rule never reaches into: it declares actions and asks ctx.fs / the toolchains.
+_FOREIGN_LAYERS = ("occlum_rules.stages", "occlum_rules.actions", "occlum_rules.standin",
+                   "occlum_rules.cli", "occlum_rules.core.executor")
+
+
+def _foreign_layer(module: str) -> str | None:
+    return next((layer for layer in _FOREIGN_LAYERS
+                 if module == layer or module.startswith(layer + ".")), None)
 
 
 def _called_name(node: ast.Call) -> tuple[str | None, str | None]:
@@ -78,6 +87,9 @@ def offences(source: str, where: str) -> list[str]:
                     found.append(f"{where}:{node.lineno}: imports {alias.name}")
                 elif _is_rule_module(alias.name) and not is_init:
                     found.append(f"{where}:{node.lineno}: imports rule module {alias.name}")
+                elif _foreign_layer(alias.name):
+                    found.append(f"{where}:{node.lineno}: imports {alias.name} "
+                                 f"({_foreign_layer(alias.name)} is not for rules)")
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level:  # a relative import inside rules/ is another rule module
@@ -88,6 +100,9 @@ def offences(source: str, where: str) -> list[str]:
                 found.append(f"{where}:{node.lineno}: imports from {module}")
             elif _is_rule_module(module) and not is_init:
                 found.append(f"{where}:{node.lineno}: imports rule module {module}")
+            elif _foreign_layer(module):
+                found.append(f"{where}:{node.lineno}: imports from {module} "
+                             f"({_foreign_layer(module)} is not for rules)")
     return found + references
 
 
@@ -112,6 +127,8 @@ def test_the_scan_catches_each_kind_of_offence():
         "from occlum_rules.rules.cargo import tree_inputs\n"
         "from . import cc\n"
         "def f(ctx, p):\n"
+        "    from occlum_rules.stages.instance_layout import build_lib\n"
+        "    import occlum_rules.core.executor\n"
         "    open(p)\n"
         "    os.walk(p)\n"
         "    os.scandir(p)\n"
@@ -139,7 +156,8 @@ def test_the_scan_catches_each_kind_of_offence():
                  "calls write_bytes()", "calls is_file()", "calls path.isdir()",
                  "calls path.exists()", "calls os.stat()", "calls glob()", "calls iterdir()",
                  "calls subprocess.run()", "calls os.replace()",
-                 "uses path.exists"):
+                 "uses path.exists", "imports from occlum_rules.stages.instance_layout",
+                 "imports occlum_rules.core.executor"):
         assert what in shown, f"{what!r} not reported:\n{shown}"
     for allowed in ("actions.run", "fs.is_file", "calls replace()"):
         assert allowed not in shown
