@@ -13,13 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from occlum_rules.core.analysis import Graph
 from occlum_rules.core.doit_bridge import load_graph
 from occlum_rules.errors import UserError
 from tests.rules.test_cargo_go import CARGO, GO
+from tests.support.keys import write_signing_key
 from tests.support.workspace import REPO, make_workspace, outcomes, run_doit
 
 CRATE_TOML = '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2018"\n'
@@ -33,14 +32,6 @@ FILES = {
 }
 CARGO_ACTION = "//crate:app:cargo-build"
 GO_ACTION = "//gomod/cmd:app:go-build"
-
-
-def key_pem(path: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=3, key_size=3072)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    return path
 
 
 def stale(root: Path, graph: Graph) -> list[tuple[str, str, str]]:
@@ -118,14 +109,14 @@ def test_a_signing_key_is_read_for_its_fingerprint_and_recorded(tmp_path):
     build_file = root / "examples/hello_c/BUILD.py"
     build_file.write_text(build_file.read_text().replace(
         'bom = ":image",', 'bom = ":image",\n    sign_key = "key.pem",'))
-    key_pem(root / "examples/hello_c/key.pem")
+    write_signing_key(root / "examples/hello_c/key.pem")
     _, graph = load_graph(root)
     reads = graph.analysis_inputs()["//examples/hello_c:instance"]
     assert ("file", "examples/hello_c/key.pem") in {(r.kind, r.path) for r in reads}
     sign = next(a for a in graph.actions if a.id == "//examples/hello_c:instance:sign")
     before = sign.params["mrsigner"]
 
-    key_pem(root / "examples/hello_c/key.pem")
+    write_signing_key(root / "examples/hello_c/key.pem")
     assert stale(root, graph) == [("//examples/hello_c:instance", "file",
                                    "examples/hello_c/key.pem")]
     _, graph = load_graph(root)

@@ -9,11 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from occlum_rules.stages.securefs import mac_text, read_protected_mac, verify_image
 from occlum_rules.stages.sign import read_signed_info
+from tests.support.keys import write_signing_key
 from tests.support.workspace import copy_examples, outcomes, run_cli, run_doit
 
 INSTANCE = "out/bin/examples/hello_c/instance"
@@ -29,14 +28,6 @@ def build(root: Path, cache: Path, env: dict | None = None) -> dict[str, str]:
 
 def ran(outs: dict[str, str]) -> list[str]:
     return sorted(k[len(PREFIX):] for k, v in outs.items() if v == "run" and k.startswith(PREFIX))
-
-
-def rsa3072_e3(path: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=3, key_size=3072)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    return path
 
 
 def tree_bytes(root: Path) -> dict[str, bytes | str]:
@@ -135,7 +126,7 @@ def test_per_stage_incremental_behaviour(built, tmp_path):
     text = build_file.read_text()
 
     # signing key: only sign re-runs
-    rsa3072_e3(ws / "key.pem")
+    write_signing_key(ws / "key.pem")
     build_file.write_text(text.replace('bom = ":image",', 'bom = ":image",\n    sign_key = "//:key.pem",'))
     (ws / "BUILD.py").write_text("")
     assert ran(build(ws, cache)) == ["sign"]
@@ -185,10 +176,10 @@ def test_new_content_in_the_same_signing_key_file_re_signs(built, tmp_path):
     build_file.write_text(build_file.read_text().replace(
         'bom = ":image",', 'bom = ":image",\n    sign_key = "//:key.pem",'))
     (ws / "BUILD.py").write_text("")
-    rsa3072_e3(ws / "key.pem")
+    write_signing_key(ws / "key.pem")
     build(ws, cache)
     first = read_signed_info(ws / INSTANCE / "build/lib/libocclum-libos.signed.so")
-    rsa3072_e3(ws / "key.pem")
+    write_signing_key(ws / "key.pem")
     assert ran(build(ws, cache)) == ["sign"]
     second = read_signed_info(ws / INSTANCE / "build/lib/libocclum-libos.signed.so")
     assert first["mrsigner"] != second["mrsigner"]
@@ -201,7 +192,7 @@ def test_offline_two_step_signing_equals_one_step(built, tmp_path):
     base_ws, cache, _, _ = built
     ws = tmp_path / "ws"
     shutil.copytree(base_ws, ws, symlinks=True)
-    key = rsa3072_e3(ws / "offline.pem")
+    key = write_signing_key(ws / "offline.pem")
     pub = ws / "offline.pub.pem"
     subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
                    capture_output=True)

@@ -37,6 +37,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.keys import write_signing_key
+
 DEFAULT_VERSION = "0.30.1"
 _SUFFIX = {"HW": "", "SIM": "_sim", "HYPER": "_hyper"}
 HOST_MUSL_LIBC = Path("/lib/x86_64-linux-musl/libc.so")
@@ -146,16 +148,6 @@ def _host_lib(name: str) -> Path:
     raise FileNotFoundError(f"the host has no {name} (needed for the stand-in glibc/ dir)")
 
 
-def _signing_key(path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=3, key_size=3072)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-
-
 def make_occlum_install(home: Path, version: str = DEFAULT_VERSION,
                         modes: tuple[str, ...] = ("HW", "SIM"), ra: bool = False) -> StandinInstall:
     """Lay out a stand-in install at ``home`` (see the module docstring).
@@ -212,7 +204,7 @@ def make_occlum_install(home: Path, version: str = DEFAULT_VERSION,
     _text(home / "include/occlum_pal_api.h", "/* STAND-IN occlum_pal_api.h */\n", 0o444)
     template = home / "etc/template"
     template.mkdir(parents=True, exist_ok=True)
-    _signing_key(template / "Enclave.pem")
+    write_signing_key(template / "Enclave.pem")
     from occlum_rules.templates import __file__ as templates_init
 
     shutil.copyfile(Path(templates_init).parent / "occlum_default.json", template / "Occlum.json")
