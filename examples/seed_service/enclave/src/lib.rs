@@ -55,8 +55,20 @@ pub enum ServiceError {
     BadTag,
 }
 
+// hmac 0.11 renamed `NewMac::new_varkey` to `new_from_slice` (and 0.12 moved it to `Mac`).
+#[cfg(not(hmac_0_10))]
+fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+#[cfg(hmac_0_10)]
+fn keyed(key: &[u8]) -> HmacSha256 {
+    use hmac::NewMac;
+    HmacSha256::new_varkey(key).expect("HMAC takes keys of any length")
+}
+
 fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut mac = keyed(key);
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
