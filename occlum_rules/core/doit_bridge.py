@@ -208,8 +208,11 @@ class BuildReporter(ConsoleReporter):
         report = {**counts, "failed": self.failed, "seconds": round(elapsed, 3),
                   "notes": _STATE.get("notes", []),
                   "actions": sorted(records.values(), key=lambda r: r["id"])}
+        # the workspace lock makes this process its only writer: a fixed temporary name, so
+        # a build killed while writing it leaves nothing the next build does not replace
         write_atomic(Path(env.out) / "build-report.json",
-                     (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+                     (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
+                     sole_writer=True)
         drop_journal(env)
         self.write(f"occlum-rules: {counts['actions_run']} actions run, "
                    f"{counts['cache_hits_local']} cache hits (local), "
