@@ -40,7 +40,9 @@ from occlum_rules.core.rule import (
     RuleContext,
 )
 
-# Instance-relative patterns of the package's members, by layer (see the module docstring).
+# Instance-relative patterns of the package's members, by layer (see the module docstring);
+# "run" is the empty run/ skeleton, never the data found there. The image action checks that
+# the layers together hold exactly the package's members.
 INSTANCE_LAYERS = {
     "runtime": ["build/bin", "build/lib/libocclum-pal*", "build/initfs", "initfs"],
     "image": ["build/mount"],
@@ -185,8 +187,7 @@ def _instance_layers(ctx: RuleContext, instance: dict[str, Any], container_dir: 
         ctx.actions.stage(
             name=f"layer-{group}", kind="oci.layer", func="occlum_rules.actions.oci:instance_layer",
             inputs=inputs, outputs=[blob, descriptor],
-            params={"instance_dir": inst, "sgx_mode": instance["sgx_mode"],
-                    "groups": INSTANCE_LAYERS, "group": group, "container_dir": container_dir,
+            params={"instance_dir": inst, "patterns": patterns, "container_dir": container_dir,
                     "level": _level(ctx), "zlib": zlib.ZLIB_RUNTIME_VERSION,
                     "created_by": f"occlum_oci_image {ctx.label}: instance {group} layer"},
             # a built-in image key (initfs/etc/image_key) is a secret: not for shared caches
@@ -233,7 +234,8 @@ def image_impl(ctx: RuleContext) -> dict[str, Any]:
         if layer is None:
             raise ctx.error(f"layers: {dep.label} is not an oci_layer target")
         layers.append((layer["blob"], layer["descriptor"]))
-    layers += _instance_layers(ctx, instance, container_dir, holds_key)
+    own = _instance_layers(ctx, instance, container_dir, holds_key)
+    layers += own
     inputs += [f for pair in layers for f in pair]
     pal_files = [f for f in instance["all_outputs"]
                  if f.path.startswith(f"{instance['dir']}/build/lib/libocclum-pal")]
@@ -242,6 +244,7 @@ def image_impl(ctx: RuleContext) -> dict[str, Any]:
     env.setdefault("OCCLUM_INSTANCE_DIR", container_dir)
     params.update(
         layers=[[blob.path, descriptor.path] for blob, descriptor in layers],
+        instance_layers=[descriptor.path for _, descriptor in own],
         instance_path=instance["dir"], instance_dir=container_dir,
         sgx_mode=instance["sgx_mode"],
         pal_desc="stand-in PAL (no Occlum install)" if not instance["real"] else

@@ -47,12 +47,8 @@ def instance_layer(ctx: StageContext) -> None:
     from occlum_rules.stages.oci.instance_layers import group_members
 
     p = ctx.params
-    instance = ctx.root / p["instance_dir"]
-    try:
-        mode = (instance / ".sgx_mode").read_text().strip() or p["sgx_mode"]
-    except OSError as exc:
-        raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
-    _finish_layer(ctx, group_members(instance, mode, p["groups"], p["group"], p["container_dir"]))
+    _finish_layer(ctx, group_members(ctx.root / p["instance_dir"], p["patterns"],
+                                     p["container_dir"]))
 
 
 def base(ctx: StageContext) -> None:
@@ -106,6 +102,7 @@ def image(ctx: StageContext) -> None:
         write_docker_archive,
         write_layout,
     )
+    from occlum_rules.stages.oci.instance_layers import check_complete
     from occlum_rules.stages.oci.runtime_check import Pal, check_pal_libraries, check_program
 
     p = ctx.params
@@ -119,9 +116,12 @@ def image(ctx: StageContext) -> None:
                                       layer["size"], ctx.root / p["base_blobs"] / layer["blob"],
                                       "base"))
     layers: list[ImageLayer] = []
+    instance_entries = []
     for blob, descriptor in p["layers"]:
         doc = _read_json(ctx, descriptor)
         fs.apply(len(base_layers) + len(layers), doc["entries"])
+        if descriptor in p["instance_layers"]:
+            instance_entries.append(doc["entries"])
         layers.append(ImageLayer(doc["media_type"], doc["digest"], doc["diff_id"], doc["size"],
                                  ctx.root / blob, doc["created_by"]))
     entrypoint, cmd = p["entrypoint"], p["cmd"]
@@ -137,6 +137,7 @@ def image(ctx: StageContext) -> None:
 
     # the runtime check, before anything is written
     instance = ctx.root / p["instance_path"]
+    check_complete(instance, p["sgx_mode"], p["instance_dir"], instance_entries)
     pal_file = os.path.realpath(instance / "build" / "lib" / "libocclum-pal.so")
     pal = Pal(file=pal_file, description=p["pal_desc"],
               image_path=f"{p['instance_dir']}/build/lib/{os.path.basename(pal_file)}")
