@@ -93,3 +93,26 @@ def test_docker_archive_and_oci_archive_made_by_skopeo(tmp_path):
                    check=True, capture_output=True)
     found = import_base(oci_archive, "base-oci.tar", digest, tmp_path / "blobs3")
     assert found["kind"] == "oci-archive" and found["manifest_digest"] == digest
+
+
+def test_an_image_index_pin_takes_its_platform_manifest(tmp_path):
+    layout, manifest_digest = _good(tmp_path)
+    blobs = layout / "blobs" / "sha256"
+    manifest = (blobs / manifest_digest[7:]).read_bytes()
+    other = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": "sha256:" + "2" * 64, "size": 1,
+             "platform": {"os": "linux", "architecture": "arm64"}}
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [other, {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                              "digest": manifest_digest, "size": len(manifest),
+                                              "platform": {"os": "linux",
+                                                           "architecture": "amd64"}}]}).encode()
+    index_digest = "sha256:" + hashlib.sha256(index).hexdigest()
+    (blobs / index_digest[7:]).write_bytes(index)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+         "size": len(index)}]}))
+    found = import_base(layout, "base", index_digest, tmp_path / "blobs")
+    assert found["manifest_digest"] == manifest_digest and len(found["layers"]) == 2
+    with pytest.raises(UserError, match="no linux/s390x manifest"):
+        import_base(layout, "base", index_digest, tmp_path / "blobs", platform="linux/s390x")
