@@ -284,3 +284,22 @@ def test_a_built_in_image_key_is_refused_unless_allowed(tmp_path):
         secret = tar.getmember("opt/occlum_instance/initfs/etc/image_key")
     assert secret.mode == 0o600  # owner-only, as in the package
     assert outcomes(ws)["//app:oci:layer-runtime"] == "run"
+
+
+@pytest.mark.parametrize("extra, expect", [
+    ('oci_layer(name = "both", bom = ":runtime_files", srcs = ["data.txt"])',
+     "exactly one of bom"),
+    ('occlum_oci_image(name = "rel", instance = ":instance", instance_dir = "opt/x")',
+     "instance_dir: 'opt/x' must be an absolute path"),
+    ('occlum_oci_image(name = "notbase", instance = ":instance", base = ":runtime")',
+     "base: //app:runtime is not an oci_base target"),
+    ('oci_base(name = "short", layout = "base", digest = "sha256:abc")',
+     "digest: 'sha256:abc' is not a pinned digest"),
+    ('occlum_oci_image(name = "tagged", instance = ":instance", tag = "a b")',
+     "tag: 'a b' is not a valid image tag"),
+])
+def test_rule_attributes_are_checked_at_analysis(tmp_path, extra, expect):
+    ws = _hello_workspace(tmp_path / "ws", "\n" + extra + "\n")
+    result = run_doit(ws, "build", cache=tmp_path / "cache")
+    assert result.returncode == 1 and "Traceback" not in result.output, result.output
+    assert "app/BUILD.py:" in result.output and expect in result.output, result.output
