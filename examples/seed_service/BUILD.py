@@ -38,3 +38,27 @@ occlum_package(
     instance = ":instance",
     package_name = "seed_service",
 )
+
+# The container image: a small runtime base assembled from host files with the BOM format
+# (no registry, no daemon), then the instance as `occlum package` lays it out at
+# /opt/occlum_instance. Outputs: image.oci/ (OCI layout), image.tar (docker-archive for
+# `docker load` / `podman load`), image.digest, image.json. See README "Containers".
+occlum_bom(
+    name = "runtime_files",
+    src = "runtime.yaml",
+    occlum_init = False,
+)
+
+oci_layer(
+    name = "runtime_base",
+    bom = ":runtime_files",
+)
+
+occlum_oci_image(
+    name = "image_oci",
+    instance = ":instance",
+    layers = [":runtime_base"],
+    repository = "seed_service",
+    exposed_ports = ["8080/tcp"],
+    labels = {"org.opencontainers.image.title": "seed_service"},
+)

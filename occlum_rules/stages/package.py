@@ -56,8 +56,12 @@ def normalized_mode(kind: str, st_mode: int, name: str = "") -> int:
     return 0o755 if st_mode & stat.S_IXUSR else 0o644
 
 
-def _sort_key(name: str) -> tuple[bytes, ...]:
+def member_sort_key(name: str) -> tuple[bytes, ...]:
+    """Depth-first order by bytes of each path component (the package's member order)."""
     return tuple(os.fsencode(part) for part in name.split("/"))
+
+
+_sort_key = member_sort_key
 
 
 def _member(instance_dir: Path, name: str) -> Member:
@@ -73,7 +77,7 @@ def _member(instance_dir: Path, name: str) -> Member:
     raise UserError(f"{path}: not a regular file, directory or symlink; cannot package it")
 
 
-def _walk(instance_dir: Path, name: str) -> Iterator[Member]:
+def walk_members(instance_dir: Path, name: str) -> Iterator[Member]:
     """The entry and, for a real directory (not a link to one), everything below it."""
     member = _member(instance_dir, name)
     yield member
@@ -81,7 +85,7 @@ def _walk(instance_dir: Path, name: str) -> Iterator[Member]:
         with os.scandir(instance_dir / name) as it:
             children = sorted(e.name for e in it)
         for child in children:
-            yield from _walk(instance_dir, f"{name}/{child}")
+            yield from walk_members(instance_dir, f"{name}/{child}")
 
 
 def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
@@ -108,7 +112,7 @@ def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
     for name in names:
         if not os.path.lexists(instance_dir / name):
             raise UserError(f"{instance_dir / name} is missing; is this a built Occlum instance?")
-        members.extend(_walk(instance_dir, name))
+        members.extend(walk_members(instance_dir, name))
     members += [Member(name, "dir", 0o755) for name in RUN_SKELETON]
     unique = {m.name: m for m in reversed(members)}  # the first of each name wins
     return sorted(unique.values(), key=lambda m: _sort_key(m.name))

@@ -72,13 +72,20 @@ class Member:
 class PackageResult:
     sha256: str
     size: int
+    raw_sha256: str | None = None  # of the uncompressed tar, when asked for (an OCI diff_id)
     contents: list[dict] = field(default_factory=list)
     deflated: int = 0  # segments compressed in this run
     reused: int = 0  # segments copied from the previous package
 
 
+def entry_name(top: str, name: str) -> str:
+    """A member's name in the archive: under ``top``, or at the root when ``top`` is ""
+    (an OCI layer, whose members are paths of the container's file system)."""
+    return f"{top}/{name}" if top else name
+
+
 def tar_info(member: Member, top: str, mtime: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(f"{top}/{member.name}")
+    info = tarfile.TarInfo(entry_name(top, member.name))
     info.mtime = mtime
     info.mode = member.mode
     info.uid = info.gid = 0
@@ -232,15 +239,20 @@ def _read_range(m: Member, start: int, length: int) -> bytes:
 def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                   level: int = 6, state_path: Path | None = None,
                   digest_of: Callable[[str], str] | None = None,
-                  workers: int | None = None) -> PackageResult:
+                  workers: int | None = None, raw_digest: bool = False) -> PackageResult:
     """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member.
 
     With ``state_path``, segments whose members are unchanged since the package at ``out``
     was written are copied from it. ``digest_of(path)`` gives a file's sha256 without
     reading it where the caller knows it (the build's stat-keyed digest cache).
+    ``top`` "" puts members at the archive root. ``raw_digest`` also hashes the
+    uncompressed tar (``raw_sha256``, an OCI layer's diff_id); it needs every segment in
+    hand, so it cannot be combined with ``state_path``.
     """
-    if not top or "/" in top or top in (".", ".."):
+    if "/" in top or top in (".", ".."):
         raise UserError(f"package name {top!r} must be a plain directory name")
+    if raw_digest and state_path is not None:
+        raise ValueError("raw_digest needs every segment deflated here: no state_path")
     out = Path(out)
     salt = f"{STATE_VERSION}|{top}|{mtime}|{level}|{zlib.ZLIB_RUNTIME_VERSION}|{SEGMENT}|{BIG}|{GROUP_SPREAD}"
     segments = plan_segments(members)
@@ -257,6 +269,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     workers = workers or os.cpu_count() or 1
     target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
     hashing = _BackgroundSha()
+    raw_sha = hashlib.sha256() if raw_digest else None
     placed: list[tuple[_Segment, list[int]]] = []
     result = PackageResult(sha256="", size=0)
     try:
@@ -297,12 +310,17 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                         drain(2 * workers)
                         continue
                 data = _segment_bytes(seg, members, top, mtime, digests, shas)
+                if raw_sha is not None:
+                    raw_sha.update(data)
                 pending.append((seg, pool.submit(_deflate, data, level)))
                 result.deflated += 1
                 drain(2 * workers)
             drain(0)
             end = bytes(2 * tarfile.BLOCKSIZE)
             end += bytes(-(total + len(end)) % tarfile.RECORDSIZE)
+            if raw_sha is not None:
+                raw_sha.update(end)
+                result.raw_sha256 = raw_sha.hexdigest()
             c = zlib.compressobj(level, zlib.DEFLATED, -15)
             emit(c.compress(end) + c.flush(zlib.Z_FINISH))
             crc = crc32_combine(crc, zlib.crc32(end), len(end))
@@ -354,7 +372,7 @@ def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
 
 
 def _record(m: Member, top: str, digest: str | None) -> dict:
-    record: dict[str, str | int | None] = {"path": f"{top}/{m.name}", "type": m.kind,
+    record: dict[str, str | int | None] = {"path": entry_name(top, m.name), "type": m.kind,
                                            "mode": f"{m.mode:04o}"}
     if m.kind == "file":
         record.update(size=m.size, sha256=digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import random
@@ -59,6 +60,22 @@ def test_stream_is_the_tar_that_tarfile_writes(tmp_path):
     assert result.size == len(data) and result.deflated > 3 and result.reused == 0
     if shutil.which("gzip"):
         subprocess.run(["gzip", "-t", str(out)], check=True)
+
+
+def test_rooted_members_and_raw_digest(tmp_path):
+    """top "" writes members at the archive root (an OCI layer); raw_digest is the sha256 of
+    the uncompressed tar (its diff_id), which needs every segment deflated in this run."""
+    inst = _instance(tmp_path)
+    out = tmp_path / "layer.tar.gz"
+    result = ps.write_package(select_members(inst, "HW"), "", out, mtime=SDE, raw_digest=True)
+    raw = gzip.decompress(out.read_bytes())
+    assert result.raw_sha256 == hashlib.sha256(raw).hexdigest()
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "Occlum.json" in names and not any(n.startswith(("/", "app/")) for n in names)
+    assert _write(inst, tmp_path / "app.tar.gz").raw_sha256 is None  # not asked for
+    with pytest.raises(ValueError):
+        ps.write_package([], "", out, mtime=SDE, raw_digest=True, state_path=tmp_path / "s")
 
 
 def test_workers_do_not_change_the_bytes(tmp_path):
