@@ -1,7 +1,8 @@
-"""Remote-cache credentials, read from the environment only.
+"""Credentials for HTTP services (the remote cache, OCI registries), from the environment only.
 
 Credentials never come from WORKSPACE.yaml or a URL: a file in the repository or a URL in
-a log would leak them. They live in this object only, whose ``repr`` hides them, and they
+a log would leak them. Each service has its own variables (``EnvNames``) so a registry
+password is never sent to the cache server or the other way round. They live in this object only, whose ``repr`` hides them, and they
 leave the process only in the ``Authorization`` header of a request.
 """
 
@@ -21,8 +22,23 @@ ENV_TOKEN = "OCCLUM_RULES_REMOTE_TOKEN"
 
 
 @dataclass(frozen=True)
+class EnvNames:
+    """The environment variables one service reads its credentials from."""
+
+    user: str
+    password: str
+    token: str
+    where: str  # the service, for error messages
+
+
+REMOTE_CACHE_ENV = EnvNames(ENV_USER, ENV_PASSWORD, ENV_TOKEN, "remote cache")
+REGISTRY_ENV = EnvNames("OCCLUM_RULES_REGISTRY_USER", "OCCLUM_RULES_REGISTRY_PASSWORD",
+                        "OCCLUM_RULES_REGISTRY_TOKEN", "OCI registry")
+
+
+@dataclass(frozen=True)
 class RemoteCredentials:
-    """Basic (user + password) or bearer (token) credentials for the remote cache."""
+    """Basic (user + password) or bearer (token) credentials for one HTTP service."""
 
     scheme: str  # "basic" or "bearer"
     _secret: str = field(repr=False)
@@ -34,6 +50,10 @@ class RemoteCredentials:
             raw = f"{self.user}:{self._secret}".encode()
             return "Basic " + base64.b64encode(raw).decode("ascii")
         return "Bearer " + self._secret
+
+    def basic_header(self) -> str | None:
+        """``Authorization: Basic`` for a token service (registries); None for a token."""
+        return self.authorization_header() if self.scheme == "basic" else None
 
     def describe(self) -> str:
         """A loggable description (never the secret)."""
@@ -47,35 +67,37 @@ class RemoteCredentials:
     __str__ = __repr__
 
 
-def credentials_from_env(environ: Mapping[str, str] | None = None) -> RemoteCredentials | None:
+def credentials_from_env(environ: Mapping[str, str] | None = None,
+                         names: EnvNames = REMOTE_CACHE_ENV) -> RemoteCredentials | None:
     """Read the credentials from the environment; ``None`` when none are set.
 
     A half-set pair (user without password) or both kinds at once is a mistake the user
     should hear about rather than an anonymous request that fails later with 401.
     """
     env = os.environ if environ is None else environ
-    user = env.get(ENV_USER) or None
-    password = env.get(ENV_PASSWORD) or None
-    token = env.get(ENV_TOKEN) or None
+    user = env.get(names.user) or None
+    password = env.get(names.password) or None
+    token = env.get(names.token) or None
+    where = names.where
     if token and (user or password):
         raise UserError(
-            f"set either {ENV_TOKEN} (bearer) or {ENV_USER} + {ENV_PASSWORD} (basic auth), "
-            "not both",
-            where="remote cache",
+            f"set either {names.token} (bearer) or {names.user} + {names.password} (basic "
+            "auth), not both",
+            where=where,
         )
     if token:
         if any(c in token for c in "\r\n"):
-            raise UserError(f"{ENV_TOKEN} must be a single line", where="remote cache")
+            raise UserError(f"{names.token} must be a single line", where=where)
         return RemoteCredentials("bearer", token.strip())
     if user or password:
         if not (user and password):
-            missing = ENV_PASSWORD if user else ENV_USER
+            missing = names.password if user else names.user
             raise UserError(
-                f"{ENV_USER} and {ENV_PASSWORD} must be set together; {missing} is missing",
-                where="remote cache",
+                f"{names.user} and {names.password} must be set together; {missing} is missing",
+                where=where,
             )
         if ":" in user:
-            raise UserError(f"{ENV_USER} must not contain ':'", where="remote cache")
+            raise UserError(f"{names.user} must not contain ':'", where=where)
         return RemoteCredentials("basic", password, user=user)
     return None
 

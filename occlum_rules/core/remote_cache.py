@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core.credentials import RemoteCredentials, credentials_from_env, redact_url
+from occlum_rules.core.http_connection import HTTPConnection as _HTTPConnection
+from occlum_rules.core.http_connection import HTTPSConnection as _HTTPSConnection
 from occlum_rules.errors import UserError
 
 ENV_URL = "OCCLUM_RULES_REMOTE_CACHE"
@@ -141,26 +143,6 @@ def _found(resp: http.client.HTTPResponse) -> bool:
     if resp.status == 404:
         return False
     raise _RejectedStatus(resp.status, resp.reason)
-
-
-class _TimeoutConnectionMixin:
-    """Use one timeout for connecting and another for each read afterwards."""
-
-    read_timeout: float
-    sock: socket.socket | None
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]  # uses self.timeout, the connect timeout
-        assert self.sock is not None
-        self.sock.settimeout(self.read_timeout)
-
-
-class _HTTPConnection(_TimeoutConnectionMixin, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_TimeoutConnectionMixin, http.client.HTTPSConnection):
-    pass
 
 
 # Request Timeout and Too Many Requests: the server asks us to come back, like a 5xx.
