@@ -5,6 +5,9 @@ or from files (so a small runtime base can be assembled from host files with the
 format), ``oci_base`` imports a base image kept in the workspace (an OCI layout directory,
 an OCI archive or a docker-archive) pinned by digest, and ``occlum_oci_image`` stacks the
 base, extra layers and the instance as ``occlum package`` lays it out, at ``instance_dir``.
+``oci_pull`` fetches a base from a registry by digest (the one action allowed the network;
+cached by that digest), and ``occlum_oci_push`` names where ``doit push`` sends an image
+(never part of ``doit build``, never cached: a push is an effect, not an output).
 
 The instance is split into three layers, each its own cached action, by how often they
 change: *runtime* (PAL, build/bin, initfs; changes with the Occlum release), *image* (the
@@ -51,6 +54,7 @@ INSTANCE_LAYERS = {
 }
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_REGISTRY_IMAGE = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?/[a-z0-9._/-]+")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 
 
@@ -165,6 +169,42 @@ oci_base = Rule(
     },
     impl=base_impl,
     doc="A base image from the workspace, checked against its pinned digest.",
+)
+
+
+# --------------------------------------------------------------------------- oci_pull
+
+def pull_impl(ctx: RuleContext) -> dict[str, Any]:
+    image, digest = ctx.attr["image"], ctx.attr["digest"]
+    if not _REGISTRY_IMAGE.fullmatch(image) or image.endswith("/"):
+        raise ctx.error(f"image: {image!r} must be REGISTRY/REPOSITORY without tag or digest, "
+                        "such as 'registry.example.com/team/base'")
+    if not _DIGEST.fullmatch(digest):
+        raise ctx.error(f"digest: {digest!r} is not a pinned digest (sha256:<64 lowercase hex "
+                        "digits>)")
+    descriptor = ctx.declare_file("base.json", action="pull")
+    blobs = ctx.declare_file("blobs", action="pull", is_dir=True)
+    # no inputs: the key is the stage and its params, so the store caches the pull by digest
+    ctx.actions.stage(
+        name="pull", kind="oci.pull", func="occlum_rules.actions.oci:pull",
+        inputs=[], outputs=[descriptor, blobs],
+        params={"image": image, "digest": digest, "platform": ctx.attr["platform"],
+                "insecure": ctx.attr["insecure"]},
+        description=f"pull {image}@{digest[:19]}…")
+    return {"files": [descriptor, blobs],
+            "oci_base": {"descriptor": descriptor, "blobs": blobs, "digest": digest}}
+
+
+oci_pull = Rule(
+    name="oci_pull",
+    attrs={
+        "image": Attr(STRING, mandatory=True, doc="REGISTRY/REPOSITORY, e.g. 'docker.io/library/debian'"),
+        "digest": Attr(STRING, mandatory=True, doc="pinned digest of the manifest or image index"),
+        "platform": Attr(STRING, default="linux/amd64", doc="which manifest of an image index"),
+        "insecure": Attr(BOOL, default=False, doc="plain http (a local test registry only)"),
+    },
+    impl=pull_impl,
+    doc="A base image pulled from a registry by digest, every blob verified (like oci_base).",
 )
 
 
@@ -301,4 +341,42 @@ occlum_oci_image = Rule(
     doc="An OCI image (layout + docker-archive) running an Occlum instance.",
 )
 
-RULES = [oci_layer, oci_base, occlum_oci_image]
+# --------------------------------------------------------------------------- occlum_oci_push
+
+def push_impl(ctx: RuleContext) -> dict[str, Any]:
+    target = ctx.attr["image"]
+    image = (target.providers or {}).get("oci_image")
+    if image is None:
+        raise ctx.error(f"image: {target.label} is not an occlum_oci_image target")
+    repository = ctx.attr["repository"]
+    if not _REGISTRY_IMAGE.fullmatch(repository) or repository.endswith("/"):
+        raise ctx.error(f"repository: {repository!r} must be REGISTRY/REPOSITORY without a tag "
+                        "(tags go in tags), such as 'registry.example.com/team/app'")
+    tags = list(ctx.attr["tags"]) or [image["tag"]]
+    bad = next((t for t in tags if not _TAG.fullmatch(t)), None)
+    if bad is not None:
+        raise ctx.error(f"tags: {bad!r} is not a valid image tag")
+    # no action: doit_bridge makes a `push` task for this target, run only when asked
+    return {"files": [], "oci_push": {"image": str(target.label), "layout": image["layout"].path,
+                                      "digest": image["digest"].path, "repository": repository,
+                                      "tags": tags,
+                                      "insecure": ctx.attr["insecure"],
+                                      "mount_from": list(ctx.attr["mount_from"])}}
+
+
+occlum_oci_push = Rule(
+    name="occlum_oci_push",
+    attrs={
+        "image": Attr(LABEL, mandatory=True, doc="the occlum_oci_image to push"),
+        "repository": Attr(STRING, mandatory=True, doc="REGISTRY/REPOSITORY to push to"),
+        "tags": Attr(STRING_LIST, default=list, doc="tags (default: the image's tag)"),
+        "insecure": Attr(BOOL, default=False, doc="plain http (a local test registry only)"),
+        "mount_from": Attr(STRING_LIST, default=list,
+                           doc="repositories of the same registry to mount blobs from"),
+    },
+    impl=push_impl,
+    default_target=False,
+    doc="Where `doit push` (or `doit <this target>`) pushes an image; never in `doit build`.",
+)
+
+RULES = [oci_layer, oci_base, oci_pull, occlum_oci_image, occlum_oci_push]

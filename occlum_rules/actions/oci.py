@@ -170,3 +170,31 @@ def image(ctx: StageContext) -> None:
         "runtime_check": {"pal": pal.image_path, "pal_kind": p["pal_desc"], "libraries": found,
                           "program": program}})
     ctx.log(f"image {digest} ({len(all_layers)} layers; {len(base_layers)} from the base)")
+
+
+def pull(ctx: StageContext) -> None:
+    """An ``oci_pull``: fetch the image by digest into a scratch layout inside the blobs
+    output, then import it exactly as ``oci_base`` imports a workspace layout."""
+    import shutil
+
+    from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
+    from occlum_rules.stages.oci.base import import_base
+    from occlum_rules.stages.oci.pull import pull_layout
+    from occlum_rules.stages.oci.registry import Registry, parse_reference
+
+    p = ctx.params
+    descriptor, blobs = ctx.outputs
+    ref = parse_reference(p["image"], allow_tag=False)
+    reg = Registry(ref.registry, ref.repository, insecure=p["insecure"],
+                   credentials=credentials_from_env(names=REGISTRY_ENV))
+    scratch = blobs / ".pulled.oci"
+    try:
+        pull_layout(reg, p["digest"], p["platform"], scratch)
+        found = import_base(scratch, f"{p['image']}@{p['digest']}", p["digest"], blobs,
+                            platform=p["platform"])
+    except UserError as exc:
+        raise UserError(f"{ctx.label}: {exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_json(descriptor, found)
+    ctx.log(f"pulled {p['image']}@{p['digest'][:19]}…: {len(found['layers'])} layers verified")

@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("occlum_rules.cli.cmd_verify", "verify a package, an instance or a SEFS image"),
     "explain": ("occlum_rules.cli.cmd_explain", "say why an action re-ran"),
     "cache": ("occlum_rules.cli.cmd_cache", "cache stats, gc and verify"),
+    "push": ("occlum_rules.cli.cmd_push", "push a built OCI image to a registry"),
 }
 
 

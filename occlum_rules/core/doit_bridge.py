@@ -90,6 +90,30 @@ def execute_task(action: Action, env: BuildEnv):
     return None
 
 
+def push_task(push: dict[str, Any], env: BuildEnv):
+    """The action of an ``occlum_oci_push`` target: push the built image (stages/oci/push).
+
+    Not an ``Action``: a push is an effect on a registry, not an output, so it is never
+    cached or skipped as up to date, and it runs only when asked (``doit push``)."""
+    def run() -> TaskFailed | None:
+        from occlum_rules.stages.oci.push import push_built_image, summary
+
+        root = Path(env.root)
+        try:
+            result, pushed = push_built_image(
+                root / push["layout"], root / push["digest"], push["repository"], push["tags"],
+                insecure=push["insecure"], mount_from=push["mount_from"])
+        except UserError as exc:
+            if _debug():
+                raise
+            return TaskFailed(f"{push['image']}: {exc}")
+        print(summary(result))
+        print(result.reference)
+        print(f"(written to {pushed.relative_to(root)})")
+        return None
+    return run
+
+
 def _uptodate(action: Action, env: BuildEnv):
     def check(task, values) -> bool:
         return is_up_to_date(action, env)
@@ -116,6 +140,7 @@ def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
     for action in graph.actions:
         by_label.setdefault(action.label, []).append(action)
     defaults: list[str] = []
+    pushes: list[str] = []
     for label in sorted(graph.targets):
         target = graph.targets[label]
         name = str(label)
@@ -139,11 +164,19 @@ def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
                 "clean": [_clean(a, env)],
                 "verbosity": 2,
             })
-        if not actions:
+        push = (target.providers or {}).get("oci_push")
+        if push is not None:
+            pushes.append(name)
+            tasks.append({"basename": name, "name": "push", "doc": f"push to {push['repository']}",
+                          "actions": [push_task(push, env)], "task_dep": [push["image"]],
+                          "uptodate": [False], "verbosity": 2})
+        elif not actions:
             # a target whose rule declared nothing (e.g. only forwards files) still has a task
             tasks.append({"basename": name, "name": "noop", "actions": [], "uptodate": [True]})
     tasks.append({"basename": "build", "doc": "build every default target",
                   "actions": None, "task_dep": defaults})
+    tasks.append({"basename": "push", "doc": "push every occlum_oci_push target (not in build)",
+                  "actions": None, "task_dep": pushes})
     return tasks
 
 

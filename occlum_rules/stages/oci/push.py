@@ -11,13 +11,21 @@ image's own digest; a different answer is an error, not a warning.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
 from occlum_rules.errors import UserError
 from occlum_rules.stages.oci import media
-from occlum_rules.stages.oci.registry import Registry, upload_location, with_query
+from occlum_rules.stages.oci.registry import (
+    TAG,
+    Registry,
+    parse_reference,
+    upload_location,
+    with_query,
+)
 
 DEFAULT_CHUNK = 64 << 20
 
@@ -165,3 +173,29 @@ def summary(result: PushResult) -> str:
 def record(pushed_file: Path, result: PushResult) -> None:
     """Write ``REGISTRY/REPO@sha256:…`` (one line) for CI and deployment manifests."""
     write_atomic(pushed_file, f"{result.reference}\n".encode(), mode=0o644)
+
+
+def push_built_image(layout: Path, digest_file: Path, reference: str, extra_tags: list[str],
+                     *, insecure: bool = False, mount_from: list[str] | None = None,
+                     default_tag: str | None = None, chunk_size: int = DEFAULT_CHUNK,
+                     environ: Mapping[str, str] | None = None) -> tuple[PushResult, Path]:
+    """What ``occlum-rules push`` and ``doit push`` do: push a built image to
+    ``REGISTRY/REPO[:TAG]`` with credentials from the environment, then record the pushed
+    reference as ``image.pushed`` beside ``image.digest`` (the image's output directory)."""
+    ref = parse_reference(reference)
+    tags = list(dict.fromkeys([*([ref.tag] if ref.tag else []), *extra_tags]))
+    if not tags and default_tag:
+        tags = [default_tag]
+    for tag in tags:
+        if not TAG.fullmatch(tag):
+            raise UserError(f"{tag!r} is not a valid image tag")
+    if not digest_file.is_file():
+        raise UserError(f"{digest_file}: missing; build the image first")
+    image = read_layout(layout, digest_file.read_text().strip())
+    reg = Registry(ref.registry, ref.repository, insecure=insecure,
+                   credentials=credentials_from_env(environ, REGISTRY_ENV),
+                   mount_from=tuple(mount_from or ()))
+    result = push(reg, image, tags, chunk_size)
+    pushed = digest_file.parent / "image.pushed"
+    record(pushed, result)
+    return result, pushed
