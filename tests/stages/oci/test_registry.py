@@ -4,6 +4,7 @@ answer garbage)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
 from occlum_rules.errors import UserError
+from occlum_rules.stages.oci import media
 from occlum_rules.stages.oci.pull import pull_layout
 from occlum_rules.stages.oci.push import push, read_layout
 from occlum_rules.stages.oci.registry import Registry, parse_reference
@@ -233,3 +235,57 @@ def test_references(text, expect):
         with pytest.raises(UserError, match=expect.replace("(", r"\(")):
             parse_reference(text)
 
+
+
+def test_bearer_token_dance_with_basic_credentials(fake, layout, tmp_path):
+    """The registry asks for a Bearer token; the client gets one from the realm with the
+    env's basic credentials and the repository scope, then uses it (and only it)."""
+    path, digest = layout
+    host = f"127.0.0.1:{fake.server_address[1]}"
+    asked = []
+
+    def route(h):
+        if h.path.startswith("/token?"):
+            asked.append((h.path, h.headers.get("Authorization")))
+            return 200, {}, json.dumps({"token": "tok-123"}).encode()
+        if h.headers.get("Authorization") != "Bearer tok-123":
+            challenge = (f'Bearer realm="http://{host}/token",service="fake",'
+                         'scope="repository:team/app:pull"')
+            return 401, {"WWW-Authenticate": challenge}, b""
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        hexpart = h.path.rsplit("sha256:", 1)[-1]
+        blob = path / "blobs/sha256" / hexpart
+        return (200, {}, blob.read_bytes()) if blob.is_file() else (404, {}, b"")
+
+    fake.answer = route
+    creds = credentials_from_env({"OCCLUM_RULES_REGISTRY_USER": "ci",
+                                  "OCCLUM_RULES_REGISTRY_PASSWORD": "pw"}, REGISTRY_ENV)
+    pull_layout(Registry(host, "team/app", insecure=True, credentials=creds), digest, PLATFORM,
+                tmp_path / "pulled")
+    assert _blob_names(tmp_path / "pulled") == _blob_names(path)
+    assert asked == [("/token?service=fake&scope=repository%3Ateam%2Fapp%3Apull",
+                      "Basic " + base64.b64encode(b"ci:pw").decode())]
+
+
+@needs_registry
+def test_pull_resolves_an_image_index_to_the_platform(registry, layout, tmp_path):
+    path, digest = layout
+    reg = Registry(registry.host, "team/multi", insecure=True)
+    push(reg, read_layout(path), ["v1"])
+    size = len((path / "blobs/sha256" / digest[7:]).read_bytes())
+    index = json.dumps({"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": [
+        {"mediaType": media.OCI_MANIFEST, "digest": digest, "size": size,
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    index_digest = media.sha256_digest(index)
+    reg.login("pull,push")
+    resp = reg.request("PUT", reg.path("manifests", index_digest), "put index", body=index,
+                       headers={"Content-Type": media.OCI_INDEX})
+    reg.check(resp, "put index", (201,))
+    pull_layout(Registry(registry.host, "team/multi", insecure=True), index_digest, PLATFORM,
+                tmp_path / "pulled")
+    names = _blob_names(tmp_path / "pulled")
+    assert index_digest[7:] in names and set(_blob_names(path)) <= set(names)
+    with pytest.raises(UserError, match="the image index has no linux/arm64 manifest"):
+        pull_layout(Registry(registry.host, "team/multi", insecure=True), index_digest,
+                    "linux/arm64", tmp_path / "arm")
