@@ -357,7 +357,8 @@ def push_impl(ctx: RuleContext) -> dict[str, Any]:
     if bad is not None:
         raise ctx.error(f"tags: {bad!r} is not a valid image tag")
     # no action: doit_bridge makes a `push` task for this target, run only when asked
-    return {"files": [], "oci_push": {"image": str(target.label), "layout": image["layout"].path,
+    return {"files": [], "oci_push": {"func": "occlum_rules.actions.oci:push",
+                                      "image": str(target.label), "layout": image["layout"].path,
                                       "digest": image["digest"].path, "repository": repository,
                                       "tags": tags,
                                       "insecure": ctx.attr["insecure"],

@@ -177,7 +177,7 @@ def pull(ctx: StageContext) -> None:
     output, then import it exactly as ``oci_base`` imports a workspace layout."""
     import shutil
 
-    from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
+    from occlum_rules.credentials import REGISTRY_ENV, credentials_from_env
     from occlum_rules.stages.oci.base import import_base
     from occlum_rules.stages.oci.pull import pull_layout
     from occlum_rules.stages.oci.registry import Registry, parse_reference
@@ -198,3 +198,15 @@ def pull(ctx: StageContext) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     _write_json(descriptor, found)
     ctx.log(f"pulled {p['image']}@{p['digest'][:19]}…: {len(found['layers'])} layers verified")
+
+
+def push(root: Path, target: dict[str, Any]) -> list[str]:
+    """An ``occlum_oci_push`` target, run by ``doit push`` (not an action: never cached).
+    The lines to print: the summary, then the pushed ``REGISTRY/REPO@sha256:…``."""
+    from occlum_rules.stages.oci.push import push_built_image, summary
+
+    reference = target["repository"]
+    result, pushed = push_built_image(root / target["layout"], root / target["digest"],
+                                      reference, target["tags"], insecure=target["insecure"],
+                                      mount_from=target["mount_from"])
+    return [summary(result), f"written to {pushed.relative_to(root)}", result.reference]

@@ -9,6 +9,7 @@ parameters, toolchains, directory inputs and host files discovered at run time).
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
 import sys
@@ -91,25 +92,21 @@ def execute_task(action: Action, env: BuildEnv):
 
 
 def push_task(push: dict[str, Any], env: BuildEnv):
-    """The action of an ``occlum_oci_push`` target: push the built image (stages/oci/push).
+    """The action of an ``occlum_oci_push`` target: its ``func`` (an actions adapter, named
+    like a stage's, so the engine never imports stages) pushes the built image.
 
     Not an ``Action``: a push is an effect on a registry, not an output, so it is never
     cached or skipped as up to date, and it runs only when asked (``doit push``)."""
     def run() -> TaskFailed | None:
-        from occlum_rules.stages.oci.push import push_built_image, summary
-
-        root = Path(env.root)
+        module_name, _, func_name = push["func"].partition(":")
+        func = getattr(importlib.import_module(module_name), func_name)
         try:
-            result, pushed = push_built_image(
-                root / push["layout"], root / push["digest"], push["repository"], push["tags"],
-                insecure=push["insecure"], mount_from=push["mount_from"])
+            for line in func(Path(env.root), push):
+                print(line)
         except UserError as exc:
             if _debug():
                 raise
             return TaskFailed(f"{push['image']}: {exc}")
-        print(summary(result))
-        print(result.reference)
-        print(f"(written to {pushed.relative_to(root)})")
         return None
     return run
 

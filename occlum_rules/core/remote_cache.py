@@ -34,10 +34,10 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from occlum_rules.atomic_write import AtomicFile
-from occlum_rules.core.credentials import RemoteCredentials, credentials_from_env, redact_url
-from occlum_rules.core.http_connection import HTTPConnection as _HTTPConnection
-from occlum_rules.core.http_connection import HTTPSConnection as _HTTPSConnection
+from occlum_rules.credentials import RemoteCredentials, credentials_from_env, redact_url
 from occlum_rules.errors import UserError
+from occlum_rules.http_connection import HTTPConnection as _HTTPConnection
+from occlum_rules.http_connection import HTTPSConnection as _HTTPSConnection
 
 ENV_URL = "OCCLUM_RULES_REMOTE_CACHE"
 ENV_UPLOAD = "OCCLUM_RULES_REMOTE_UPLOAD"

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from occlum_rules.core.credentials import (
+from occlum_rules.core.remote_cache import RemoteCache, RemoteCacheStats, remote_from_config
+from occlum_rules.credentials import (
     RemoteCredentials,
     credentials_from_env,
     redact_url,
 )
-from occlum_rules.core.remote_cache import RemoteCache, RemoteCacheStats, remote_from_config
 from occlum_rules.errors import UserError
 from tests.support.nginx import (  # noqa: F401 - the fixture is used by its name
     NGINX_TEST_PASSWORD,

@@ -142,6 +142,9 @@ def test_htpasswd_auth_from_the_environment_only(tmp_path):
         assert denied.returncode == 1 and "Traceback" not in denied.output
         assert "HTTP 401" in denied.output and "//app:pulled" in denied.output
         assert not (ws / "out/bin/app/pulled/base.json").exists()
+        leftovers = [p for p in (ws / "out/bin/app/pulled").rglob("*") if p.is_file()] \
+            if (ws / "out/bin/app/pulled").exists() else []
+        assert leftovers == []
         pulled = run_doit(ws, "//app:pulled", cache=cache, env=env)
         assert pulled.returncode == 0, pulled.output
         for result in (anonymous, pushed, by_doit, denied, pulled):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from occlum_rules.atomic_write import write_atomic
-from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
+from occlum_rules.credentials import REGISTRY_ENV, credentials_from_env
 from occlum_rules.errors import UserError
 from occlum_rules.stages.oci import media
 from occlum_rules.stages.oci.registry import (

@@ -4,11 +4,11 @@ What push and pull need and nothing more: the ``/v2/`` ping, HEAD/GET of blobs a
 monolithic and chunked blob uploads streamed from a file, cross-repository mounts, and PUT
 of manifests. Authentication follows the registries: anonymous, ``Basic``, or the ``Bearer``
 token dance (``WWW-Authenticate: Bearer realm=…,service=…,scope=…``) with credentials from
-the environment only (``core/credentials``); the secret goes into ``Authorization`` headers
+the environment only (``occlum_rules.credentials``); the secret goes into ``Authorization`` headers
 and nowhere else, so no error message, log line or output file can hold it.
 
 Every failure is one ``UserError`` naming the registry, the repository and what was being
-done; connection and read waits are bounded (``core/http_connection``) so a dead or silent
+done; connection and read waits are bounded (``occlum_rules.http_connection``) so a dead or silent
 registry fails in seconds rather than hanging a CI job.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import IO, Protocol
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-from occlum_rules.core.credentials import RemoteCredentials
-from occlum_rules.core.http_connection import HTTPConnection, HTTPSConnection
+from occlum_rules.credentials import RemoteCredentials
 from occlum_rules.errors import UserError
+from occlum_rules.http_connection import HTTPConnection, HTTPSConnection
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0

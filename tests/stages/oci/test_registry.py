@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from occlum_rules.core.credentials import REGISTRY_ENV, credentials_from_env
+from occlum_rules.credentials import REGISTRY_ENV, credentials_from_env
 from occlum_rules.errors import UserError
 from occlum_rules.stages.oci import media
 from occlum_rules.stages.oci.pull import pull_layout
