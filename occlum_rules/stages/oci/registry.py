@@ -35,6 +35,8 @@ _HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:]+\](?::[0-9]+)?")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
                          r"[a-z0-9]+)*)*")
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError,
+                            BrokenPipeError, ConnectionAbortedError)
 
 
 @dataclass(frozen=True)
@@ -157,38 +159,55 @@ class Registry:
         if body is not None or method in ("PUT", "POST", "PATCH"):
             sent["Content-Length"] = str(length if length is not None else
                                          len(body) if isinstance(body, bytes) else 0)
-        conn = self._connection(host)
-        try:
-            conn.request(method, path or "/", body=body, headers=sent)
-            resp = conn.getresponse()
-            status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
-            if stream_to is not None and status == 200:
-                while block := resp.read(_BLOCK):
-                    stream_to.write(block)
-                data = b""
-            else:
-                data = resp.read(limit + 1)
-                if len(data) > limit:
+        # a keep-alive connection the registry closed while idle fails before any answer:
+        # that one is retried once on a new connection (rewinding a file body)
+        reused = self._conn is not None and self._conn_host == host
+        start = body.tell() if body is not None and not isinstance(body, bytes) else None
+        while True:
+            conn = self._connection(host)
+            answered = False
+            try:
+                conn.request(method, path or "/", body=body, headers=sent)
+                resp = conn.getresponse()
+                answered = True
+                status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
+                if stream_to is not None and status == 200:
+                    while block := resp.read(_BLOCK):
+                        stream_to.write(block)
+                    data = b""
+                else:
+                    data = resp.read(limit + 1)
+                    if len(data) > limit:
+                        self.close()
+                        raise self.fail(f"{what}: the answer is implausibly large (over "
+                                        f"{limit} bytes)")
+                if resp.will_close:
                     self.close()
-                    raise self.fail(f"{what}: the answer is implausibly large (over {limit} "
-                                    "bytes)")
-            if resp.will_close:
+                break
+            except _STALE_CONNECTION_ERRORS as exc:
                 self.close()
-        except TimeoutError:
-            self.close()
-            raise self.fail(f"{what}: no answer within {self.read_timeout:g} s (timed out)"
-                            ) from None
-        except ConnectionRefusedError:
-            self.close()
-            raise self.fail(f"{what}: connection refused ({self.scheme}://{host})") from None
-        except ssl.SSLError as exc:
-            self.close()
-            hint = "; for a plain-http registry pass --insecure" if not self.insecure else ""
-            raise self.fail(f"{what}: TLS failed ({exc.reason or exc}){hint}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise self.fail(f"{what}: {type(exc).__name__}: {exc or 'connection closed'}"
-                            ) from None
+                if reused and not answered:
+                    reused = False
+                    if start is not None:
+                        body.seek(start)  # type: ignore[union-attr]
+                    continue
+                raise self.fail(f"{what}: {type(exc).__name__}: {exc or 'connection closed'}"
+                                ) from None
+            except TimeoutError:
+                self.close()
+                raise self.fail(f"{what}: no answer within {self.read_timeout:g} s (timed out)"
+                                ) from None
+            except ConnectionRefusedError:
+                self.close()
+                raise self.fail(f"{what}: connection refused ({self.scheme}://{host})") from None
+            except ssl.SSLError as exc:
+                self.close()
+                hint = "; for a plain-http registry pass --insecure" if not self.insecure else ""
+                raise self.fail(f"{what}: TLS failed ({exc.reason or exc}){hint}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise self.fail(f"{what}: {type(exc).__name__}: {exc or 'connection closed'}"
+                                ) from None
         return Response(status, resp_headers, data)
 
     def check(self, resp: Response, what: str, ok: Iterable[int]) -> Response:

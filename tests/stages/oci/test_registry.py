@@ -67,6 +67,10 @@ def test_push_chunked_then_repush_uploads_nothing_and_pull_gives_the_same_bytes(
                  chunk_size=64 * 1024)
     assert first.reference == f"{registry.host}/team/app@{digest}"
     assert (first.uploaded, first.skipped) == (len(image.blobs), 0)
+    chunk = 64 * 1024
+    patches = sum(-(-size // chunk) for _, size, _ in image.blobs if size > chunk)
+    assert patches >= 4   # the noise layer really went in chunks
+    assert registry.log.read_text().count('"PATCH /v2/team/app/blobs/uploads/') == patches
     inspect = json.loads(subprocess.run(
         [SKOPEO, "inspect", "--tls-verify=false", f"docker://{registry.host}/team/app:v1"],
         check=True, capture_output=True, text=True).stdout)
@@ -289,3 +293,38 @@ def test_pull_resolves_an_image_index_to_the_platform(registry, layout, tmp_path
     with pytest.raises(UserError, match="the image index has no linux/arm64 manifest"):
         pull_layout(Registry(registry.host, "team/multi", insecure=True), index_digest,
                     "linux/arm64", tmp_path / "arm")
+
+
+class _DroppingHandler(_Handler):
+    """HTTP/1.1 without ``Connection: close``, yet it hangs up after every answer: what a
+    registry (or its proxy) does to an idle keep-alive connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self):
+        super()._answer()
+        self.close_connection = True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _answer
+
+
+def test_a_keep_alive_connection_closed_by_the_registry_is_reopened(layout, tmp_path):
+    path, digest = layout
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingHandler)
+    server.daemon_threads = True
+
+    def route(h):
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        blob = path / "blobs/sha256" / h.path.rsplit("sha256:", 1)[-1]
+        return (200, {}, blob.read_bytes()) if blob.is_file() else (404, {}, b"")
+
+    server.answer = route  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pull_layout(Registry(f"127.0.0.1:{server.server_address[1]}", "app", insecure=True),
+                    digest, PLATFORM, tmp_path / "pulled")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _blob_names(tmp_path / "pulled") == _blob_names(path)
