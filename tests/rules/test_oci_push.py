@@ -24,7 +24,6 @@ from tests.support.registry import (
 )
 from tests.support.workspace import outcomes, run_cli, run_doit
 
-pytestmark = needs_registry
 IMAGE = "out/bin/app/oci"
 
 PUSH_BUILD = """
@@ -58,6 +57,7 @@ def registry(tmp_path_factory):
         yield running
 
 
+@needs_registry
 @needs_skopeo
 def test_push_inspect_repush_and_pull_back(registry, tmp_path):
     host = registry.host
@@ -116,6 +116,7 @@ def test_push_inspect_repush_and_pull_back(registry, tmp_path):
     assert outcomes(clone)["//app:pulled:pull"] == "cache_hit_local"   # pulled nothing
 
 
+@needs_registry
 def test_htpasswd_auth_from_the_environment_only(tmp_path):
     password = "pw-" + "Zq7" * 6
     with run_registry(tmp_path / "reg", users={"ci": password}) as registry:
@@ -154,3 +155,35 @@ def test_htpasswd_auth_from_the_environment_only(tmp_path):
             leaked = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
                       and secret in p.read_bytes()]
             assert leaked == []
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["//app:oci", "127.0.0.1:1/app"], "//app:oci is not built yet: run `doit //app:oci` first"),
+    (["//app:instance", "127.0.0.1:1/app"], "//app:instance is not an occlum_oci_image target"),
+    (["//app:nope", "127.0.0.1:1/app"], "no target '//app:nope' (see `doit list`)"),
+])
+def test_push_cli_errors_before_any_network(tmp_path, args, expect):
+    ws = _hello_workspace(tmp_path / "ws")
+    result = run_cli("push", *args, cwd=ws)
+    assert result.returncode == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.strip().splitlines() == [f"error: {expect}"]
+    assert not (ws / "out").exists() or not list((ws / "out").rglob("image.pushed"))
+
+
+@pytest.mark.parametrize("extra, expect", [
+    ('oci_pull(name = "p", image = "debian", digest = "sha256:' + "0" * 64 + '")',
+     "image: 'debian' must be REGISTRY/REPOSITORY"),
+    ('oci_pull(name = "p", image = "r.io/debian", digest = "latest")',
+     "digest: 'latest' is not a pinned digest"),
+    ('occlum_oci_push(name = "p", image = ":instance", repository = "r.io/app")',
+     "image: //app:instance is not an occlum_oci_image target"),
+    ('occlum_oci_push(name = "p", image = ":oci", repository = "r.io/app:v1")',
+     "repository: 'r.io/app:v1' must be REGISTRY/REPOSITORY without a tag"),
+    ('occlum_oci_push(name = "p", image = ":oci", repository = "r.io/app", tags = ["a b"])',
+     "tags: 'a b' is not a valid image tag"),
+])
+def test_push_and_pull_attributes_are_checked_at_analysis(tmp_path, extra, expect):
+    ws = _hello_workspace(tmp_path / "ws", "\n" + extra + "\n")
+    result = run_doit(ws, "list", cache=tmp_path / "cache")
+    assert result.returncode == 1 and "Traceback" not in result.output, result.output
+    assert "app/BUILD.py:" in result.output and expect in result.output, result.output
