@@ -168,7 +168,9 @@ def image(ctx: StageContext) -> None:
         "layers": [{"digest": x.digest, "diff_id": x.diff_id, "size": x.size,
                     "created_by": x.created_by} for x in all_layers],
         "runtime_check": {"pal": pal.image_path, "pal_kind": p["pal_desc"], "libraries": found,
-                          "program": program}})
+                          "program": program},
+        # where a pulled base came from: a push to that registry mounts its layers
+        **({"base_source": base_doc["source"]} if base_doc and base_doc.get("source") else {})})
     ctx.log(f"image {digest} ({len(all_layers)} layers; {len(base_layers)} from the base)")
 
 
@@ -196,7 +198,7 @@ def pull(ctx: StageContext) -> None:
         raise UserError(f"{ctx.label}: {exc}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    _write_json(descriptor, found)
+    _write_json(descriptor, {**found, "source": p["image"]})
     ctx.log(f"pulled {p['image']}@{p['digest'][:19]}…: {len(found['layers'])} layers verified")
 
 

@@ -109,6 +109,17 @@ def test_push_inspect_repush_and_pull_back(registry, tmp_path):
     assert [x["digest"] for x in rebased["layers"][:len(manifest["layers"])]] == \
         [x["digest"] for x in manifest["layers"]]
 
+    # the pulled base is known to come from hello/app: pushing the rebased image to another
+    # repository of that registry mounts what hello/app holds instead of uploading it
+    rebased_push = run_cli("push", "//app:on_pulled", f"{host}/hello/rebased", "--insecure",
+                           cwd=ws)
+    assert rebased_push.returncode == 0, rebased_push.output
+    held = {x["digest"] for x in manifest["layers"]}
+    unique = {x["digest"] for x in rebased["layers"]} | {rebased["config"]}
+    mounted = int(re.search(r"(\d+) mounted", rebased_push.stdout).group(1))
+    assert mounted == len(unique & held) > 0
+    assert _blob_counts(rebased_push.stdout) == (len(unique - held), 0)
+
     clone = tmp_path / "clone"
     shutil.copytree(ws, clone, ignore=shutil.ignore_patterns("out", ".occlum-rules*"))
     warm = run_doit(clone, "//app:pulled", cache=cache)

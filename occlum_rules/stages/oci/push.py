@@ -21,6 +21,7 @@ from occlum_rules.errors import UserError
 from occlum_rules.stages.oci import media
 from occlum_rules.stages.oci.registry import (
     TAG,
+    Reference,
     Registry,
     parse_reference,
     upload_location,
@@ -175,6 +176,19 @@ def record(pushed_file: Path, result: PushResult) -> None:
     write_atomic(pushed_file, f"{result.reference}\n".encode(), mode=0o644)
 
 
+def known_mount_sources(summary_file: Path, ref: Reference) -> list[str]:
+    """The repository an ``oci_pull`` base came from (recorded in ``image.json``) when it is
+    on the registry pushed to: its layers are mounted there instead of uploaded."""
+    try:
+        source = json.loads(summary_file.read_text()).get("base_source")
+        base = parse_reference(source, allow_tag=False) if isinstance(source, str) else None
+    except (OSError, ValueError, UserError):
+        return []
+    if base is None or base.registry != ref.registry or base.repository == ref.repository:
+        return []
+    return [base.repository]
+
+
 def push_built_image(layout: Path, digest_file: Path, reference: str, extra_tags: list[str],
                      *, insecure: bool = False, mount_from: list[str] | None = None,
                      default_tag: str | None = None, chunk_size: int = DEFAULT_CHUNK,
@@ -192,9 +206,10 @@ def push_built_image(layout: Path, digest_file: Path, reference: str, extra_tags
     if not digest_file.is_file():
         raise UserError(f"{digest_file}: missing; build the image first")
     image = read_layout(layout, digest_file.read_text().strip())
+    sources = [*(mount_from or ()), *known_mount_sources(digest_file.parent / "image.json", ref)]
     reg = Registry(ref.registry, ref.repository, insecure=insecure,
                    credentials=credentials_from_env(environ, REGISTRY_ENV),
-                   mount_from=tuple(mount_from or ()))
+                   mount_from=tuple(dict.fromkeys(sources)))
     result = push(reg, image, tags, chunk_size)
     pushed = digest_file.parent / "image.pushed"
     record(pushed, result)
