@@ -182,13 +182,15 @@ def pull(ctx: StageContext) -> None:
     from occlum_rules.credentials import REGISTRY_ENV, credentials_from_env
     from occlum_rules.stages.oci.base import import_base
     from occlum_rules.stages.oci.pull import pull_layout
-    from occlum_rules.stages.oci.registry import Registry, parse_reference
+    from occlum_rules.stages.oci.registry import Registry, parse_reference, timeouts_from_env
 
     p = ctx.params
     descriptor, blobs = ctx.outputs
     ref = parse_reference(p["image"], allow_tag=False)
+    connect, read = timeouts_from_env()
     reg = Registry(ref.registry, ref.repository, insecure=p["insecure"],
-                   credentials=credentials_from_env(names=REGISTRY_ENV))
+                   credentials=credentials_from_env(names=REGISTRY_ENV),
+                   connect_timeout=connect, read_timeout=read)
     scratch = blobs / ".pulled.oci"
     try:
         pull_layout(reg, p["digest"], p["platform"], scratch)

@@ -24,6 +24,7 @@ from occlum_rules.stages.oci.registry import (
     Reference,
     Registry,
     parse_reference,
+    timeouts_from_env,
     upload_location,
     with_query,
 )
@@ -207,9 +208,11 @@ def push_built_image(layout: Path, digest_file: Path, reference: str, extra_tags
         raise UserError(f"{digest_file}: missing; build the image first")
     image = read_layout(layout, digest_file.read_text().strip())
     sources = [*(mount_from or ()), *known_mount_sources(digest_file.parent / "image.json", ref)]
+    connect, read = timeouts_from_env(environ)
     reg = Registry(ref.registry, ref.repository, insecure=insecure,
                    credentials=credentials_from_env(environ, REGISTRY_ENV),
-                   mount_from=tuple(dict.fromkeys(sources)))
+                   mount_from=tuple(dict.fromkeys(sources)), connect_timeout=connect,
+                   read_timeout=read)
     result = push(reg, image, tags, chunk_size)
     pushed = digest_file.parent / "image.pushed"
     record(pushed, result)

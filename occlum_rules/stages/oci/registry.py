@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import ssl
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ from occlum_rules.http_connection import HTTPConnection, HTTPSConnection
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
+ENV_TIMEOUT = "OCCLUM_RULES_REGISTRY_TIMEOUT"
 MAX_DOCUMENT = 16 << 20          # manifests, indexes, tokens: JSON, never this large
 _BLOCK = 1 << 20
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9A-Fa-f:]+\](?::[0-9]+)?")
@@ -37,6 +39,21 @@ _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError,
                             BrokenPipeError, ConnectionAbortedError)
+
+
+def timeouts_from_env(environ: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """(connect, read) timeouts for a ``Registry``: the defaults, or both set
+    from OCCLUM_RULES_REGISTRY_TIMEOUT (seconds) for a slow link or an impatient CI job."""
+    text = (os.environ if environ is None else environ).get(ENV_TIMEOUT, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise UserError(f"{ENV_TIMEOUT}={text!r}: expected seconds, more than 0 and at most 3600")
+    return seconds, seconds
 
 
 @dataclass(frozen=True)

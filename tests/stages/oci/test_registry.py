@@ -20,8 +20,14 @@ from occlum_rules.credentials import REGISTRY_ENV, credentials_from_env
 from occlum_rules.errors import UserError
 from occlum_rules.stages.oci import media
 from occlum_rules.stages.oci.pull import pull_layout
-from occlum_rules.stages.oci.push import push, read_layout
-from occlum_rules.stages.oci.registry import Registry, parse_reference
+from occlum_rules.stages.oci.push import push, push_built_image, read_layout
+from occlum_rules.stages.oci.registry import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    Registry,
+    parse_reference,
+    timeouts_from_env,
+)
 from tests.support.oci_layout import layer_tar, make_layout
 from tests.support.registry import (
     REGISTRY,
@@ -328,3 +334,22 @@ def test_a_keep_alive_connection_closed_by_the_registry_is_reopened(layout, tmp_
         server.shutdown()
         server.server_close()
     assert _blob_names(tmp_path / "pulled") == _blob_names(path)
+
+
+def test_the_timeout_comes_from_the_environment(fake, layout, tmp_path):
+    path, digest = layout
+    (tmp_path / "image.digest").write_text(digest + "\n")
+    fake.answer = lambda h: "slow"   # accepts the connection, never answers in time
+    host = f"127.0.0.1:{fake.server_address[1]}"
+    started = time.monotonic()
+    with pytest.raises(UserError) as exc:
+        push_built_image(path, tmp_path / "image.digest", f"{host}/app:v1", [], insecure=True,
+                         environ={"OCCLUM_RULES_REGISTRY_TIMEOUT": "0.4"})
+    assert time.monotonic() - started < 2.5
+    assert str(exc.value) == (f"registry {host}, repository app: ping /v2/: no answer within "
+                              "0.4 s (timed out)")
+    assert not (tmp_path / "image.pushed").exists()
+    assert timeouts_from_env({}) == (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT)
+    for bad in ("soon", "0", "-3"):
+        with pytest.raises(UserError, match="OCCLUM_RULES_REGISTRY_TIMEOUT"):
+            timeouts_from_env({"OCCLUM_RULES_REGISTRY_TIMEOUT": bad})
