@@ -123,6 +123,7 @@ class Registry:
     _auth: str | None = field(default=None, repr=False)
     _conn: http.client.HTTPConnection | None = field(default=None, repr=False)
     _conn_host: str = field(default="", repr=False)
+    _challenge: tuple[dict[str, str], str] | None = field(default=None, repr=False)
 
     @property
     def scheme(self) -> str:
@@ -160,6 +161,25 @@ class Registry:
                 body: bytes | IO[bytes] | None = None, length: int | None = None,
                 stream_to: Writer | None = None, auth: bool = True,
                 limit: int = MAX_DOCUMENT) -> Response:
+        """One exchange (see ``_exchange``); a 401 after a Bearer login means the token
+        expired during a long push (registries give minutes): one new token, one retry."""
+        start = body.tell() if body is not None and not isinstance(body, bytes) else None
+        resp = self._exchange(method, target, what, headers=headers, body=body, length=length,
+                              stream_to=stream_to, auth=auth, limit=limit)
+        if resp.status != 401 or not auth or self._challenge is None:
+            return resp
+        params, actions = self._challenge
+        self._auth = "Bearer " + self._token(params, actions)
+        self._challenge = (params, actions)
+        if start is not None:
+            body.seek(start)  # type: ignore[union-attr]
+        return self._exchange(method, target, what, headers=headers, body=body, length=length,
+                              stream_to=stream_to, auth=auth, limit=limit)
+
+    def _exchange(self, method: str, target: str, what: str, *,
+                  headers: Mapping[str, str] | None, body: bytes | IO[bytes] | None,
+                  length: int | None, stream_to: Writer | None, auth: bool,
+                  limit: int) -> Response:
         """One exchange. ``target`` is a path on this registry or an absolute URL (a
         ``Location`` header). The answer's body is read (up to ``limit``) or, when
         ``stream_to`` is given and the status is 200, copied there in blocks."""
@@ -235,7 +255,7 @@ class Registry:
                      "OCCLUM_RULES_REGISTRY_PASSWORD, or OCCLUM_RULES_REGISTRY_TOKEN)",
                 403: " (forbidden: these credentials may not do this)",
                 404: " (not found)"}.get(resp.status, "")
-        if resp.status == 401 and self._auth is not None:
+        if resp.status == 401 and self.credentials is not None:
             hint = " (unauthorized: the registry refused the credentials from the environment)"
         detail = _error_detail(resp.body)
         raise self.fail(f"{what}: HTTP {resp.status}{hint}{detail}")
@@ -246,8 +266,8 @@ class Registry:
         """Ping ``/v2/`` and authenticate for ``actions`` ("pull" or "pull,push") on the
         repository (and "pull" on the mount sources) the way the registry asks."""
         resp = self.request("GET", "/v2/", "ping /v2/", auth=False)
-        if resp.status == 200:
-            if self.credentials is not None and self.credentials.scheme == "bearer":
+        if resp.status == 200:  # open /v2/; repositories may still want the credentials
+            if self.credentials is not None:
                 self._auth = self.credentials.authorization_header()
             return
         if resp.status != 401:
@@ -267,6 +287,7 @@ class Registry:
             self._auth = self.credentials.authorization_header()  # a ready registry token
             return
         self._auth = "Bearer " + self._token(params, actions)
+        self._challenge = (params, actions)
 
     def _token(self, params: Mapping[str, str], actions: str) -> str:
         realm = params.get("realm", "")

@@ -353,3 +353,32 @@ def test_the_timeout_comes_from_the_environment(fake, layout, tmp_path):
     for bad in ("soon", "0", "-3"):
         with pytest.raises(UserError, match="OCCLUM_RULES_REGISTRY_TIMEOUT"):
             timeouts_from_env({"OCCLUM_RULES_REGISTRY_TIMEOUT": bad})
+
+
+def test_an_expired_bearer_token_is_renewed_once(fake, layout, tmp_path):
+    """Registries hand out tokens for minutes; a long push outlives one. The server here
+    lets each token serve three requests, then answers 401 until a new one is fetched."""
+    path, digest = layout
+    host = f"127.0.0.1:{fake.server_address[1]}"
+    state = {"issued": 0, "uses": 0}
+
+    def route(h):
+        if h.path.startswith("/token?"):
+            state["issued"] += 1
+            state["uses"] = 0
+            return 200, {}, json.dumps({"token": f"tok-{state['issued']}"}).encode()
+        valid = h.headers.get("Authorization") == f"Bearer tok-{state['issued']}" \
+            and state["uses"] < 3
+        if not valid:
+            challenge = f'Bearer realm="http://{host}/token",service="fake"'
+            return 401, {"WWW-Authenticate": challenge}, b""
+        state["uses"] += 1
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        blob = path / "blobs/sha256" / h.path.rsplit("sha256:", 1)[-1]
+        return (200, {}, blob.read_bytes()) if blob.is_file() else (404, {}, b"")
+
+    fake.answer = route
+    pull_layout(Registry(host, "team/app", insecure=True), digest, PLATFORM, tmp_path / "pulled")
+    assert _blob_names(tmp_path / "pulled") == _blob_names(path)
+    assert state["issued"] == 2   # manifest + config + 2 layers: four requests, two tokens
