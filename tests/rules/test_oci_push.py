@@ -198,3 +198,17 @@ def test_push_and_pull_attributes_are_checked_at_analysis(tmp_path, extra, expec
     result = run_doit(ws, "list", cache=tmp_path / "cache")
     assert result.returncode == 1 and "Traceback" not in result.output, result.output
     assert "app/BUILD.py:" in result.output and expect in result.output, result.output
+
+
+@needs_registry
+def test_pulling_a_digest_the_registry_does_not_have_is_one_error(registry, tmp_path):
+    missing = "sha256:" + "ab" * 32
+    ws = _hello_workspace(tmp_path / "ws", PULL_BUILD.format(host=registry.host,
+                                                             digest=missing))
+    result = run_doit(ws, "//app:pulled", cache=tmp_path / "cache")
+    assert result.returncode == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: //app:pulled: registry {registry.host}, repository hello/app: "
+                      f"get manifest {missing}: HTTP 404 (not found): MANIFEST_UNKNOWN: manifest "
+                      "unknown"], result.output
+    assert not (ws / "out/bin/app/pulled/base.json").exists()
