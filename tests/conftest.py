@@ -22,3 +22,14 @@ def vectors_path(*parts: str) -> Path:
 @pytest.fixture
 def vectors_dir() -> Path:
     return vectors_path()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A real registry (Debian's docker-registry) on 127.0.0.1, one per test module."""
+    from tests.support.registry import REGISTRY, needs_registry, run_registry
+
+    if REGISTRY is None:
+        pytest.skip(needs_registry.kwargs["reason"])
+    with run_registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running

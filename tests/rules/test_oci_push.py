@@ -16,7 +16,6 @@ import pytest
 
 from tests.rules.test_oci import _hello_workspace
 from tests.support.registry import (
-    REGISTRY,
     SKOPEO,
     needs_registry,
     needs_skopeo,
@@ -47,14 +46,6 @@ def _blob_counts(output: str) -> tuple[int, int]:
     m = re.search(r"(\d+) blobs uploaded \(\d+ bytes\), (\d+) already present", output)
     assert m, output
     return int(m.group(1)), int(m.group(2))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    if REGISTRY is None:
-        pytest.skip(needs_registry.kwargs["reason"])
-    with run_registry(tmp_path_factory.mktemp("registry")) as running:
-        yield running
 
 
 @needs_registry

@@ -30,7 +30,6 @@ from occlum_rules.stages.oci.registry import (
 )
 from tests.support.oci_layout import layer_tar, make_layout
 from tests.support.registry import (
-    REGISTRY,
     SKOPEO,
     free_port,
     needs_registry,
@@ -39,14 +38,6 @@ from tests.support.registry import (
 )
 
 PLATFORM = "linux/amd64"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    if REGISTRY is None:
-        pytest.skip(needs_registry.kwargs["reason"])
-    with run_registry(tmp_path_factory.mktemp("registry")) as running:
-        yield running
 
 
 @pytest.fixture
