@@ -323,6 +323,7 @@ def instance_impl(ctx: RuleContext) -> dict[str, Any]:
         "instance": {"dir": inst, "sgx_mode": mode, "signed": signed, "measurements": measurements,
                      "occlum_json": occlum_json, "image": image, "image_manifest": image_manifest,
                      "libos_desc": rt.desc, "version": rt.version, "real": rt.real,
+                     "init_ra": attr["init_ra"],
                      "all_outputs": [occlum_json, initfs, image_config, mount_root, mount_mac,
                                      initfs_root, initfs_mac, enclave_xml, sys_json, protected,
                                      patched, signed, measurements, *outs]},

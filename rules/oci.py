@@ -307,7 +307,8 @@ def image_impl(ctx: RuleContext) -> dict[str, Any]:
         description=f"OCI image {repository}:{tag} (runtime check, layout, docker-archive)")
     return {"files": [layout, archive, digest, summary],
             "oci_image": {"layout": layout, "archive": archive, "digest": digest,
-                          "summary": summary, "tag": tag, "repository": repository}}
+                          "summary": summary, "tag": tag, "repository": repository,
+                          "instance": instance}}
 
 
 occlum_oci_image = Rule(
