@@ -62,3 +62,16 @@ occlum_oci_image(
     exposed_ports = ["8080/tcp"],
     labels = {"org.opencontainers.image.title": "seed_service"},
 )
+
+# The Kubernetes manifest: a Deployment pulling the image by digest from where
+# `doit push` puts it, asking the SGX device plugin for the enclave's EPC (from the signed
+# enclave's size), /dev/sgx_enclave, and SGX_MODE from the instance; a Service for 8080.
+occlum_k8s_manifest(
+    name = "k8s",
+    image = ":image_oci",
+    repository = "registry.example.com/occlum/seed_service",
+    app = "seed-service",
+    ports = ["8080"],
+    env = {"RUST_LOG": "info"},
+    requests = {"cpu": "500m", "memory": "512Mi"},
+)
