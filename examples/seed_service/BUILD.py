@@ -62,3 +62,15 @@ occlum_oci_image(
     exposed_ports = ["8080/tcp"],
     labels = {"org.opencontainers.image.title": "seed_service"},
 )
+
+# Provenance (in-toto Statement + SLSA v1) of the release and of the image; signed as DSSE
+# envelopes when WORKSPACE.yaml names provenance.signing_key. See README "Provenance".
+occlum_provenance(
+    name = "package_provenance",
+    subject = ":package",
+)
+
+occlum_provenance(
+    name = "image_provenance",
+    subject = ":image_oci",
+)
