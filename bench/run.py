@@ -5,7 +5,8 @@
     python bench/run.py --only 3,7 # a subset; --profile adds a cProfile to missed doit goals
 
 Scenarios (see bench/README.md): 1 full build, 2 incremental, 3 null build, 4 SEFS pack
-throughput, 5 fresh clone + warm store, 6 signing, 7 doit -n 2 scaling, 8 packaging.
+throughput, 5 fresh clone + warm store, 6 signing, 7 doit -n 2 scaling, 8 packaging,
+9 OCI image (full vs one file changed).
 Benchmarks print; they never assert timings.
 """
 
@@ -35,6 +36,7 @@ MODULES: list[tuple[str, str, str]] = [
     ("6", "sign", "6 sign"),
     ("7", "parallel", ""),
     ("8", "package", "8 package"),
+    ("9", "oci_image", ""),
 ]
 
 

@@ -13,7 +13,7 @@ def all_rules() -> dict[str, Rule]:
     for module in (cc,):
         for rule in module.RULES:
             rules[rule.name] = rule
-    for optional in ("cargo", "go", "bom", "instance", "package", "oci", "k8s"):
+    for optional in ("cargo", "go", "bom", "instance", "package", "oci", "provenance", "k8s"):
         try:
             module = __import__(f"occlum_rules.rules.{optional}", fromlist=["RULES"])
         except ModuleNotFoundError as exc:

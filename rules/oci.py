@@ -232,6 +232,7 @@ def _instance_layers(ctx: RuleContext, instance: dict[str, Any], container_dir: 
                     "created_by": f"occlum_oci_image {ctx.label}: instance {group} layer"},
             # a built-in image key (initfs/etc/image_key) is a secret: not for shared caches
             cacheable=not (holds_key and group == "runtime"),
+            in_place=True,  # the stage copies unchanged segments of its previous blob
             description=f"instance {group} layer at {container_dir}")
         out.append((blob, descriptor))
     return out

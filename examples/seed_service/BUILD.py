@@ -63,6 +63,18 @@ occlum_oci_image(
     labels = {"org.opencontainers.image.title": "seed_service"},
 )
 
+# Provenance (in-toto Statement + SLSA v1) of the release and of the image; signed as DSSE
+# envelopes when WORKSPACE.yaml names provenance.signing_key. See README "Provenance".
+occlum_provenance(
+    name = "package_provenance",
+    subject = ":package",
+)
+
+occlum_provenance(
+    name = "image_provenance",
+    subject = ":image_oci",
+)
+
 # The Kubernetes manifest: a Deployment pulling the image by digest from where
 # `doit push` puts it, asking the SGX device plugin for the enclave's EPC (from the signed
 # enclave's size), /dev/sgx_enclave, and SGX_MODE from the instance; a Service for 8080.

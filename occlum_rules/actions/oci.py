@@ -17,12 +17,13 @@ def _write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n", mode=0o644)
 
 
-def _finish_layer(ctx: StageContext, members: list) -> None:
+def _finish_layer(ctx: StageContext, members: list, *, reuse: bool = False) -> None:
     from occlum_rules.stages.oci.layer import write_layer
 
     blob, descriptor = ctx.outputs
     layer = write_layer(members, blob, mtime=ctx.source_date_epoch,
-                        level=ctx.params["level"], digest_of=ctx.digests.digest)
+                        level=ctx.params["level"], digest_of=ctx.digests.digest,
+                        state_path=ctx.state_dir / "segments.state" if reuse else None)
     ctx.digests.remember(blob, layer.digest.split(":")[1])
     _write_json(descriptor, {**layer.to_json(), "created_by": ctx.params["created_by"]})
     ctx.log(f"layer {layer.digest[:19]}… ({layer.size} bytes, {len(members)} entries)")
@@ -47,8 +48,10 @@ def instance_layer(ctx: StageContext) -> None:
     from occlum_rules.stages.oci.instance_layers import group_members
 
     p = ctx.params
+    # in place: the image SEFS changes a few of its files per edit, so most segments of
+    # the previous blob are copied instead of deflated again
     _finish_layer(ctx, group_members(ctx.root / p["instance_dir"], p["patterns"],
-                                     p["container_dir"]))
+                                     p["container_dir"]), reuse=True)
 
 
 def base(ctx: StageContext) -> None:

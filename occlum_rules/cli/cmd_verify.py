@@ -12,6 +12,11 @@ Three forms:
     SOURCE_DATE_EPOCH, then compare the bytes with the given package (or with the
     workspace's own built package for a label) and name the first differing member.
     The signing key must be reachable from the copy (in the workspace, or an absolute path).
+  * ``verify PACKAGE.tar.gz --provenance P [--provenance-key PUB.pem]`` and
+    ``verify IMAGE.oci --provenance P [--provenance-key PUB.pem]``: first the provenance
+    statement (``P`` is the ``.provenance.json`` or the signed ``.dsse.json``; with a key the
+    DSSE signature must verify): every subject's sha256 against the package and its manifest,
+    or against the image manifest of the OCI layout; then the package as above.
   * ``verify INSTANCE_DIR``: check an instance's SEFS images against their .ROOT_MAC files,
     that the LibOS's .builtin_config holds the protected config's MAC, and that the signed
     enclave's identity matches build/measurements.json.
@@ -27,7 +32,12 @@ import sys
 from pathlib import Path
 
 from occlum_rules.stages.verify_instance import InstanceCheck, verify_instance
-from occlum_rules.stages.verify_package import PackageCheck, verify_package
+from occlum_rules.stages.verify_package import PackageCheck, default_manifest, verify_package
+from occlum_rules.stages.verify_provenance import (
+    ProvenanceCheck,
+    verify_image_provenance,
+    verify_package_provenance,
+)
 
 MAX_SHOWN = 20  # problems listed for a failing package
 
@@ -75,6 +85,37 @@ def print_instance(check: InstanceCheck) -> int:
     return 0
 
 
+def print_provenance(check: ProvenanceCheck, what: Path) -> int:
+    if check.problems:
+        _err(f"FAILED: {check.problems[0]}")
+        for p in check.problems[1:MAX_SHOWN]:
+            _err(f"  {p}")
+        return 1
+    how = (f"DSSE signature verified (keyid {check.signed_by})" if check.signed_by else
+           "signature NOT checked (no --provenance-key)" if check.envelope else "unsigned statement")
+    print(f"OK: {what.name} matches its provenance ({len(check.statement['subject'])} subjects; "
+          f"{how})")
+    print(f"provenance MRENCLAVE: {check.mrenclave}")
+    return 0
+
+
+def provenance(args: argparse.Namespace, path: Path) -> int:
+    if args.provenance_key and not args.provenance:
+        _err("--provenance-key needs --provenance (the .dsse.json to check)")
+        return 2
+    if path.is_dir():
+        if not (path / "oci-layout").is_file():
+            _err(f"{path}: --provenance checks a package or an OCI image layout (image.oci), "
+                 "not an instance directory")
+            return 2
+        return print_provenance(verify_image_provenance(args.provenance, path,
+                                                        args.provenance_key), path)
+    manifest = args.manifest or default_manifest(path)
+    code = print_provenance(verify_package_provenance(args.provenance, path, manifest,
+                                                      args.provenance_key), path)
+    return code or print_package(verify_package(path, args.manifest))
+
+
 def rebuild(target: str, package: Path | None, keep: bool, workspace: Path | None = None) -> int:
     from occlum_rules.core.rebuild import rebuild_package
 
@@ -105,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "directory)")
     parser.add_argument("--image-key", type=Path, metavar="KEY",
                         help="image key, to verify an encrypted instance image")
+    parser.add_argument("--provenance", type=Path, metavar="P",
+                        help="check PACKAGE.tar.gz or IMAGE.oci against this provenance "
+                             "statement (.provenance.json) or DSSE envelope (.dsse.json)")
+    parser.add_argument("--provenance-key", type=Path, metavar="PUB",
+                        help="PEM public key (Ed25519 or ECDSA P-256) the envelope must be "
+                             "signed with")
     return parser
 
 
@@ -116,6 +163,8 @@ def main(argv: list[str]) -> int:
             return rebuild(what, None, args.keep, args.workspace)
         return rebuild("", Path(what).resolve(), args.keep, args.workspace)
     path = Path(what)
+    if args.provenance or args.provenance_key:
+        return provenance(args, path)
     if path.is_dir():
         return print_instance(verify_instance(path, args.image_key))
     return print_package(verify_package(path, args.manifest))

@@ -355,6 +355,7 @@ class Graph:
                 raise UserError(f"rule {target.rule.name} returned no 'files' provider",
                                 where=target.location)
             target.providers = providers
+            target.actions = list(ctx._actions)
             for action in ctx._actions:
                 for out in action.outputs:
                     if out in seen_outputs:

@@ -194,6 +194,30 @@ class FileView:
             message = getattr(exc, "message", str(exc))
             raise UserError(f"signing key '{path}': {message}") from None
 
+    def provenance_key_id(self, path: str, enclave_keys: Collection[str]) -> str:
+        """The DSSE keyid (public) of the provenance signing key at ``path``; an error if it is
+        not an Ed25519 / ECDSA P-256 key or if it is one of ``enclave_keys`` (compared by
+        public key: the enclave signing key must never sign anything else)."""
+        from occlum_rules.stages.provenance import (
+            check_signing_key,
+            key_id,
+            load_any_private_key,
+            same_public_key,
+        )
+
+        what = "provenance signing key (WORKSPACE.yaml provenance.signing_key)"
+        key = load_any_private_key(self._full(path), what, path)
+        self.read_bytes(path)  # recorded: another key re-analyses
+        for other in enclave_keys:
+            try:
+                pem = self._full(other).read_bytes()
+            except OSError:
+                continue  # the signing action reports a missing enclave key
+            if same_public_key(pem, key):
+                raise UserError(f"provenance.signing_key '{path}' is the enclave signing key "
+                                f"('{other}'): use a separate Ed25519 or ECDSA P-256 key")
+        return key_id(check_signing_key(key, what, path).public_key())
+
     def image_key_fingerprint(self, path: str) -> str:
         """The public fingerprint of an image (SEFS) key file."""
         from occlum_rules.stages.securefs import key_fingerprint, load_image_key

@@ -91,6 +91,8 @@ class Target:
     resolved: dict[str, Any] = field(default_factory=dict)
     providers: dict[str, Any] | None = None
     reads: list[Read] = field(default_factory=list)  # what analysis read for its rule
+    actions: list[Action] = field(default_factory=list)  # what its rule declared (provenance
+    # walks these for the sources and toolchains behind a package or image)
 
 
 def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, Any]:

@@ -54,6 +54,11 @@ SCHEMA = Schema({
         "signatures_dir": Field(str, "where offline signatures are looked for (default: next to "
                                 "the BUILD file)"),
     }), "enclave signing"),
+    "provenance": Field(Schema({
+        "signing_key": Field(str, "PEM private key (Ed25519 or ECDSA P-256), relative to the "
+                         "root, that signs occlum_provenance statements as DSSE envelopes; "
+                         "never the enclave signing key"),
+    }), "build provenance (occlum_provenance)"),
     "cache": Field(Schema({
         "dir": Field(str, "local store (else $OCCLUM_RULES_CACHE, else the XDG cache dir)"),
         "remote": Field(str, "remote HTTP cache base URL (Bazel HTTP cache protocol)"),
@@ -78,6 +83,7 @@ class Workspace:
     cargo: dict[str, Any] = field(default_factory=dict)
     signing: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
 
@@ -157,6 +163,7 @@ def load_workspace(root: Path) -> Workspace:
     ws.cargo = dict(data.get("cargo") or {})
     ws.signing = dict(data.get("signing") or {})
     ws.cache = dict(data.get("cache") or {})
+    ws.provenance = dict(data.get("provenance") or {})
     ws.vars = dict(data.get("vars") or {})
     return ws
 

@@ -246,13 +246,11 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     was written are copied from it. ``digest_of(path)`` gives a file's sha256 without
     reading it where the caller knows it (the build's stat-keyed digest cache).
     ``top`` "" puts members at the archive root. ``raw_digest`` also hashes the
-    uncompressed tar (``raw_sha256``, an OCI layer's diff_id); it needs every segment in
-    hand, so it cannot be combined with ``state_path``.
+    uncompressed tar (``raw_sha256``, an OCI layer's diff_id); a copied segment is then
+    read and hashed again, but never deflated.
     """
     if "/" in top or top in (".", ".."):
         raise UserError(f"package name {top!r} must be a plain directory name")
-    if raw_digest and state_path is not None:
-        raise ValueError("raw_digest needs every segment deflated here: no state_path")
     out = Path(out)
     salt = f"{STATE_VERSION}|{top}|{mtime}|{level}|{zlib.ZLIB_RUNTIME_VERSION}|{SEGMENT}|{BIG}|{GROUP_SPREAD}"
     segments = plan_segments(members)
@@ -305,6 +303,8 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                     old.seek(hit[0])
                     packed = old.read(hit[1])
                     if len(packed) == hit[1]:
+                        if raw_sha is not None:
+                            raw_sha.update(_segment_bytes(seg, members, top, mtime, digests, shas))
                         pending.append((seg, (packed, hit[2], hit[3])))
                         result.reused += 1
                         drain(2 * workers)

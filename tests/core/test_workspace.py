@@ -74,5 +74,6 @@ def test_source_date_epoch_policies(tmp_path, monkeypatch):
 def test_schema_doc_lists_every_key():
     doc = schema_doc()
     for key in ("build_file", "output_dir", "cache.dir", "cache.remote", "signing.key",
-                "toolchains.cc", "occlum.home", "source_date_epoch", "sgx_mode"):
+                "toolchains.cc", "occlum.home", "source_date_epoch", "sgx_mode",
+                "provenance.signing_key"):
         assert f"`{key}`" in doc

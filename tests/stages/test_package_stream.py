@@ -64,7 +64,7 @@ def test_stream_is_the_tar_that_tarfile_writes(tmp_path):
 
 def test_rooted_members_and_raw_digest(tmp_path):
     """top "" writes members at the archive root (an OCI layer); raw_digest is the sha256 of
-    the uncompressed tar (its diff_id), which needs every segment deflated in this run."""
+    the uncompressed tar (its diff_id)."""
     inst = _instance(tmp_path)
     out = tmp_path / "layer.tar.gz"
     result = ps.write_package(select_members(inst, "HW"), "", out, mtime=SDE, raw_digest=True)
@@ -74,8 +74,24 @@ def test_rooted_members_and_raw_digest(tmp_path):
         names = tar.getnames()
     assert "Occlum.json" in names and not any(n.startswith(("/", "app/")) for n in names)
     assert _write(inst, tmp_path / "app.tar.gz").raw_sha256 is None  # not asked for
-    with pytest.raises(ValueError):
-        ps.write_package([], "", out, mtime=SDE, raw_digest=True, state_path=tmp_path / "s")
+
+
+def test_raw_digest_of_an_incremental_layer_is_the_full_ones(tmp_path):
+    """Copied segments are not deflated again, but they are still in the uncompressed
+    digest: an in-place layer's diff_id equals a layer written from nothing."""
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "layer.tar.gz", tmp_path / "state" / "layer"
+    ps.write_package(select_members(inst, "HW"), "", out, mtime=SDE, raw_digest=True,
+                     state_path=state)
+    (inst / "build" / "mount" / "__ROOT" / f"{7:032x}").write_bytes(b"changed")
+    again = ps.write_package(select_members(inst, "HW"), "", out, mtime=SDE, raw_digest=True,
+                             state_path=state)
+    full = ps.write_package(select_members(inst, "HW"), "", tmp_path / "full.tar.gz", mtime=SDE,
+                            raw_digest=True)
+    assert again.reused > 0 and again.deflated < full.deflated
+    assert out.read_bytes() == (tmp_path / "full.tar.gz").read_bytes()
+    assert again.raw_sha256 == full.raw_sha256 == hashlib.sha256(
+        gzip.decompress(out.read_bytes())).hexdigest()
 
 
 def test_workers_do_not_change_the_bytes(tmp_path):

@@ -102,10 +102,13 @@ def entries_of(members: Iterable[Member]) -> list[list]:
 
 
 def write_layer(members: list[Member], out: Path, *, mtime: int, level: int = 6,
-                digest_of: Callable[[str], str] | None = None) -> Layer:
-    """Write the layer blob to ``out`` (atomically) and describe it."""
+                digest_of: Callable[[str], str] | None = None,
+                state_path: Path | None = None) -> Layer:
+    """Write the layer blob to ``out`` (atomically) and describe it. With ``state_path``
+    (an in-place action's state), unchanged segments of the previous blob at ``out`` are
+    copied rather than deflated again: the bytes are the same either way."""
     result = write_package(members, "", out, mtime=mtime, level=level, digest_of=digest_of,
-                           raw_digest=True)
+                           raw_digest=True, state_path=state_path)
     assert result.raw_sha256 is not None
     return Layer(digest=f"sha256:{result.sha256}", diff_id=f"sha256:{result.raw_sha256}",
                  size=result.size, entries=entries_of(members))
