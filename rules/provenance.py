@@ -26,20 +26,12 @@ from occlum_rules.errors import UserError
 def _closure(root: Target) -> list[Target]:
     """The subject and every target it depends on, each once, in a stable order."""
     seen: dict[str, Target] = {}
-
-    def visit(value: Any) -> None:
-        if isinstance(value, Target):
-            if str(value.label) not in seen:
-                seen[str(value.label)] = value
-                visit(list(value.resolved.values()))
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-
-    visit(root)
+    todo = [root]
+    while todo:
+        target = todo.pop()
+        if str(target.label) not in seen:
+            seen[str(target.label)] = target
+            todo.extend(target.direct_deps())
     return [seen[k] for k in sorted(seen)]
 
 

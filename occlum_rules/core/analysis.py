@@ -305,21 +305,7 @@ class Graph:
             target.resolved = resolved
 
     def deps_of(self, target: Target) -> list[Target]:
-        found: list[Target] = []
-
-        def visit(value: Any) -> None:
-            if isinstance(value, Target):
-                found.append(value)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    visit(v)
-            elif isinstance(value, dict):
-                for v in value.values():
-                    visit(v)
-
-        for value in target.resolved.values():
-            visit(value)
-        return found
+        return target.direct_deps()
 
     def order(self) -> list[Target]:
         """Targets in dependency order; a cycle is an error naming the whole loop."""

@@ -94,6 +94,24 @@ class Target:
     actions: list[Action] = field(default_factory=list)  # what its rule declared (provenance
     # walks these for the sources and toolchains behind a package or image)
 
+    def direct_deps(self) -> list[Target]:
+        """The targets its resolved attributes name (labels in lists and dicts too), in
+        attribute order, repeats kept."""
+        found: list[Target] = []
+
+        def visit(value: Any) -> None:
+            if isinstance(value, Target):
+                found.append(value)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    visit(v)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    visit(v)
+
+        visit(list(self.resolved.values()))
+        return found
+
 
 def check_attrs(rule: Rule, kwargs: dict[str, Any], location: str) -> dict[str, Any]:
     from occlum_rules.core.yamlcheck import did_you_mean

@@ -14,7 +14,6 @@ remote attestation. Outside HW mode there is no SGX device to ask for, so no SGX
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ import jinja2.sandbox
 import yaml
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.template_errors import template_line
 
 MIB = 1 << 20
 EPC = "sgx.intel.com/epc"
@@ -180,14 +180,6 @@ def built_in(values: ManifestValues) -> str:
     return dump(docs)
 
 
-def _template_line(exc: BaseException, template_file: str) -> int | None:
-    """The template line an error came from (jinja2 rewrites tracebacks to point there)."""
-    line = getattr(exc, "lineno", None)
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == template_file:
-            line = frame.lineno
-    return line
-
 
 def render_template(source: str, where: str, values: ManifestValues) -> str:
     """Render a user's jinja2 template (sandboxed, StrictUndefined) with the values, and
@@ -207,7 +199,7 @@ def render_template(source: str, where: str, values: ManifestValues) -> str:
     except jinja2.TemplateSyntaxError as exc:
         raise UserError(f"template syntax error: {exc.message}", f"{where}:{exc.lineno}") from None
     except jinja2.TemplateError as exc:
-        line = _template_line(exc, where)
+        line = template_line(exc, where)
         kind = "undefined template variable" if isinstance(exc, jinja2.UndefinedError) else \
             "template error"
         raise UserError(f"{kind}: {exc.message or exc}",

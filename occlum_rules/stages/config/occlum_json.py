@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import json
-import traceback
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from occlum_rules.stages.config.json_source import JsonObject, parse_json_text, 
 from occlum_rules.stages.config.profiles import NEWEST, ConfigProfile
 from occlum_rules.stages.config.schema import read_config
 from occlum_rules.stages.config.sizes import ALLOWED_SIZE_TEXT, SizeError, format_size, parse_size
+from occlum_rules.stages.template_errors import template_line
 from occlum_rules.user_files import read_user_file
 
 STRUCTURED_KEYS = (
@@ -99,14 +99,6 @@ def load_user_json(path: str | Path, profile: ConfigProfile = NEWEST) -> dict[st
     return to_plain(tree)
 
 
-def _template_line(exc: BaseException, template_file: str) -> int | None:
-    """The template line an exception was raised from (jinja2 rewrites tracebacks)."""
-    line = getattr(exc, "lineno", None)
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == template_file:
-            line = frame.lineno
-    return line
-
 
 def render_template(template_path: str | Path, variables: dict[str, Any]) -> str:
     """Render an Occlum.json.j2 with StrictUndefined; errors name ``template:line``."""
@@ -128,11 +120,11 @@ def render_template(template_path: str | Path, variables: dict[str, Any]) -> str
             f"template syntax error: {exc.message}", f"{template_path}:{exc.lineno}"
         ) from None
     except jinja2.UndefinedError as exc:
-        line = _template_line(exc, template_file)
+        line = template_line(exc, template_file)
         where = f"{template_path}:{line}" if line else str(template_path)
         raise UserError(f"undefined template variable: {exc.message}", where) from None
     except jinja2.TemplateError as exc:
-        line = _template_line(exc, template_file)
+        line = template_line(exc, template_file)
         where = f"{template_path}:{line}" if line else str(template_path)
         raise UserError(f"template error: {exc}", where) from None
 
