@@ -80,6 +80,24 @@ def test_push_inspect_repush_and_pull_back(registry, tmp_path):
         check=True, capture_output=True, text=True).stdout)
     assert tagged["Digest"] == digest
 
+    # skopeo moves the same image both ways without changing a byte: from our layout into the
+    # registry, and what we pushed back out into an OCI layout
+    layout = ws / IMAGE / "image.oci"
+    subprocess.run([SKOPEO, "copy", "--preserve-digests", "--dest-tls-verify=false",
+                    f"oci:{layout}:latest", f"docker://{host}/hello/by-skopeo:v1"],
+                   check=True, capture_output=True, text=True)
+    by_skopeo = json.loads(subprocess.run(
+        [SKOPEO, "inspect", "--tls-verify=false", f"docker://{host}/hello/by-skopeo:v1"],
+        check=True, capture_output=True, text=True).stdout)
+    assert by_skopeo["Digest"] == digest
+    back = tmp_path / "back"
+    subprocess.run([SKOPEO, "copy", "--preserve-digests", "--src-tls-verify=false",
+                    f"docker://{host}/hello/app@{digest}", f"oci:{back}:back"],
+                   check=True, capture_output=True, text=True)
+    for blob in (back / "blobs/sha256").iterdir():
+        assert blob.read_bytes() == (layout / "blobs/sha256" / blob.name).read_bytes()
+    assert (back / "blobs/sha256" / digest[7:]).exists()
+
     (ws / "app/BUILD.py").write_text((ws / "app/BUILD.py").read_text()
                                      + PULL_BUILD.format(host=host, digest=digest))
     pulled = run_doit(ws, "//app:on_pulled", cache=cache)
