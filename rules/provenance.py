@@ -86,14 +86,19 @@ def provenance_impl(ctx: RuleContext) -> dict[str, Any]:
     else:
         raise ctx.error(f"subject: {subject.label} is not an occlum_package or occlum_oci_image "
                         "target")
-    measurements = _instance(ctx, subject)["measurements"]
+    instance = _instance(ctx, subject)
+    measurements = instance["measurements"]
+    # host files the BOM copied are found while the image is assembled, after analysis; the
+    # image manifest (path and sha256 of every image file) pins them
+    image_manifest = instance["image_manifest"]
     closure = _closure(subject)
     sources, toolchains, enclave_keys = _behind(closure)
     # the BUILD files that declared them (analysis read them; no action has them as inputs)
     sources = sorted({*sources, *(t.location.rsplit(":", 1)[0] for t in closure
                                   if ":" in t.location and not t.location.startswith("<"))})
-    inputs += [measurements, *sources]
-    params.update(measurements=measurements.path, sources=sources, toolchains=toolchains,
+    inputs += [measurements, image_manifest, *sources]
+    params.update(measurements=measurements.path, image_manifest=image_manifest.path,
+                  sources=sources, toolchains=toolchains,
                   workspace=ctx.workspace.name, targets=[str(subject.label), str(ctx.label)],
                   builder_version=__version__)
     statement = ctx.declare_file(f"{ctx.label.name}.provenance.json", action="statement")

@@ -39,6 +39,10 @@ def _dependencies(ctx: StageContext) -> list[dict[str, Any]]:
         full = ctx.root / path
         deps.append({"name": key_path(str(full)) if Path(path).is_absolute() else path,
                      "digest": {"sha256": ctx.digests.digest(full)}})
+    deps.append({"name": p["image_manifest"],
+                 "digest": {"sha256": ctx.digests.digest(ctx.root / p["image_manifest"])},
+                 "annotations": {"role": "image manifest: path and sha256 of every file of the "
+                                         "enclave image, host files included"}})
     for fingerprint in p["toolchains"]:
         deps.append({"name": "toolchain", "annotations": {"fingerprint": fingerprint},
                      "digest": {"sha256": hashlib.sha256(fingerprint.encode()).hexdigest()}})

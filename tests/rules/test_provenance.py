@@ -128,6 +128,12 @@ def test_dependencies_hold_sources_and_toolchains(built):
     for rel in ("app/hello.c", "app/hello.yaml", "app/data.txt", "app/BUILD.py"):
         assert named[rel] == _sha(a / rel), rel
     assert not any(n.startswith(str(a)) for n in named)  # workspace-relative
+    # files found while the image is assembled are pinned through the image manifest
+    [image_manifest] = [d["name"] for d in deps
+                        if d.get("annotations", {}).get("role", "").startswith("image manifest")]
+    assert named[image_manifest] == _sha(a / image_manifest)
+    image_files = {e.get("sha256") for e in json.loads((a / image_manifest).read_text())}
+    assert _sha(a / "app/data.txt") in image_files
     fingerprints = {d["annotations"]["fingerprint"] for d in deps if d["name"] == "toolchain"}
     cwd = os.getcwd()
     try:
