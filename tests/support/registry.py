@@ -1,9 +1,9 @@
 """A real OCI registry for tests: Debian's ``docker-registry`` (the CNCF distribution
 registry) on 127.0.0.1, storage in a temporary directory, optionally behind htpasswd auth.
 
-The htpasswd file needs bcrypt: ``htpasswd -B`` when apache2-utils is installed, else the C
-library's ``crypt`` (glibc/libxcrypt on Debian make ``$2b$`` hashes), which Python 3.11
-still exposes.
+The htpasswd file needs bcrypt: ``htpasswd -B`` from apache2-utils (debian-packages.txt
+installs it), else the C library's ``crypt`` (glibc/libxcrypt on Debian make ``$2b$``
+hashes), which Python up to 3.12 still exposes.
 """
 
 from __future__ import annotations
@@ -51,9 +51,13 @@ def bcrypt_htpasswd(user: str, password: str) -> str:
         out = subprocess.run([tool, "-nbB", user, password], check=True, capture_output=True,
                              text=True).stdout
         return out.strip() + "\n"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+    except ImportError:  # Python 3.13 removed the module
+        pytest.skip("no bcrypt available for an htpasswd file: install apache2-utils "
+                    "(htpasswd), as debian-packages.txt does")
     hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
     if not hashed or not hashed.startswith("$2"):
         pytest.skip("no bcrypt available for an htpasswd file (install apache2-utils)")
