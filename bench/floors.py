@@ -141,11 +141,18 @@ def _deflate(data: bytes, level: int) -> bytes:
 
 
 def _segments(files: list[Path]):
-    """The members' bytes in SEGMENT pieces (tar headers and grouping left out)."""
+    """The members' bytes in pieces of SEGMENT bytes, small members grouped (as the package
+    does, so a small file is not a compressor of its own); tar headers are left out."""
+    group = bytearray()
     for path in files:
         with open(path, "rb") as f:
-            while chunk := f.read(SEGMENT):
-                yield chunk
+            while chunk := f.read(SEGMENT - len(group)):
+                group += chunk
+                if len(group) >= SEGMENT:
+                    yield bytes(group)
+                    group.clear()
+    if group:
+        yield bytes(group)
 
 
 def package_floor(files: list[Path], out: Path, level: int, runs: int) -> Floor:
