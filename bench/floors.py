@@ -155,7 +155,7 @@ def _segments(files: list[Path]):
         yield bytes(group)
 
 
-def package_floor(files: list[Path], out: Path, level: int, runs: int) -> Floor:
+def package_floor(files: list[Path], out: Path, level: int, runs: int, origin: str) -> Floor:
     """package's floor: segments deflated on one thread per CPU, sha256 + write in order."""
     workers = os.cpu_count() or 1
 
@@ -181,7 +181,7 @@ def package_floor(files: list[Path], out: Path, level: int, runs: int) -> Floor:
     return Floor("package", seconds, nbytes,
                  f"zlib {zlib.ZLIB_RUNTIME_VERSION} level {level} on {workers} threads over "
                  f"{SEGMENT >> 20} MiB segments + sha256 + write of {len(files)} package members "
-                 f"({compressed / 1e6:.0f} MB out)")
+                 f"({origin}; {compressed / 1e6:.0f} MB out)")
 
 
 def store_floor(files: list[Path], runs: int) -> Floor:
@@ -219,9 +219,9 @@ def measure(sources: list[Path], image_files: list[Path], out: Path, scratch: Pa
     """All four floors on the workspace a full build left behind."""
     floors = [copy_floor(sources, scratch / "copy", runs),
               sefs_floor(image_files, scratch / "sefs", runs)]
-    members, _ = package_members(out)
+    members, origin = package_members(out)
     if members:
-        floors.append(package_floor(members, scratch / "floor.gz", level, runs))
+        floors.append(package_floor(members, scratch / "floor.gz", level, runs, origin))
     floors.append(store_floor(regular_files(out), runs))
     h.rmtree(scratch)
     return floors
