@@ -4,6 +4,8 @@ Scenarios (issue 11), all measured in one run so the ratios compare like with li
   1. full build of the synthetic image (~1 GiB / ~20k files; quick ~100 MB / 2k) from an
      empty output directory and an empty cache, with seconds per stage from
      out/build-report.json; the same for the host-Python image (interpreter + stdlib);
+     Then the floors of its stages on the same bytes and disk (bench/floors.py, issue 18):
+     each stage's ratio to its floor, and the full build's ratio to the sum of the floors;
   2. incremental: rewrite one 1 MiB file of the synthetic image, rebuild; ratio to (1);
   5. fresh clone + warm local store: the workspace sources copied to a new directory, built
      with the store (1) and (2) filled; actions run (must be 0) and wall time next to
@@ -17,11 +19,13 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import floors  # noqa: E402
 import harness as h  # noqa: E402
 import workloads as wl  # noqa: E402
 
@@ -29,6 +33,7 @@ S1 = "1 full build"
 S1P = "1 full build (host Python)"
 S2 = "2 incremental (1 MiB changed)"
 S5 = "5 fresh clone + warm store"
+S1F = "1 full build: floors"
 
 
 def _sizes(quick: bool) -> dict:
@@ -38,13 +43,16 @@ def _sizes(quick: bool) -> dict:
     return {"total": 2**30, "files": 20000, "elves": 40, "runs": 3, "inc_runs": 3, "clone_runs": 2}
 
 
-def _stage_records(scenario: str, reports: list[dict], total_med: float) -> list[dict]:
+def _stage_medians(reports: list[dict]) -> dict[str, float]:
+    """Median seconds per stage group over the full builds (floors are compared with these)."""
     per_run = [h.stage_seconds(r) for r in reports]
+    return {name: h.median([s[name] for s in per_run]) for name, _ in h.STAGE_GROUPS}
+
+
+def _stage_records(scenario: str, reports: list[dict], total_med: float) -> list[dict]:
     out = []
-    for name, _ in h.STAGE_GROUPS:
-        values = [s[name] for s in per_run]
-        med = h.median(values)
-        if name == "package" and not any(values):
+    for name, med in _stage_medians(reports).items():
+        if name == "package" and not med:
             continue
         out.append(h.rec(scenario, f"stage: {name}", round(med, 3), "s", "informational", None,
                          f"{med / total_med:.0%} of the build's wall time; "
@@ -52,9 +60,20 @@ def _stage_records(scenario: str, reports: list[dict], total_med: float) -> list
     return out
 
 
+@dataclass
+class FullBuilds:
+    """What the full builds of one workspace left: records, the last (warm) cache, the median
+    wall time and the median seconds per stage (None when a build failed)."""
+
+    records: list[dict]
+    cache: Path | None = None
+    median: float | None = None
+    stages: dict[str, float] | None = None
+
+
 def _full_builds(scenario: str, ws: Path, base: Path, runs: int, what: str,
-                 nbytes: int) -> tuple[list[dict], Path | None, float | None]:
-    """``runs`` builds from nothing; returns records, the last (warm) cache and the median."""
+                 nbytes: int) -> FullBuilds:
+    """``runs`` builds from nothing, each with an empty out/ and an empty cache."""
     records: list[dict] = []
     times, reports = [], []
     cache = None
@@ -67,7 +86,7 @@ def _full_builds(scenario: str, ws: Path, base: Path, runs: int, what: str,
         if not r.ok:
             records.append(h.rec(scenario, "wall time (doit build)", None, "s", "informational",
                                  None, f"build failed: {r.failure()}"))
-            return records, None, None
+            return FullBuilds(records)
         times.append(r.seconds)
         reports.append(r.report or {})
     med = h.median(times)
@@ -77,7 +96,18 @@ def _full_builds(scenario: str, ws: Path, base: Path, runs: int, what: str,
                          f"median of {runs}: {', '.join(f'{t:.1f}' for t in times)} s; {what}; "
                          f"{actions} actions; {nbytes / med / 1e6:.0f} MB/s of image"))
     records += _stage_records(scenario, reports, med)
-    return records, cache, med
+    return FullBuilds(records, cache, med, _stage_medians(reports))
+
+
+def _floors(ws: Path, base: Path, elves: list[str], full: FullBuilds, quick: bool) -> list[dict]:
+    """Floors of each stage on the bytes and the disk the last full build used (issue 18):
+    the workspace is reused, so the 1 GiB image is generated once."""
+    if full.median is None or not full.stages:
+        return []
+    sources = floors.regular_files(ws / "big" / "data") + [Path(e) for e in elves]
+    runs = 2 if quick else 1
+    measured = floors.measure(sources, sources, ws / "out", base / "floors", level=6, runs=runs)
+    return floors.records(S1F, measured, full.stages, full.median, runs)
 
 
 def _rewrite_hot(path: Path, rng: random.Random) -> None:
@@ -203,13 +233,15 @@ def synthetic(quick: bool, profile: bool = False) -> list[dict]:
         what = (f"{stats.bytes / 1e6:.0f} MB in {stats.files} generated files + {len(elves)} host "
                 f"ELF files with their libraries" + ("" if with_package else
                                                      "; no occlum_package rule, so no package stage"))
-        recs, cache, full_med = _full_builds(S1, ws, base, size["runs"], what, stats.bytes)
-        records += recs
+        full = _full_builds(S1, ws, base, size["runs"], what, stats.bytes)
+        records += full.records
+        cache, full_med = full.cache, full.median
         if cache is None or full_med is None:
             reason = "the full build (1) failed"
             records.append(h.unavailable(S2, "wall time vs full build", "%", "<= 1% of (1)", reason))
             records.append(h.unavailable(S5, "actions run", "actions", "0", reason))
             return records
+        records += _floors(ws, base, elves, full, quick)
         records += _incremental(ws, cache, full_med, size["inc_runs"], profile)
         records += _fresh_clone(ws, base, cache, size["clone_runs"], profile)
     finally:
@@ -233,8 +265,9 @@ def python_image(quick: bool) -> list[dict]:
         nbytes = sum(p.stat().st_size for p in Path(lib).rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts
                      and not {"site-packages", "dist-packages"} & set(p.parts))
-        records, cache, med = _full_builds(S1P, ws, base, 2 if quick else 3,
-                                            f"{interp} + {lib} (no __pycache__)", nbytes)
+        full = _full_builds(S1P, ws, base, 2 if quick else 3,
+                            f"{interp} + {lib} (no __pycache__)", nbytes)
+        records, cache, med = full.records, full.cache, full.median
         if med is not None and cache is not None:
             r = h.run_doit(ws, "build", cache=cache)
             if r.ok:
