@@ -67,24 +67,17 @@ def base(ctx: StageContext) -> None:
             f"{len(found['layers'])} layers checked")
 
 
-def _read_json(ctx: StageContext, rel: str) -> Any:
-    try:
-        return json.loads((ctx.root / rel).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{ctx.label}: cannot read {rel} ({exc})") from None
-
-
 def _default_program(ctx: StageContext) -> str:
     """The first program of the instance's first entry point: the first regular file
     (by name) directly in that directory of the image."""
     p = ctx.params
-    config = _read_json(ctx, p["occlum_json"])
+    config = ctx.read_json(p["occlum_json"])
     points = config.get("entry_points") if isinstance(config, dict) else None
     if not isinstance(points, list) or not points or not isinstance(points[0], str):
         raise UserError(f"{ctx.label}: the instance's Occlum.json has no entry_points; set cmd "
                         "on the occlum_oci_image to say which program to run")
     top = points[0].strip("/")
-    names = sorted(e["path"] for e in _read_json(ctx, p["image_manifest"])
+    names = sorted(e["path"] for e in ctx.read_json(p["image_manifest"])
                    if e.get("type") == "file" and e.get("path", "").rpartition("/")[0] == top)
     if not names:
         raise UserError(f"{ctx.label}: the image has no program in its first entry point "
@@ -110,7 +103,7 @@ def image(ctx: StageContext) -> None:
 
     p = ctx.params
     layout_dir, archive, digest_file, summary_file = ctx.outputs
-    base_doc = _read_json(ctx, p["base"]) if p["base"] else None
+    base_doc = ctx.read_json(p["base"]) if p["base"] else None
     fs = ImageFS()
     base_layers: list[ImageLayer] = []
     for i, layer in enumerate((base_doc or {}).get("layers", [])):
@@ -121,7 +114,7 @@ def image(ctx: StageContext) -> None:
     layers: list[ImageLayer] = []
     instance_entries = []
     for blob, descriptor in p["layers"]:
-        doc = _read_json(ctx, descriptor)
+        doc = ctx.read_json(descriptor)
         fs.apply(len(base_layers) + len(layers), doc["entries"])
         if descriptor in p["instance_layers"]:
             instance_entries.append(doc["entries"])

@@ -5,23 +5,14 @@ secret of the action, never in its key, its params, a log or an output)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import StageContext, key_path
-from occlum_rules.errors import UserError
 from occlum_rules.stages import provenance as prov
 
 ENCLAVE_FIELDS = ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "debuggable", "sgx_mode")
-
-
-def _read_json(path: Path, label: str) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{label}: cannot read {path.name} ({exc})") from None
 
 
 def _subjects(ctx: StageContext) -> list[tuple[str, str]]:
@@ -55,7 +46,7 @@ def _dependencies(ctx: StageContext) -> list[dict[str, Any]]:
 def statement(ctx: StageContext) -> None:
     """Write ``<name>.provenance.json``: canonical bytes, no clock, paths workspace-relative."""
     p = ctx.params
-    measurements = _read_json(ctx.root / p["measurements"], ctx.label)
+    measurements = ctx.read_json(p["measurements"])
     enclave = {k: measurements.get(k) for k in ENCLAVE_FIELDS}
     st = prov.statement(
         subjects=_subjects(ctx),

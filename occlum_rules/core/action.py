@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from occlum_rules.core.digests import DigestCache
+from occlum_rules.errors import UserError
 
 # Bump when the meaning of an action key or of a stored manifest changes.
 ENGINE_FORMAT = 2
@@ -149,6 +150,14 @@ class StageContext:
         in). They are re-checked on every later build and guard cache hits."""
         for p in paths:
             self.discovered.append(str(os.fspath(p)))
+
+    def read_json(self, rel: str | os.PathLike[str]) -> Any:
+        """A JSON document another action wrote (a descriptor, measurements, a manifest),
+        by workspace-relative path; a missing or broken one is one error naming this action."""
+        try:
+            return json.loads((self.root / rel).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{self.label}: cannot read {rel} ({exc})") from None
 
     def log(self, message: str) -> None:
         print(f"[{self.label}] {message}", file=sys.stderr)
