@@ -67,19 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure_instance(label: str) -> dict:
-    from occlum_rules.cli.common import load
+    from occlum_rules.cli.common import built_provider
 
-    ws, graph = load()
-    target = next((t for t in graph.targets.values() if str(t.label) == label), None)
-    if target is None:
-        raise UserError(f"no target '{label}' (see `doit list`)")
-    instance = (target.providers or {}).get("instance")
-    if instance is None:
-        raise UserError(f"{label} is not an occlum_instance")
-    path = ws.root / instance["measurements"].path
-    if not path.is_file():
-        raise UserError(f"{label} is not built yet: run `doit {label}` first")
-    return json.loads(path.read_text())
+    ws, instance = built_provider(label, "instance", "occlum_instance", "measurements")
+    return json.loads((ws.root / instance["measurements"].path).read_text())
 
 
 def render_instance(info: dict, fmt: str) -> str:

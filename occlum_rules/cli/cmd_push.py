@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from occlum_rules.cli.common import load
-from occlum_rules.errors import UserError
+from occlum_rules.cli.common import built_provider
 
 
 def main(argv: list[str]) -> int:
@@ -29,18 +28,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, metavar="BYTES",
                         help="upload blobs above this size in PATCH chunks of it (default 64 MiB)")
     args = parser.parse_args(argv)
-    ws, graph = load()
-    target = next((t for t in graph.targets.values() if str(t.label) == args.label), None)
-    if target is None:
-        raise UserError(f"no target '{args.label}' (see `doit list`)")
-    image = (target.providers or {}).get("oci_image")
-    if image is None:
-        raise UserError(f"{args.label} is not an occlum_oci_image target")
+    ws, image = built_provider(args.label, "oci_image", "occlum_oci_image", "digest")
     from occlum_rules.stages.oci.push import DEFAULT_CHUNK, push_built_image, summary
 
     digest_file = ws.root / image["digest"].path
-    if not digest_file.is_file():
-        raise UserError(f"{args.label} is not built yet: run `doit {args.label}` first")
     result, pushed = push_built_image(
         ws.root / image["layout"].path, digest_file, args.reference, args.tag,
         insecure=args.insecure, mount_from=args.mount_from, default_tag=image["tag"],

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from occlum_rules.core.analysis import Graph
 from occlum_rules.core.workspace import Workspace
+from occlum_rules.errors import UserError
 
 
 def load(start: Path | None = None) -> tuple[Workspace, Graph]:
     from occlum_rules.core.doit_bridge import load_graph
 
     return load_graph(start)
+
+
+def built_provider(label: str, provider: str, kind: str,
+                   output: str) -> tuple[Workspace, dict[str, Any]]:
+    """The workspace and the ``provider`` of target ``label``, whose ``output`` file must
+    already be built; each miss is one error saying what to do (``kind`` names the rule)."""
+    ws, graph = load()
+    target = next((t for t in graph.targets.values() if str(t.label) == label), None)
+    if target is None:
+        raise UserError(f"no target '{label}' (see `doit list`)")
+    found = (target.providers or {}).get(provider)
+    if found is None:
+        raise UserError(f"{label} is not an {kind} target")
+    if not (ws.root / found[output].path).is_file():
+        raise UserError(f"{label} is not built yet: run `doit {label}` first")
+    return ws, found
 
 
 def human_bytes(n: float) -> str:
