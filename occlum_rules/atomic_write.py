@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 from types import TracebackType
 from typing import BinaryIO
 
@@ -152,6 +153,25 @@ def publish(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     os.replace(src, dst)
     if durable:
         _fsync_dir(os.path.dirname(os.fspath(dst)))
+
+
+def remove_leftovers(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files a killed writer of ``path`` left beside it; return their
+    names. Only for a path one owner writes at a time (an in-place action's declared
+    output, under the workspace lock): a live writer's temporary would go too."""
+    parent, name = os.path.split(os.fspath(path))
+    pattern = re.compile(rf"\.{re.escape(name)}(\.\d+\.\d+)?\.tmp")
+    try:
+        names = os.listdir(parent or ".")
+    except FileNotFoundError:
+        return []
+    gone = []
+    for entry in names:
+        if pattern.fullmatch(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(parent, entry))
+                gone.append(entry)
+    return sorted(gone)
 
 
 def replace_with_symlink(target: str, path: str | os.PathLike[str]) -> None:

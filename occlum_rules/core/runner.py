@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from occlum_rules.atomic_write import remove_leftovers
 from occlum_rules.core.action import Action, StageContext
 from occlum_rules.core.action_state import private_state_dir, shared_state_dir
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
@@ -45,6 +46,9 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
     if action.in_place:
         where = {rel: abs_path(env, rel) for rel in action.outputs}
         scratch = None
+        for rel, kind in zip(action.outputs, action.output_types):
+            if kind != "dir":
+                remove_leftovers(where[rel])  # of a run killed while writing it
     else:
         scratch = Path(env.state_dir) / "scratch" / hashlib.sha256(action.id.encode()).hexdigest()[:16]
         remove_path(str(scratch))

@@ -8,7 +8,13 @@ import threading
 
 import pytest
 
-from occlum_rules.atomic_write import AtomicFile, publish, replace_with_symlink, write_atomic
+from occlum_rules.atomic_write import (
+    AtomicFile,
+    publish,
+    remove_leftovers,
+    replace_with_symlink,
+    write_atomic,
+)
 
 
 def _mode(path) -> int:
@@ -138,3 +144,19 @@ def test_a_sole_writer_replaces_what_a_killed_run_left(tmp_path):
     write_atomic(target, b"again", sole_writer=True)
     assert target.read_bytes() == b"again"
     assert os.listdir(tmp_path) == ["pkg.tar.gz"]
+
+
+def test_remove_leftovers_takes_only_the_temporaries_of_that_path(tmp_path):
+    target = tmp_path / "pkg.json"
+    writer = AtomicFile(target)  # left open: as a killed run leaves it
+    os.write(writer.fd, b"half")
+    sole = AtomicFile(target, sole_writer=True)
+    others = [".pkg.json.bak", ".pkg.jsonx.1.2.tmp", ".other.json.1.2.tmp", "pkg.json.1.2.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    gone = remove_leftovers(target)
+    assert gone == sorted(os.path.basename(p) for p in (writer.tmp, sole.tmp))
+    assert sorted(os.listdir(tmp_path)) == sorted(others)
+    assert remove_leftovers(tmp_path / "missing-dir" / "x") == []
+    for f in (writer, sole):
+        os.close(f.fd)

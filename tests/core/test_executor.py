@@ -175,3 +175,16 @@ def test_an_in_place_stage_keeps_state_in_its_private_directory(env: BuildEnv) -
     a.params = {"text": "again"}
     execute(a, env)
     assert (root / "out/greeting.txt").read_text() == "again 2\n"  # it found its own state
+
+
+def test_an_in_place_run_removes_what_a_killed_writer_left_beside_its_outputs(env: BuildEnv) -> None:
+    """A build killed inside write_atomic leaves ``.<name>.<pid>.<n>.tmp`` next to an
+    in-place output; the next run of that action clears it, and nothing else."""
+    out = Path(env.root) / "out" / "pkg"
+    out.mkdir(parents=True)
+    left = [".greeting.txt.4242.7.tmp", ".greeting.txt.tmp"]
+    kept = [".greeting.txt.bak", ".other.txt.4242.7.tmp", "greeting.txt.4242.7.tmp"]
+    for name in left + kept:
+        (out / name).write_text("half")
+    execute(action("count_runs", "out/pkg/greeting.txt", in_place=True, cacheable=False), env)
+    assert sorted(os.listdir(out)) == sorted(kept + ["greeting.txt"])
