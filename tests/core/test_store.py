@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
 from occlum_rules.core.digests import DigestCache
-from occlum_rules.core.store import CorruptBlob, LocalStore
+from occlum_rules.core.store import CorruptBlob, LocalStore, _copy_kernel
 
 
 def test_known_digest_is_copied_and_unknown_one_is_checked(tmp_path):
@@ -42,3 +43,24 @@ def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path):
     with pytest.raises(CorruptBlob):
         store.restore(digest, tmp_path / "again", 0o644)
     assert not blob.exists() and not (tmp_path / "again").exists()
+
+
+def test_kernel_copy_falls_back_where_the_kernel_refuses(tmp_path):
+    """A pipe refuses copy_file_range and sendfile (EINVAL): the bytes still arrive whole,
+    through the userspace copy, with nothing of the failed attempts left in the target."""
+    data = bytes(range(256)) * 64
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    with open(tmp_path / "blob", "wb") as out:
+        _copy_kernel(r, out.fileno(), len(data))
+    os.close(r)
+    assert (tmp_path / "blob").read_bytes() == data
+
+
+def test_kernel_copy_of_a_regular_file_is_exact(tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * 2**20 + 17))
+    with open(src, "rb") as fin, open(tmp_path / "dst", "wb") as out:
+        _copy_kernel(fin.fileno(), out.fileno(), src.stat().st_size)
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
