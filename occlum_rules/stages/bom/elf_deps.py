@@ -692,6 +692,13 @@ class AutodepResult:
     host_files_read: set[str] = field(default_factory=set)
 
 
+def may_need_libraries(host_file: str) -> bool:
+    """Only an executable or shared ELF can have a loader or DT_NEEDED entries: everything
+    else is settled by one cached header read, before any path resolution for it."""
+    info = read_elf(host_file)
+    return info is not None and info.etype in (ET_EXEC, ET_DYN)
+
+
 def loader_pair(path: str, config: LoaderConfig, fs: HostFS | None = None) -> tuple[str, str] | None:
     """(Occlum loader, interpreter) for an ELF with PT_INTERP, else None."""
     host = (fs or HostFS()).file(path)

@@ -23,6 +23,7 @@ from .elf_deps import (
     infer_default_loader,
     load_loader_config,
     loader_pair,
+    may_need_libraries,
     read_elf,
 )
 from .envexpand import expand
@@ -472,7 +473,7 @@ def _autodep_dirs(ctx: _Ctx, tree: VTree, b: _BomOps, written: list[tuple[str, E
     files = []
     for rel, _entry in written:
         node = tree.node(rel, follow_last=False)
-        if isinstance(node, VFile):
+        if isinstance(node, VFile) and may_need_libraries(node.src):
             files.append(IMAGE_PREFIX + "/" + rel)
     if not files:
         return []
