@@ -130,13 +130,16 @@ class DigestCache:
         hit = self._shard(key).load().get(key)
         return hit[1] if hit is not None and hit[0] == stat_stamp(st) else None
 
-    def remember(self, path: str | os.PathLike, digest: str) -> None:
-        """Record a digest the caller just computed while writing the file."""
+    def remember(self, path: str | os.PathLike, digest: str,
+                 st: os.stat_result | None = None) -> None:
+        """Record a digest the caller just computed while writing (or copying) the file;
+        ``st``: the stat the caller saw unchanged from the first byte read to the last."""
         key = str(os.fspath(path))
-        try:
-            st = os.stat(key)
-        except OSError:
-            return
+        if st is None:
+            try:
+                st = os.stat(key)
+            except OSError:
+                return
         shard = self._shard(key)
         with self._lock:
             shard.load()[key] = (stat_stamp(st), digest)

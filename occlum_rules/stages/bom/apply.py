@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
-from occlum_rules.core.digests import sha256_file
+from occlum_rules.core.digests import sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 
 from .elf_deps import read_elf
@@ -102,17 +102,20 @@ def _same_bytes(src: str, dst: str, size: int) -> tuple[bool, str]:
     return same, h.hexdigest()
 
 
-def _write_file(src: str, dst_dir: str, name: str, mode: int) -> str:
+def _write_file(src: str, dst_dir: str, name: str, mode: int) -> tuple[str, os.stat_result | None]:
+    """Copy ``src`` to ``dst_dir/name``; (sha256, the source's stat when that digest is
+    known to be its content: unchanged from open to end, else None)."""
     h = hashlib.sha256()
     with AtomicFile(os.path.join(dst_dir, name), mode=mode, makedirs=False) as fout, \
             open(src, "rb") as fin:
+        before = os.fstat(fin.fileno())
         for chunk in iter(lambda: fin.read(_CHUNK), b""):
             h.update(chunk)
             fout.write(chunk)
         fout.file.flush()  # nothing left to write after the times are set
         st = os.stat(src)
         os.utime(fout.tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-    return h.hexdigest()
+    return h.hexdigest(), (st if stat_stamp(st) == stat_stamp(before) else None)
 
 
 class _Applier:
@@ -209,9 +212,11 @@ class _Applier:
             if digest is None:
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     _remove(full)
-                digest = _write_file(node.src, path, name, node.mode)
+                digest, src_stat = _write_file(node.src, path, name, node.mode)
                 if self.digests is not None:
                     self.digests.remember(full, digest)
+                    if src_stat is not None:  # the source is an input: not read again to key it
+                        self.digests.remember(node.src, digest, src_stat)
                 self.result.written.append(rel)
         size = os.stat(full).st_size
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from occlum_rules.core.digests import DigestCache
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom import apply_plan, image_manifest, parse_loader_config, plan_bom
 from occlum_rules.stages.bom.elf_deps import DEFAULT_LOADER_CONFIG_TEXT
@@ -96,6 +97,19 @@ def test_second_apply_rewrites_nothing_and_keeps_mtimes(proj: Path) -> None:
     third = apply_plan(plan_bom(proj / "bom.yaml", loader_config=HOST_CONFIG, env={}), root)
     assert third.written == ["bin/a.txt"]
     assert target.read_text() == "changed\n"
+
+
+def test_copies_leave_both_digests_known_so_neither_file_is_read_again(proj: Path) -> None:
+    """The copy hashes the bytes it moves: the build's digest cache learns the image file's
+    digest and its source's (an input the action key needs), without another read."""
+    cache = DigestCache(proj / "digests.marshal")
+    root = proj / "image"
+    apply_plan(plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={}), root, digests=cache)
+    for src, dst in ((proj / "src/a.txt", root / "bin/a.txt"),
+                     (proj / "src/tree/x.txt", root / "bin/tree/x.txt")):
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        assert cache.known(src, os.stat(src)) == digest
+        assert cache.known(dst, os.stat(dst)) == digest
 
 
 def test_sync_removes_what_the_bom_no_longer_produces(proj: Path) -> None:
