@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import os
 import re
+import stat
 from types import TracebackType
 from typing import BinaryIO
 
@@ -174,15 +175,42 @@ def remove_leftovers(path: str | os.PathLike[str]) -> list[str]:
     return sorted(gone)
 
 
-def replace_with_symlink(target: str, path: str | os.PathLike[str]) -> None:
-    """Make ``path`` a symlink to ``target`` atomically (a symlink beside it, renamed)."""
+def _place(make, path: str | os.PathLike[str]) -> None:
+    """``make(tmp)`` creates a new entry beside ``path``; it is then renamed onto ``path``."""
     path = os.fspath(path)
     parent, name = os.path.split(path)
     tmp = os.path.join(parent, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
-    os.symlink(target, tmp)
+    make(tmp)
     try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def replace_with_symlink(target: str, path: str | os.PathLike[str]) -> None:
+    """Make ``path`` a symlink to ``target`` atomically (a symlink beside it, renamed)."""
+    _place(lambda tmp: os.symlink(target, tmp), path)
+
+
+def replace_with_hardlink(existing: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Make ``path`` another name of the file ``existing`` atomically. Raises OSError where
+    the file system cannot (another device, no hard links): callers copy instead."""
+    _place(lambda tmp: os.link(existing, tmp), path)
+
+
+def detach(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` a file of its own (a copy, renamed over it) when it shares its inode
+    with other names, before it is written in place: the local store keeps outputs as hard
+    links, and an in-place write would change the stored blob too."""
+    path = os.fspath(path)
+    st = os.stat(path)
+    if st.st_nlink < 2:
+        return
+    with AtomicFile(path, mode=stat.S_IMODE(st.st_mode), makedirs=False) as f, \
+            open(path, "rb") as fin:
+        assert f.fd is not None
+        while os.sendfile(f.fd, fin.fileno(), None, 1 << 30):
+            pass
+        os.utime(f.tmp, ns=(st.st_atime_ns, st.st_mtime_ns))

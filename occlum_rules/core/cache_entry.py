@@ -162,7 +162,8 @@ def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: boo
     cache = digest_cache(env)
 
     def put(path: Path, digest: str) -> None:
-        store.put_file(path, digest, replace, known=lambda st: cache.known(path, st) == digest)
+        store.put_file(path, digest, replace, known=lambda st: cache.known(path, st) == digest,
+                       linked=lambda st: cache.remember(path, digest, st))
 
     for out in manifest["outputs"]:
         if out["type"] == "file":

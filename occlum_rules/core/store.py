@@ -8,6 +8,7 @@ used (it is deleted and the action re-runs).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occlum_rules.atomic_write import AtomicFile, write_atomic
+from occlum_rules.atomic_write import AtomicFile, replace_with_hardlink, write_atomic
 from occlum_rules.core.digests import CHUNK, sha256_file, stat_stamp
 
 
@@ -117,19 +118,30 @@ class LocalStore:
         return self.cas_path(digest).is_file()
 
     def put_file(self, src: Path, digest: str, replace: bool = False,
-                 known: Callable[[os.stat_result], bool] | None = None) -> bool:
+                 known: Callable[[os.stat_result], bool] | None = None,
+                 linked: Callable[[os.stat_result], None] | None = None) -> bool:
         """Store ``src`` under ``digest``; returns False when it was already there.
 
         ``known(stat)`` says whether the caller's digest is still that file's (its stat
-        stamp matches when it was hashed): then the bytes are copied by the kernel and not
-        hashed again, and the stamp must not move during the copy. Otherwise the copy is
-        hashed on the way. Restores verify every blob anyway.
+        stamp matches when it was hashed): then the blob becomes a hard link to ``src`` (no
+        data written: outputs are only ever replaced by a rename, and the two in-place
+        writers detach first), or, on another file system, a kernel copy; either way the
+        stamp must not move meanwhile. A link moves the file's ctime, so ``linked(stat)``
+        hands the caller the new stat to re-key its digest cache. An unknown digest is
+        checked while the bytes are copied. Restores verify every blob anyway.
 
         ``replace`` rewrites an existing blob: after a restore found damage, the other blobs
         of that result are suspect too and are never re-read to check (that is the cost a
         restore pays), so the fresh bytes replace them."""
         if not replace and os.path.isfile(self._blob(digest)):
             return False
+        before = os.stat(src)
+        if known is not None and known(before):
+            after = self._link(src, digest, before)
+            if after is not None:
+                if linked is not None:
+                    linked(after)
+                return True
         with AtomicFile(self.cas_path(digest), mode=0o444) as tmp, open(src, "rb") as fin:
             assert tmp.fd is not None
             before = os.fstat(fin.fileno())
@@ -141,6 +153,22 @@ class LocalStore:
             if not unchanged:
                 raise CorruptBlob(f"{src} changed while it was being stored")
         return True
+
+    def _link(self, src: Path, digest: str, before: os.stat_result) -> os.stat_result | None:
+        """Hard-link ``src`` as the blob; its stat after, or None where links cannot be made."""
+        blob = self._blob(digest)
+        try:
+            os.makedirs(os.path.dirname(blob), exist_ok=True)
+            replace_with_hardlink(src, blob)
+        except OSError:
+            return None  # another device, no hard links there: copy instead
+        after = os.stat(src)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (
+                before.st_ino, before.st_size, before.st_mtime_ns):
+            with contextlib.suppress(OSError):
+                os.unlink(blob)
+            raise CorruptBlob(f"{src} changed while it was being stored")
+        return after
 
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()

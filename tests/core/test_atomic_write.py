@@ -10,8 +10,10 @@ import pytest
 
 from occlum_rules.atomic_write import (
     AtomicFile,
+    detach,
     publish,
     remove_leftovers,
+    replace_with_hardlink,
     replace_with_symlink,
     write_atomic,
 )
@@ -160,3 +162,33 @@ def test_remove_leftovers_takes_only_the_temporaries_of_that_path(tmp_path):
     assert remove_leftovers(tmp_path / "missing-dir" / "x") == []
     for f in (writer, sole):
         os.close(f.fd)
+
+
+def test_detach_gives_a_linked_file_its_own_inode_and_keeps_the_other_name(tmp_path):
+    a = tmp_path / "a"
+    a.write_bytes(b"shared bytes")
+    a.chmod(0o640)
+    os.utime(a, ns=(1, 2_000_000_000))
+    os.link(a, tmp_path / "b")
+    detach(a)
+    assert not os.path.samefile(a, tmp_path / "b")
+    assert a.read_bytes() == b"shared bytes" and _mode(a) == 0o640
+    assert os.stat(a).st_mtime_ns == 2_000_000_000
+    with open(a, "r+b") as f:  # an in-place write now leaves the other name alone
+        f.write(b"S")
+    assert (tmp_path / "b").read_bytes() == b"shared bytes"
+    ino = os.stat(a).st_ino
+    detach(a)  # a file with one name stays where it is
+    assert os.stat(a).st_ino == ino
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_replace_with_hardlink_is_atomic_and_refuses_what_cannot_link(tmp_path):
+    (tmp_path / "src").write_bytes(b"new")
+    (tmp_path / "dst").write_bytes(b"old")
+    replace_with_hardlink(tmp_path / "src", tmp_path / "dst")
+    assert os.path.samefile(tmp_path / "src", tmp_path / "dst")
+    with pytest.raises(OSError):
+        replace_with_hardlink(tmp_path / "missing", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["dst", "src"]

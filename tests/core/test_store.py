@@ -64,3 +64,26 @@ def test_kernel_copy_of_a_regular_file_is_exact(tmp_path):
     with open(src, "rb") as fin, open(tmp_path / "dst", "wb") as out:
         _copy_kernel(fin.fileno(), out.fileno(), src.stat().st_size)
     assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_a_vouched_output_is_stored_as_a_link_and_its_digest_stays_known(tmp_path):
+    f = tmp_path / "out.bin"
+    f.write_bytes(b"linked" * 4096)
+    cache = DigestCache(tmp_path / "d.marshal")
+    digest = cache.digest(f)
+    store = LocalStore(tmp_path / "store")
+    assert store.put_file(f, digest, known=lambda st: cache.known(f, st) == digest,
+                          linked=lambda st: cache.remember(f, digest, st))
+    assert os.path.samefile(store.cas_path(digest), f)
+    # the link moved the file's ctime; the cache was re-keyed, so no second read
+    assert cache.known(f, os.stat(f)) == digest
+
+
+def test_an_unvouched_file_is_copied_not_linked(tmp_path):
+    f = tmp_path / "out.bin"
+    f.write_bytes(b"copied" * 4096)
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    store = LocalStore(tmp_path / "store")
+    assert store.put_file(f, digest)
+    assert not os.path.samefile(store.cas_path(digest), f)
+    assert store.cas_path(digest).read_bytes() == f.read_bytes()

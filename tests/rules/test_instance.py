@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -219,3 +220,24 @@ def test_offline_two_step_signing_equals_one_step(built, tmp_path):
     second = run_doit(ws, "build", cache=cache)
     assert second.returncode == 0, second.output
     assert (ws / INSTANCE / "build/lib/libocclum-libos.signed.so").read_bytes() == one_step
+
+
+def test_incremental_re_pack_leaves_every_stored_blob_intact(built, tmp_path):
+    """The local store keeps outputs as hard links, and the incremental SEFS pack renames
+    inode files and patches its metadata in place: it must give them files of their own
+    first, or the stored blobs would change under their names."""
+    base_ws, _, _, _ = built
+    ws = tmp_path / "ws"
+    shutil.copytree(base_ws, ws, symlinks=True)
+    store = tmp_path / "store"
+    src = ws / "examples/hello_c/hello.c"
+    text = src.read_text()
+    for greeting in ("Hullo", "Hallo"):  # the second re-pack patches what the first stored
+        src.write_text(text.replace("Hello", greeting))
+        result = run_doit(ws, "build", cache=store)
+        assert result.returncode == 0, result.output
+        assert "packed incrementally" in result.output, result.output
+        blobs = [p for p in (store / "cas").rglob("*") if p.is_file()]
+        assert any(p.stat().st_nlink > 1 for p in blobs), "no output was stored as a link"
+        damaged = [p.name for p in blobs if hashlib.sha256(p.read_bytes()).hexdigest() != p.name]
+        assert not damaged

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from occlum_rules.atomic_write import detach
 from occlum_rules.stages.securefs.pfs import (
     _PLAIN,
     ENCRYPTED_PART_SIZE,
@@ -328,6 +329,7 @@ def rename_protected(path: str, new_name: str) -> bytes:
 
     Only the metadata node holds the name; its data and MHT nodes do not depend on it.
     """
+    detach(path)  # may be a hard link into the local store
     fd = os.open(path, os.O_RDWR)
     try:
         node = bytearray(os.pread(fd, NODE_SIZE, 0))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from occlum_rules.atomic_write import AtomicFile
+from occlum_rules.atomic_write import AtomicFile, detach
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.primitives import (
     LABEL_MASTER,
@@ -345,6 +345,7 @@ def patch_integrity_only(path: str | os.PathLike, edits: list[tuple[int, bytes]]
     file as unknown until this returns.
     """
     where = os.fspath(path)
+    detach(where)  # may be a hard link into the local store
     fd = os.open(where, os.O_RDWR)
     try:
         def read_node(phys: int, tag: bytes) -> bytearray:
