@@ -227,10 +227,9 @@ def measure(sources: list[Path], image_files: list[Path], out: Path, scratch: Pa
     return floors
 
 
-STORE_COPY = ("its journaled seconds include the store's put_file (core/store.py): "
-              "os.copy_file_range of each output into the CAS, a full data copy on a file "
-              "system that cannot share extents (ext4), a reflink where it can (XFS, btrfs); "
-              "no floor row covers it")
+STORE_COPY = ("its journaled seconds include storing its outputs (core/store.py): a hard "
+              "link per output file (no data copied; a kernel copy only when the store is on "
+              "another file system), which no floor row covers")
 STAGE_NOTES = {"copy_bom": STORE_COPY + " (every copied image file)",
                "SEFS pack (image)": STORE_COPY + " (the packed image)",
                "package": STORE_COPY + " (the .tar.gz)"}
