@@ -130,13 +130,14 @@ class _Applier:
         self._prefix = os.path.join(root, "") if root not in ("", ".") and "/." not in root \
             and "//" not in root and not root.endswith("/") else "\0"
 
-    def same_file(self, src: str, dst: str, size: int) -> tuple[bool, str]:
+    def same_file(self, src: str, dst: str, size: int, src_st: os.stat_result | None = None,
+                  dst_st: os.stat_result | None = None) -> tuple[bool, str]:
         """(equal, sha256 of src). With a stat-keyed digest cache (the build's), unchanged
-        files cost two stats instead of reading both copies."""
+        files cost the stats the caller already made instead of reading both copies."""
         if self.digests is None:
             return _same_bytes(src, dst, size)
-        digest = self.digests.digest(src)
-        return self.digests.digest(dst) == digest, digest
+        digest = self.digests.digest(src, src_st)
+        return self.digests.digest(dst, dst_st) == digest, digest
 
     def hash_file(self, path: str) -> str:
         return self.digests.digest(path) if self.digests is not None else sha256_file(path)
@@ -196,29 +197,31 @@ class _Applier:
         if node.origin == EXISTING and os.path.abspath(node.src) == os.path.abspath(full):
             digest = self.hash_file(full)
             self.result.unchanged.append(rel)
+            size = os.stat(full).st_size
         else:
             try:
-                src_size = os.stat(node.src).st_size
+                src_st = os.stat(node.src)
             except OSError as exc:
                 raise UserError(f"cannot read {node.src}: {exc.strerror}", exit_code=EXIT_COPY_FILE) from None
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == src_size:
-                same, digest = self.same_file(node.src, full, src_size)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == src_st.st_size:
+                same, digest = self.same_file(node.src, full, src_st.st_size, src_st, st)
                 if same:
                     if stat.S_IMODE(st.st_mode) != node.mode:
                         os.chmod(full, node.mode)
                     self.result.unchanged.append(rel)
+                    size = st.st_size
                 else:
                     digest = None
             if digest is None:
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     _remove(full)
-                digest, src_stat = _write_file(node.src, path, name, node.mode)
+                digest, copied_st = _write_file(node.src, path, name, node.mode)
                 if self.digests is not None:
                     self.digests.remember(full, digest)
-                    if src_stat is not None:  # the source is an input: not read again to key it
-                        self.digests.remember(node.src, digest, src_stat)
+                    if copied_st is not None:  # the source is an input: not read again to key it
+                        self.digests.remember(node.src, digest, copied_st)
                 self.result.written.append(rel)
-        size = os.stat(full).st_size
+                size = os.stat(full).st_size
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
         known = self.needed_by_digest
         needed = known[digest] if known is not None and digest in known else _needed(full)
