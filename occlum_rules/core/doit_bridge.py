@@ -144,7 +144,7 @@ def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
         actions = by_label.get(name, [])
         if target.rule.default_target:
             defaults.append(name)
-        tasks.append({"basename": name, "name": None,
+        tasks.append({"basename": name, "name": None, "uptodate": [True],
                       "doc": f"{target.rule.name} ({target.location})"})
         for a in actions:
             file_deps = [p for p in a.inputs
@@ -171,7 +171,7 @@ def make_tasks(ws: Workspace, graph: Graph, env: BuildEnv) -> list[dict]:
             # a target whose rule declared nothing (e.g. only forwards files) still has a task
             tasks.append({"basename": name, "name": "noop", "actions": [], "uptodate": [True]})
     tasks.append({"basename": "build", "doc": "build every default target",
-                  "actions": None, "task_dep": defaults})
+                  "actions": None, "task_dep": defaults, "uptodate": [True]})
     tasks.append({"basename": "push", "doc": "push every occlum_oci_push target (not in build)",
                   "actions": None, "task_dep": pushes})
     return tasks
