@@ -151,11 +151,16 @@ class DigestCache:
             self._outputs.save()
 
 
-def tree_entries(root: Path, cache: DigestCache | None, rel_prefix: str = "") -> list[dict]:
+def tree_entries(root: Path, cache: DigestCache | None, rel_prefix: str = "",
+                 stamps: dict[str, tuple[int, int, int]] | None = None,
+                 stamp_cut: int = 0) -> list[dict]:
     """Describe a directory tree: sorted entries with type, mode, size, sha256 / link target.
 
     The description is what an output directory *is* for the cache and for action keys, so it
     must not depend on traversal order, mtimes or the absolute location of the tree.
+    ``stamps`` (when given) also receives every entry's (size, mtime, mode) under its path
+    less ``stamp_cut`` characters: what an up-to-date check compares later, from the same
+    stats instead of a second walk.
     """
     entries: list[dict] = []
 
@@ -165,6 +170,8 @@ def tree_entries(root: Path, cache: DigestCache | None, rel_prefix: str = "") ->
         for entry in items:
             rel_path = f"{rel}{entry.name}"
             st = entry.stat(follow_symlinks=False)
+            if stamps is not None:
+                stamps[entry.path[stamp_cut:]] = (st.st_size, st.st_mtime_ns, st.st_mode)
             mode = statmod.S_IMODE(st.st_mode)
             if statmod.S_ISLNK(st.st_mode):
                 entries.append({"path": rel_path, "type": "symlink",

@@ -100,7 +100,8 @@ def _execute(action: Action, env: BuildEnv) -> str:
                 upload_remote(remote, store, key, stored)
     state = {"key": key, "manifest": {"outputs": [compact_output(o) for o in manifest["outputs"]]},
              "dynamic": manifest.get("dynamic", []),
-             "stamps": output_stamps(action, env),
+             # a run's stamps come from the walk that described its outputs
+             "stamps": manifest["stamps"] if outcome == "run" else output_stamps(action, env),
              "material": key_material(action, digests), "previous": previous}
     write_action_state(spath, state)
     digest_cache(env).save()

@@ -15,31 +15,36 @@ from occlum_rules.core.digests import tree_digest, tree_entries
 from occlum_rules.errors import UserError
 
 
-def describe_outputs(action: Action, env: BuildEnv,
-                     where: dict[str, str] | None = None) -> dict[str, Any]:
-    """Build the output manifest (what the cache stores and what up-to-date checks compare)."""
+def describe_outputs(action: Action, env: BuildEnv) -> dict[str, Any]:
+    """Build the output manifest (what the cache stores and what up-to-date checks compare),
+    and, under ``stamps``, what :func:`output_stamps` would say of the same outputs, from
+    the same stats."""
     cache = digest_cache(env)
     outputs: list[dict[str, Any]] = []
+    stamps: dict[str, tuple[int, int, int]] = {}
+    cut = len(env.root) + 1
     for rel, kind in zip(action.outputs, action.output_types):
-        full = (where or {}).get(rel) or abs_path(env, rel)
+        full = abs_path(env, rel)
         if kind == "dir":
             if not os.path.isdir(full):
                 raise UserError(f"{action.label}: declared output directory '{rel}' was not created")
-            entries = tree_entries(Path(full), cache)
+            entries = tree_entries(Path(full), cache, stamps=stamps, stamp_cut=cut)
             outputs.append({"path": rel, "type": "dir", "entries": entries,
                             "digest": "tree:" + tree_digest(entries)})
-        elif os.path.islink(full):
+            continue
+        st = os.lstat(full) if os.path.lexists(full) else None
+        stamps[rel] = (st.st_size, st.st_mtime_ns, st.st_mode) if st else (0, 0, 0)
+        if st is not None and statmod.S_ISLNK(st.st_mode):
             target = os.readlink(full)
             outputs.append({"path": rel, "type": "symlink", "target": target,
                             "digest": "link:" + target})
         else:
-            if not os.path.isfile(full):
+            if st is None or not statmod.S_ISREG(st.st_mode):
                 raise UserError(f"{action.label}: declared output '{rel}' was not created")
-            st = os.stat(full)
             digest = cache.digest(full, st)
             outputs.append({"path": rel, "type": "file", "mode": statmod.S_IMODE(st.st_mode),
                             "size": st.st_size, "sha256": digest, "digest": digest})
-    return {"outputs": outputs}
+    return {"outputs": outputs, "stamps": stamps}
 
 
 def output_stamps(action: Action, env: BuildEnv) -> dict[str, tuple[int, int, int]]:

@@ -19,6 +19,7 @@ from occlum_rules.core.action_state import (
 )
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.executor import execute, is_up_to_date
+from occlum_rules.core.outputs import output_stamps
 from occlum_rules.core.store import LocalStore
 from occlum_rules.errors import UserError
 
@@ -188,3 +189,19 @@ def test_an_in_place_run_removes_what_a_killed_writer_left_beside_its_outputs(en
         (out / name).write_text("half")
     execute(action("count_runs", "out/pkg/greeting.txt", in_place=True, cacheable=False), env)
     assert sorted(os.listdir(out)) == sorted(kept + ["greeting.txt"])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_run_records_the_stamps_a_fresh_walk_would_see(env: BuildEnv, in_place: bool) -> None:
+    """The stamps of a run come from the walk that described its outputs (one walk, not
+    two): they must be exactly what the next up-to-date check computes."""
+    tree = action("write_tree", "out/tree", kind="dir", in_place=in_place)
+    assert execute(tree, env) == "run"
+    state = read_state(env, tree.id)
+    assert state is not None and state["stamps"] == output_stamps(tree, env)
+    assert "out/tree/sub/b.txt" in state["stamps"]
+    greeting = action("write_greeting")
+    assert execute(greeting, env) == "run"
+    state = read_state(env, greeting.id)
+    assert state is not None and state["stamps"] == output_stamps(greeting, env)
+    assert execute(tree, env) == execute(greeting, env) == "up_to_date"
