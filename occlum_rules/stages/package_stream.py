@@ -161,7 +161,7 @@ def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: dict[
 
 
 def _deflate(deflater: Deflater, data: bytes, level: int) -> tuple[bytes, int, int]:
-    return deflater.segment(data, level), zlib.crc32(data), len(data)
+    return deflater.segment(data, level), deflater.crc32(data), len(data)
 
 
 class _BackgroundSha:
@@ -332,7 +332,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
             if raw_hashing is not None:
                 raw_hashing.update(end)
             emit(deflater.final(end, level))
-            crc = crc32_combine(crc, zlib.crc32(end), len(end))
+            crc = crc32_combine(crc, deflater.crc32(end), len(end))
             emit(struct.pack("<II", crc, (total + len(end)) & 0xFFFFFFFF))
             result.size = offset
     except BaseException:
