@@ -58,9 +58,13 @@ class Deflater:
         return c.compress(data) + c.flush(self.module.Z_FINISH)
 
     def inflate(self, packed: bytes) -> bytes:
-        """The bytes of one segment made by :meth:`segment` (by any implementation)."""
+        """The bytes of one segment made by :meth:`segment` (by any implementation); a
+        ValueError when they are not deflate data."""
         d = self.module.decompressobj(-15)
-        return d.decompress(packed) + d.flush()
+        try:
+            return d.decompress(packed) + d.flush()
+        except self.module.error as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _zlib_ng() -> ModuleType | None:

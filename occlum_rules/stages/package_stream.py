@@ -298,10 +298,13 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                     seg, job, plain = pending.popleft()
                     packed, seg_crc, length = job if isinstance(job, tuple) else job.result()
                     if raw_hashing is not None:
-                        plain = plain if isinstance(plain, bytes) else plain.result()
+                        try:
+                            plain = plain if isinstance(plain, bytes) else plain.result()
+                        except ValueError:
+                            plain = b""
                         if len(plain) != length:
                             raise UserError(f"{out}: a segment copied from the previous package "
-                                            "does not inflate to its recorded length; delete "
+                                            "does not inflate to its recorded bytes; delete "
                                             "the package and build again")
                         raw_hashing.update(plain)
                     placed.append((seg, [offset, len(packed), seg_crc, length]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -93,3 +95,22 @@ def test_the_toolchain_prefers_zlib_ng_and_obeys_the_environment(monkeypatch):
     monkeypatch.setenv(ENV, "gzip-9000")
     with pytest.raises(UserError, match="gzip-9000"):
         package_deflater()
+
+
+def test_a_copied_segment_that_does_not_inflate_is_one_clear_error(tmp_path):
+    """The state matches the package (same stamp) but its bytes are not deflate data: the
+    uncompressed digest cannot be had, and the error says what to do."""
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "app.tar.gz", tmp_path / "state"
+    _write(inst, out, ZLIB_NG, state_path=state)
+    st = out.stat()
+    data = bytearray(out.read_bytes())
+    data[20:4000] = bytes([0xFF]) * 3980  # inside the first segment; same size
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    stamp = ps._stamp(out)
+    payload = json.loads(bytes(ps.read_state(state, ps.STATE_KIND, ps.STATE_VERSION)))
+    payload["stamp"] = stamp  # as if the damage had kept the file's stamp
+    ps.write_state(state, ps.STATE_KIND, ps.STATE_VERSION, json.dumps(payload).encode())
+    with pytest.raises(UserError, match="does not inflate to its recorded bytes"):
+        _write(inst, out, ZLIB_NG, state_path=state)
