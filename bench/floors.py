@@ -10,7 +10,8 @@ in the build's own work dir (never /dev/shm), we time
   file system this is);
 * SEFS pack: read + write + AES-GCM GMAC over 4 KiB nodes of the image bytes (the pack's own
   call, :func:`sefs_pack.gmac_nodes`);
-* package: deflate of the instance's package members at the package's level, in independent
+* package: deflate of the instance's package members by the package's deflate implementation
+  (zlib-ng unless OCCLUM_RULES_DEFLATE says otherwise) at the package's level, in independent
   segments on one thread per CPU (as ``occlum_rules/stages/package_stream.py`` does), plus
   sha256 and write of the compressed bytes;
 * store: sha256 of every file the build left in ``out/`` (every output the build hashes).
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import harness as h  # noqa: E402
+
+from occlum_rules.toolchains.deflate import package_deflater  # noqa: E402
+
+DEFLATER = package_deflater()  # the package's own deflate implementation
 
 CHUNK = 8 << 20  # read size of the copy and GMAC floors: big enough to stream, 4 KiB aligned
 SEGMENT = 4 << 20  # the package's deflate segment (package_stream.SEGMENT)
@@ -136,8 +140,7 @@ def sefs_floor(files: list[Path], scratch: Path, runs: int) -> Floor:
 
 
 def _deflate(data: bytes, level: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return c.compress(data) + c.flush(zlib.Z_FULL_FLUSH)
+    return DEFLATER.segment(data, level)
 
 
 def _segments(files: list[Path]):
@@ -179,7 +182,7 @@ def package_floor(files: list[Path], out: Path, level: int, runs: int, origin: s
     out.unlink()
     nbytes = sum(f.stat().st_size for f in files)
     return Floor("package", seconds, nbytes,
-                 f"zlib {zlib.ZLIB_RUNTIME_VERSION} level {level} on {workers} threads over "
+                 f"{DEFLATER.identity} level {level} on {workers} threads over "
                  f"{SEGMENT >> 20} MiB segments + sha256 + write of {len(files)} package members "
                  f"({origin}; {compressed / 1e6:.0f} MB out)")
 

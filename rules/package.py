@@ -10,10 +10,10 @@ Like ``occlum package`` it refuses debuggable and SIM-mode instances unless ``de
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from occlum_rules.core.rule import BOOL, INT, LABEL, STRING, Attr, Rule, RuleContext
+from occlum_rules.toolchains.deflate import package_deflater
 
 
 def _package_name(ctx: RuleContext, instance_name: str) -> str:
@@ -38,6 +38,7 @@ def package_impl(ctx: RuleContext) -> dict[str, Any]:
     tarball = ctx.declare_file(f"{name}.tar.gz", action="package")
     manifest = ctx.declare_file(f"{name}.manifest.json", action="package")
     sums = ctx.declare_file("SHA256SUMS", action="package")
+    deflater = package_deflater()
     holds_key = bool((target.resolved or target.attrs).get("buildin_image_key"))
     ctx.actions.stage(
         name="package", kind="package", func="occlum_rules.actions.package:package",
@@ -47,8 +48,8 @@ def package_impl(ctx: RuleContext) -> dict[str, Any]:
                 "level": level, "sgx_mode": instance["sgx_mode"],
                 "measurements": instance["measurements"].path,
                 "image_manifest": instance["image_manifest"].path,
-                # deflate output can change between zlib versions: key on it
-                "zlib": zlib.ZLIB_RUNTIME_VERSION},
+                # deflate output differs between implementations and versions: key on it
+                "deflate": deflater.name, "deflate_version": deflater.version},
         # a built-in image key inside initfs/ is a secret: never put it in a shared cache
         cacheable=not holds_key,
         # in place: the stage copies unchanged deflate segments from the previous package,

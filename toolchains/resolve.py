@@ -460,6 +460,15 @@ def _describe(tc: Toolchains) -> str:
     show("ar", tc.ar, ["ar"])
     show("cargo", tc.cargo, ws.toolchains.get("cargo") or ["cargo"])
     show("go", tc.go, ws.toolchains.get("go") or ["go"])
+    from occlum_rules.toolchains.deflate import ENV, package_deflater
+
+    try:
+        deflater = package_deflater()
+    except UserError as exc:
+        lines.append(f"deflate    not usable: {exc}")
+    else:
+        why = f"from ${ENV}" if os.environ.get(ENV, "").strip() else "default"
+        lines.append(f"deflate    {deflater.identity}  ({why}; compresses occlum_package)")
     return "\n".join(lines)
 
 

@@ -38,7 +38,9 @@ def refusal(label: str, occlum_json: dict, measurements: dict, sgx_mode: str,
 
 
 def package(ctx: StageContext) -> None:
+    from occlum_rules.stages.deflate import deflater
     from occlum_rules.stages.package import (
+        compressor_record,
         manifest_bytes,
         package_manifest,
         select_members,
@@ -59,15 +61,21 @@ def package(ctx: StageContext) -> None:
     if why:
         raise UserError(why)
     tarball, manifest_file, sums = ctx.outputs
+    compressor = deflater(p["deflate"])
+    if compressor.version != p["deflate_version"]:
+        raise UserError(f"{ctx.label}: {compressor.name} is now version {compressor.version}, "
+                        f"but the build was planned with {p['deflate_version']}; run the build "
+                        "again")
     members = select_members(instance, mode)
     result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
                            level=p["level"], state_path=ctx.state_dir / "segments.state",
-                           digest_of=ctx.digests.digest)
+                           digest_of=ctx.digests.digest, raw_digest=True, deflater=compressor)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
     manifest = package_manifest(
         file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
         measurements=measurements, image_manifest=image_manifest,
-        source_date_epoch=ctx.source_date_epoch, level=p["level"])
+        source_date_epoch=ctx.source_date_epoch, level=p["level"],
+        compressor=compressor_record(compressor.name, compressor.version, p["level"]))
     data = manifest_bytes(manifest)
     _write(manifest_file, data)
     _write(sums, sha256sums([(tarball.name, result.sha256),
@@ -76,5 +84,6 @@ def package(ctx: StageContext) -> None:
         ctx.log(f"warning: packaged a {'debuggable' if measurements.get('debuggable') else 'SIM'}"
                 " enclave (debug = True): not for production")
     ctx.log(f"packaged {tarball.name} ({result.size} bytes, sha256 {result.sha256[:16]}…; "
-            f"{result.deflated} segments deflated, {result.reused} reused); "
+            f"{result.deflated} segments deflated by {compressor.identity}, {result.reused} "
+            "reused); "
             f"MRENCLAVE {measurements['mrenclave']}, MRSIGNER {measurements['mrsigner']}")

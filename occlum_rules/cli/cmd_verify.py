@@ -11,6 +11,9 @@ Three forms:
     target there with ``doit`` under an empty cache, no remote cache and the manifest's
     SOURCE_DATE_EPOCH, then compare the bytes with the given package (or with the
     workspace's own built package for a label) and name the first differing member.
+    When only the gzip bytes differ, the uncompressed tar streams of both are compared with
+    the manifest's tar_sha256: equal streams made by another compressor (implementation,
+    version or level, named in both manifests) pass, and the output says so.
     The signing key must be reachable from the copy (in the workspace, or an absolute path).
   * ``verify PACKAGE.tar.gz --provenance P [--provenance-key PUB.pem]`` and
     ``verify IMAGE.oci --provenance P [--provenance-key PUB.pem]``: first the provenance
@@ -31,6 +34,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from occlum_rules.stages.package import compressor_name
 from occlum_rules.stages.verify_instance import InstanceCheck, verify_instance
 from occlum_rules.stages.verify_package import PackageCheck, default_manifest, verify_package
 from occlum_rules.stages.verify_provenance import (
@@ -124,8 +128,18 @@ def rebuild(target: str, package: Path | None, keep: bool, workspace: Path | Non
     if c.identical:
         print(f"OK: the rebuilt {result.rebuilt.name} is byte-identical (sha256 {c.original_sha256})")
         return 0
+    if c.reproduced:
+        release, here = (compressor_name(x) for x in c.compressors)
+        print(f"OK: the rebuilt {result.rebuilt.name} holds the identical tar stream (tar_sha256 "
+              f"{c.tar_sha256})")
+        print(f"the compressed bytes differ only because another compressor was used: the "
+              f"release was compressed by {release}, this rebuild by {here} (sha256 "
+              f"{c.original_sha256} vs {c.other_sha256})")
+        return 0
+    why = c.explanation()
     _err(f"DIFFERENT: the rebuilt {result.rebuilt.name} has sha256 {c.other_sha256}, the package "
-         f"{c.original_sha256}\nfirst differing file: {c.first_difference}")
+         f"{c.original_sha256}\nfirst differing file: {c.first_difference}"
+         + (f"\n{why}" if why else ""))
     return 1
 
 

@@ -14,6 +14,7 @@ import os
 import stat as statmod
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from occlum_rules.atomic_write import write_atomic
 
@@ -21,10 +22,19 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
+        return sha256_reader(f)
+
+
+class Reader(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def sha256_reader(f: Reader) -> str:
+    """sha256 of what ``f`` yields until its end (a file, or a decompressing stream)."""
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
     return h.hexdigest()
 
 

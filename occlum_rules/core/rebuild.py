@@ -106,8 +106,9 @@ def rebuild_package(target: str | None, package: Path | None, *, keep: bool = Fa
         if proc.returncode != 0 or not rebuilt.is_file():
             tail = trim_output(proc.stdout + proc.stderr, lines=15, tail=True)
             raise UserError(f"rebuilding {label} failed:\n{tail}")
-        return RebuildResult(str(label), original, rebuilt, compare_packages(original, rebuilt),
-                             tmp if keep else None)
+        rebuilt_manifest = load_manifest(default_manifest(rebuilt))
+        comparison = compare_packages(original, rebuilt, manifest, rebuilt_manifest)
+        return RebuildResult(str(label), original, rebuilt, comparison, tmp if keep else None)
     finally:
         if keep:
             log(f"kept the rebuild in {tmp}")

@@ -138,10 +138,38 @@ def bill_of_materials(image_manifest: list[dict]) -> list[dict]:
     return bom
 
 
+def compressor_record(name: str, version: str, level: int) -> dict:
+    """The manifest's ``package.compressor``: what made the compressed bytes."""
+    return {"name": name, "version": version, "level": level}
+
+
+def manifest_compressor(package: dict) -> dict | None:
+    """The compressor a manifest's ``package`` section names; a manifest written before the
+    field existed named only the zlib version (and zlib was the only compressor then)."""
+    found = package.get("compressor")
+    if isinstance(found, dict):
+        return found
+    if isinstance(package.get("zlib"), str):
+        return compressor_record("zlib", package["zlib"], package.get("compression_level", 6))
+    return None
+
+
+def compressor_name(record: dict | None) -> str:
+    if not record:
+        return "an unrecorded compressor"
+    return f"{record.get('name')} {record.get('version')} level {record.get('level')}"
+
+
 def package_manifest(*, file_name: str, top: str, label: str, result: PackageResult,
                      measurements: dict, image_manifest: list[dict], source_date_epoch: int,
-                     level: int) -> dict:
-    """The release manifest: identity of the enclave, of the package, and what is inside."""
+                     level: int, compressor: dict) -> dict:
+    """The release manifest: identity of the enclave, of the package, and what is inside.
+
+    ``tar_sha256`` (of the uncompressed tar stream) lets a rebuild made with another
+    compressor, whose gzip bytes differ, still be checked byte for byte.
+    """
+    if result.raw_sha256 is None:
+        raise ValueError("the package was written without the tar stream's digest")
     version = measurements.get("occlum_version")
     return {
         "manifest_version": 1,
@@ -149,7 +177,7 @@ def package_manifest(*, file_name: str, top: str, label: str, result: PackageRes
         "package": {"file": file_name, "top": top, "sha256": result.sha256,
                     "size": result.size, "source_date_epoch": source_date_epoch,
                     "format": "gnu tar + gzip", "compression_level": level,
-                    "zlib": zlib.ZLIB_RUNTIME_VERSION},
+                    "compressor": compressor, "tar_sha256": result.raw_sha256},
         "enclave": {
             "mrenclave": measurements["mrenclave"],
             "mrsigner": measurements["mrsigner"],

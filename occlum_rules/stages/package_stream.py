@@ -4,12 +4,14 @@ re-compresses only what changed.
 A deflate stream may be cut into pieces that each start with an empty dictionary: every
 segment of the tar stream is deflated by a fresh compressor and ends with a full flush
 (byte-aligned, not final), and one empty final block closes the stream. A segment's
-compressed bytes then depend only on its own bytes and the level, so
+compressed bytes then depend only on its own bytes, the level and the deflate
+implementation (:mod:`occlum_rules.stages.deflate`), so
 
-* segments are deflated in parallel (zlib releases the GIL), and
+* segments are deflated in parallel (zlib and zlib-ng release the GIL), and
 * a segment whose members did not change is copied from the previous package instead of
   being deflated again. The bytes are the same either way: an incremental package equals
-  a full one, which the tests check.
+  a full one, which the tests check. The previous package's segments count only when the
+  same implementation, version and level made them: the state is keyed by all three.
 
 The gzip CRC-32 is combined from per-segment CRCs. The cost is a slightly bigger file: a
 few bytes per segment and no back-references across a boundary (segments are MiBs).
@@ -40,6 +42,7 @@ from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core.digests import sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
+from occlum_rules.stages.deflate import ZLIB, Deflater
 from occlum_rules.state_file import Missing, discard_state, read_state, write_state
 
 SEGMENT = 4 << 20
@@ -157,9 +160,8 @@ def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: dict[
     return h.hexdigest()
 
 
-def _deflate(data: bytes, level: int) -> tuple[bytes, int, int]:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return c.compress(data) + c.flush(zlib.Z_FULL_FLUSH), zlib.crc32(data), len(data)
+def _deflate(deflater: Deflater, data: bytes, level: int) -> tuple[bytes, int, int]:
+    return deflater.segment(data, level), deflater.crc32(data), len(data)
 
 
 class _BackgroundSha:
@@ -239,20 +241,24 @@ def _read_range(m: Member, start: int, length: int) -> bytes:
 def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                   level: int = 6, state_path: Path | None = None,
                   digest_of: Callable[[str], str] | None = None,
-                  workers: int | None = None, raw_digest: bool = False) -> PackageResult:
+                  workers: int | None = None, raw_digest: bool = False,
+                  deflater: Deflater = ZLIB) -> PackageResult:
     """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member.
 
     With ``state_path``, segments whose members are unchanged since the package at ``out``
-    was written are copied from it. ``digest_of(path)`` gives a file's sha256 without
-    reading it where the caller knows it (the build's stat-keyed digest cache).
-    ``top`` "" puts members at the archive root. ``raw_digest`` also hashes the
-    uncompressed tar (``raw_sha256``, an OCI layer's diff_id); a copied segment is then
-    read and hashed again, but never deflated.
+    was written by the same ``deflater`` at the same level are copied from it.
+    ``digest_of(path)`` gives a file's sha256 without reading it where the caller knows it
+    (the build's stat-keyed digest cache). ``top`` "" puts members at the archive root.
+    ``raw_digest`` also hashes the uncompressed tar (``raw_sha256``: a release's
+    tar_sha256, an OCI layer's diff_id). A copied segment's bytes then come from inflating
+    the copy itself, not from re-reading its members, so the digest describes exactly the
+    bytes in the package even if a member changed behind a stale digest cache.
     """
     if "/" in top or top in (".", ".."):
         raise UserError(f"package name {top!r} must be a plain directory name")
     out = Path(out)
-    salt = f"{STATE_VERSION}|{top}|{mtime}|{level}|{zlib.ZLIB_RUNTIME_VERSION}|{SEGMENT}|{BIG}|{GROUP_SPREAD}"
+    salt = (f"{STATE_VERSION}|{top}|{mtime}|{level}|{deflater.identity}|{SEGMENT}|{BIG}|"
+            f"{GROUP_SPREAD}")
     segments = plan_segments(members)
     previous = _load_state(state_path, out, salt)
     if state_path is not None:
@@ -267,7 +273,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     workers = workers or os.cpu_count() or 1
     target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
     hashing = _BackgroundSha()
-    raw_sha = hashlib.sha256() if raw_digest else None
+    raw_hashing = _BackgroundSha() if raw_digest else None
     placed: list[tuple[_Segment, list[int]]] = []
     result = PackageResult(sha256="", size=0)
     try:
@@ -289,8 +295,18 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
             def drain(keep: int) -> None:
                 nonlocal crc, total
                 while len(pending) > keep:
-                    seg, job = pending.popleft()
+                    seg, job, plain = pending.popleft()
                     packed, seg_crc, length = job if isinstance(job, tuple) else job.result()
+                    if raw_hashing is not None:
+                        try:
+                            plain = plain if isinstance(plain, bytes) else plain.result()
+                        except ValueError:
+                            plain = b""
+                        if len(plain) != length:
+                            raise UserError(f"{out}: a segment copied from the previous package "
+                                            "does not inflate to its recorded bytes; delete "
+                                            "the package and build again")
+                        raw_hashing.update(plain)
                     placed.append((seg, [offset, len(packed), seg_crc, length]))
                     emit(packed)
                     crc = crc32_combine(crc, seg_crc, length)
@@ -303,34 +319,34 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                     old.seek(hit[0])
                     packed = old.read(hit[1])
                     if len(packed) == hit[1]:
-                        if raw_sha is not None:
-                            raw_sha.update(_segment_bytes(seg, members, top, mtime, digests, shas))
-                        pending.append((seg, (packed, hit[2], hit[3])))
+                        plain = pool.submit(deflater.inflate, packed) if raw_hashing else None
+                        pending.append((seg, (packed, hit[2], hit[3]), plain))
                         result.reused += 1
                         drain(2 * workers)
                         continue
                 data = _segment_bytes(seg, members, top, mtime, digests, shas)
-                if raw_sha is not None:
-                    raw_sha.update(data)
-                pending.append((seg, pool.submit(_deflate, data, level)))
+                pending.append((seg, pool.submit(_deflate, deflater, data, level),
+                                data if raw_hashing else None))
                 result.deflated += 1
                 drain(2 * workers)
             drain(0)
             end = bytes(2 * tarfile.BLOCKSIZE)
             end += bytes(-(total + len(end)) % tarfile.RECORDSIZE)
-            if raw_sha is not None:
-                raw_sha.update(end)
-                result.raw_sha256 = raw_sha.hexdigest()
-            c = zlib.compressobj(level, zlib.DEFLATED, -15)
-            emit(c.compress(end) + c.flush(zlib.Z_FINISH))
-            crc = crc32_combine(crc, zlib.crc32(end), len(end))
+            if raw_hashing is not None:
+                raw_hashing.update(end)
+            emit(deflater.final(end, level))
+            crc = crc32_combine(crc, deflater.crc32(end), len(end))
             emit(struct.pack("<II", crc, (total + len(end)) & 0xFFFFFFFF))
             result.size = offset
     except BaseException:
         hashing.close()
+        if raw_hashing is not None:
+            raw_hashing.close()
         target.discard()
         raise
     result.sha256 = hashing.close()
+    if raw_hashing is not None:
+        result.raw_sha256 = raw_hashing.close()
     target.commit()
     if state_path is not None:
         for seg, _ in placed:  # a big member's digest is known only after its last piece

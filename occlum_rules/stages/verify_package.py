@@ -8,17 +8,21 @@ the CLI decides how to show them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from occlum_rules.core.digests import sha256_file
+from occlum_rules.core.digests import sha256_file, sha256_reader
 from occlum_rules.errors import UserError
 from occlum_rules.stages.package import (
     compare_contents,
+    compressor_name,
     first_difference,
+    manifest_compressor,
     parse_sha256sums,
     read_package,
 )
@@ -132,20 +136,81 @@ def verify_package(package: Path, manifest_path: Path | None = None) -> PackageC
 
 @dataclass(frozen=True)
 class PackageComparison:
-    """Two packages compared: their digests and, when they differ, where."""
+    """Two packages compared: their digests and, when they differ, where.
+
+    When the gzip bytes differ but the release manifest records ``tar_sha256``, both
+    packages' uncompressed tar streams are compared with it: equal streams made by two
+    different compressors (``compressors``: the release's, the rebuild's) are a
+    reproduced release whose compressed bytes differ only by the compressor.
+    """
 
     original_sha256: str
     other_sha256: str
     first_difference: str | None  # a member path, or what differs when no member does
+    tar_sha256: str | None = None  # the manifest's; None when it records none
+    original_tar_sha256: str | None = None  # of each package's uncompressed stream, when read
+    other_tar_sha256: str | None = None
+    compressors: tuple[dict | None, dict | None] = (None, None)
 
     @property
     def identical(self) -> bool:
         return self.original_sha256 == self.other_sha256
 
+    @property
+    def same_tar(self) -> bool:
+        return self.tar_sha256 is not None and (
+            self.original_tar_sha256 == self.other_tar_sha256 == self.tar_sha256)
 
-def compare_packages(original: Path, other: Path) -> PackageComparison:
+    @property
+    def compressor_differs(self) -> bool:
+        left, right = self.compressors
+        return left is not None and right is not None and left != right
+
+    @property
+    def reproduced(self) -> bool:
+        """Byte-identical, or the same tar stream compressed by another compressor."""
+        return self.identical or (self.same_tar and self.compressor_differs)
+
+    def explanation(self) -> str | None:
+        """Why two differing packages do not count as reproduced, beyond the first
+        differing member (None when they do, or when nothing more is known)."""
+        if self.reproduced:
+            return None
+        if self.tar_sha256 is None:
+            return ("the release manifest records no tar_sha256 (it predates the field), so "
+                    "only byte-identical packages verify")
+        if self.original_tar_sha256 != self.tar_sha256:
+            return (f"the package's tar stream has sha256 {self.original_tar_sha256}, its "
+                    f"manifest's tar_sha256 is {self.tar_sha256}")
+        if self.other_tar_sha256 != self.tar_sha256:
+            return (f"the rebuilt tar stream has sha256 {self.other_tar_sha256}, the manifest's "
+                    f"tar_sha256 is {self.tar_sha256}")
+        return ("the tar streams are identical, yet the same compressor "
+                f"({compressor_name(self.compressors[0])}) made different gzip bytes")
+
+
+def tar_stream_sha256(package: Path) -> str | None:
+    """sha256 of a ``.tar.gz``'s uncompressed stream (streamed), or None when it is not a
+    readable gzip file."""
+    try:
+        with gzip.open(package, "rb") as f:
+            return sha256_reader(f)
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def compare_packages(original: Path, other: Path, manifest: dict | None = None,
+                     other_manifest: dict | None = None) -> PackageComparison:
+    """``original`` (described by the release ``manifest``) against ``other`` (a rebuild,
+    described by ``other_manifest``)."""
     a, b = sha256_file(original), sha256_file(other)
     if a == b:
         return PackageComparison(a, b, None)
     where = first_difference(original, other) or "the gzip stream (members are identical)"
-    return PackageComparison(a, b, where)
+    want = (manifest or {}).get("package", {})
+    tar_sha = want.get("tar_sha256") if isinstance(want.get("tar_sha256"), str) else None
+    if tar_sha is None:
+        return PackageComparison(a, b, where)
+    return PackageComparison(
+        a, b, where, tar_sha, tar_stream_sha256(original), tar_stream_sha256(other),
+        (manifest_compressor(want), manifest_compressor((other_manifest or {}).get("package", {}))))

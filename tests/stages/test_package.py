@@ -20,6 +20,7 @@ from occlum_rules.stages.package import (
     RUN_SKELETON,
     bill_of_materials,
     compare_contents,
+    compressor_record,
     first_difference,
     package_manifest,
     parse_sha256sums,
@@ -75,7 +76,7 @@ def make_instance(root: Path, mode: str = "HW", order_seed: int = 0, mtime: int 
 
 
 def package(inst: Path, out: Path, mode: str = "HW", top: str = "app"):
-    return write_package(select_members(inst, mode), top, out, mtime=SDE)
+    return write_package(select_members(inst, mode), top, out, mtime=SDE, raw_digest=True)
 
 
 def test_members_are_what_occlum_package_takes(tmp_path):
@@ -202,7 +203,11 @@ def test_manifest_bom_and_sha256sums(tmp_path):
     ]
     manifest = package_manifest(file_name=out.name, top="app", label="//x:pkg", result=result,
                                 measurements=measurements, image_manifest=image_manifest,
-                                source_date_epoch=SDE, level=6)
+                                source_date_epoch=SDE, level=6,
+                                compressor=compressor_record("zlib", "1.2.13", 6))
+    assert manifest["package"]["tar_sha256"] == hashlib.sha256(
+        gzip.decompress(out.read_bytes())).hexdigest()
+    assert manifest["package"]["compressor"] == {"name": "zlib", "version": "1.2.13", "level": 6}
     assert manifest["enclave"]["occlum_version"] == "stand-in LibOS"
     assert manifest["enclave"]["mrenclave"] == "aa" * 32
     assert manifest["package"]["sha256"] == result.sha256

@@ -170,3 +170,21 @@ def test_unreadable_member_is_one_clear_error(tmp_path):
     with pytest.raises(ps.UserError, match="cannot read it"):
         ps.write_package(members, "app", tmp_path / "x.tar.gz", mtime=SDE)
     assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / ".x.tar.gz.tmp").exists()
+
+
+def test_raw_digest_covers_copied_segments_as_stored(tmp_path):
+    """A copied segment's uncompressed bytes come from the package itself: a member changed
+    behind a stale digest (same stamp) is copied stale, and the digest says what the package
+    really holds, not what the file holds now."""
+    inst = _instance(tmp_path)
+    out, state = tmp_path / "app.tar.gz", tmp_path / "state"
+    ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, raw_digest=True,
+                     state_path=state)
+    victim = inst / "initfs" / "etc" / "hosts"
+    stale = {str(victim): hashlib.sha256(victim.read_bytes()).hexdigest()}
+    victim.write_bytes(b"127.0.0.2   localhost\n")  # same size
+    again = ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, raw_digest=True,
+                             state_path=state,
+                             digest_of=lambda p: stale.get(p) or ps.sha256_file(p))
+    assert again.deflated == 0
+    assert again.raw_sha256 == hashlib.sha256(gzip.decompress(out.read_bytes())).hexdigest()

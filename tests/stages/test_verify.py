@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from occlum_rules.errors import UserError
-from occlum_rules.stages.package import select_members
+from occlum_rules.stages.deflate import ZLIB, deflater
+from occlum_rules.stages.package import compressor_record, manifest_compressor, select_members
 from occlum_rules.stages.package_stream import write_package
 from occlum_rules.stages.securefs import mac_text, patch_builtin_config, read_protected_mac
 from occlum_rules.stages.securefs.builtin_config import read_builtin_config
@@ -24,6 +25,7 @@ from occlum_rules.stages.verify_package import (
     compare_packages,
     default_manifest,
     load_manifest,
+    tar_stream_sha256,
     verify_package,
 )
 from tests.support.tar import extract_all
@@ -110,6 +112,81 @@ def test_missing_package_or_manifest_is_one_user_error(package, tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(UserError, match="not an occlum-rules release manifest"):
         verify_package(package, bad)
+
+
+def _repack(package: Path, dest: Path, deflater=ZLIB, edit: bool = False) -> Path:
+    """The package's members written again into ``dest`` by ``deflater`` (one member's
+    first byte changed when ``edit``)."""
+    unpacked = dest.with_suffix(".d")
+    extract_all(package, unpacked)
+    if edit:
+        hosts = unpacked / "hello_c/initfs/etc/hosts"
+        hosts.write_bytes(b"#" + hosts.read_bytes()[1:])
+    manifest = load_manifest(default_manifest(package))
+    write_package(select_members(unpacked / "hello_c", "HW"), "hello_c", dest,
+                  mtime=manifest["package"]["source_date_epoch"], deflater=deflater)
+    return dest
+
+
+def _rebuilt_manifest(package: Path, compressor: dict) -> dict:
+    manifest = load_manifest(default_manifest(package))
+    manifest["package"] = dict(manifest["package"], compressor=compressor)
+    return manifest
+
+
+def test_the_release_records_its_tar_stream_and_compressor(package):
+    want = load_manifest(default_manifest(package))["package"]
+    assert want["tar_sha256"] == tar_stream_sha256(package)
+    assert want["compressor"] == {"name": "zlib-ng", "version": deflater("zlib-ng").version,
+                                  "level": 6}
+
+
+def test_another_compressor_with_the_same_tar_stream_is_reproduced(package, tmp_path):
+    manifest = load_manifest(default_manifest(package))
+    other = _repack(package, tmp_path / "zlib.tar.gz")
+    zlib_record = compressor_record("zlib", ZLIB.version, 6)
+    c = compare_packages(package, other, manifest, _rebuilt_manifest(package, zlib_record))
+    assert not c.identical and c.same_tar and c.compressor_differs and c.reproduced
+    assert c.first_difference == "the gzip stream (members are identical)"
+    assert c.explanation() is None
+    assert c.compressors == (manifest["package"]["compressor"], zlib_record)
+
+
+def test_same_tar_stream_from_the_same_compressor_is_not_explained_away(package, tmp_path):
+    """Equal tar streams but different gzip bytes from the compressor the release names:
+    something other than the compressor changed the bytes, so it fails."""
+    manifest = load_manifest(default_manifest(package))
+    other = _repack(package, tmp_path / "zlib.tar.gz")
+    c = compare_packages(package, other, manifest, manifest)
+    assert c.same_tar and not c.reproduced
+    assert "the same compressor (zlib-ng" in (c.explanation() or "")
+
+
+def test_tampered_content_fails_even_with_another_compressor(package, tmp_path):
+    manifest = load_manifest(default_manifest(package))
+    other = _repack(package, tmp_path / "zlib.tar.gz", edit=True)
+    zlib_record = compressor_record("zlib", ZLIB.version, 6)
+    c = compare_packages(package, other, manifest, _rebuilt_manifest(package, zlib_record))
+    assert not c.reproduced and c.first_difference == "hello_c/initfs/etc/hosts"
+    assert "the rebuilt tar stream has sha256" in (c.explanation() or "")
+    # a tampered release whose manifest was updated to match still differs from the rebuild
+    tampered = _repack(package, tmp_path / "tampered.tar.gz", deflater("zlib-ng"), edit=True)
+    forged = dict(manifest, package=dict(manifest["package"],
+                                         tar_sha256=tar_stream_sha256(tampered)))
+    c = compare_packages(tampered, package, forged, manifest)
+    assert not c.reproduced and "the rebuilt tar stream" in (c.explanation() or "")
+
+
+def test_a_manifest_without_tar_sha256_needs_identical_bytes(package, tmp_path):
+    manifest = load_manifest(default_manifest(package))
+    old = dict(manifest, package={k: v for k, v in manifest["package"].items()
+                                  if k not in ("tar_sha256", "compressor")})
+    old["package"]["zlib"] = "1.2.13"
+    other = _repack(package, tmp_path / "zlib.tar.gz")
+    c = compare_packages(package, other, old, manifest)
+    assert not c.reproduced and c.tar_sha256 is None
+    assert "records no tar_sha256" in (c.explanation() or "")
+    assert manifest_compressor(old["package"]) == compressor_record("zlib", "1.2.13", 6)
 
 
 # --------------------------------------------------------------------------- instance
