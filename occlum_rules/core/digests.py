@@ -47,6 +47,12 @@ def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def content_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What says a build's own output still holds the bytes it wrote: inode, size, mtime.
+    Not the ctime: storing the output in the local store (a hard link) moves it."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _Shard:
     """One persisted dict of the cache; loaded on first use."""
 

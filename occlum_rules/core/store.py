@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from occlum_rules.atomic_write import AtomicFile, replace_with_hardlink, write_atomic
-from occlum_rules.core.digests import CHUNK, sha256_file, stat_stamp
+from occlum_rules.core.digests import CHUNK, content_stamp, sha256_file, stat_stamp
 
 
 class CorruptBlob(Exception):
@@ -163,8 +163,7 @@ class LocalStore:
         except OSError:
             return None  # another device, no hard links there: copy instead
         after = os.stat(src)
-        if (after.st_ino, after.st_size, after.st_mtime_ns) != (
-                before.st_ino, before.st_size, before.st_mtime_ns):
+        if content_stamp(after) != content_stamp(before):
             with contextlib.suppress(OSError):
                 os.unlink(blob)
             raise CorruptBlob(f"{src} changed while it was being stored")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from occlum_rules.atomic_write import AtomicFile
-from occlum_rules.core.digests import sha256_file, stat_stamp
+from occlum_rules.core.digests import content_stamp, sha256_file
 from occlum_rules.errors import UserError
 from occlum_rules.stages.crc32_combine import crc32_combine
 from occlum_rules.stages.deflate import ZLIB, Deflater
@@ -48,7 +48,7 @@ from occlum_rules.state_file import Missing, discard_state, read_state, write_st
 SEGMENT = 4 << 20
 BIG = 1 << 20
 GROUP_SPREAD = 32
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the stamp of the previous package leaves out its ctime (store links move it)
 STATE_KIND = "package-segments"  # in the shared state framing (occlum_rules/state_file.py)
 _GZIP_XFL = {9: 2, 1: 4}  # what gzip (and Python's gzip module) writes for best/fastest
 
@@ -190,7 +190,7 @@ class _BackgroundSha:
 
 def _stamp(path: Path) -> list[int] | None:
     try:
-        return list(stat_stamp(os.stat(path)))
+        return list(content_stamp(os.stat(path)))
     except OSError:
         return None
 
