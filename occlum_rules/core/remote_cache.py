@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -34,7 +35,13 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from occlum_rules.atomic_write import AtomicFile
-from occlum_rules.credentials import RemoteCredentials, credentials_from_env, redact_url
+from occlum_rules.core.store import LocalStore, manifest_blobs
+from occlum_rules.credentials import (
+    RemoteCredentials,
+    credentials_from_env,
+    redact_url,
+    tls_files_from_env,
+)
 from occlum_rules.errors import UserError
 from occlum_rules.http_connection import HTTPConnection as _HTTPConnection
 from occlum_rules.http_connection import HTTPSConnection as _HTTPSConnection
@@ -42,6 +49,7 @@ from occlum_rules.http_connection import HTTPSConnection as _HTTPSConnection
 ENV_URL = "OCCLUM_RULES_REMOTE_CACHE"
 ENV_UPLOAD = "OCCLUM_RULES_REMOTE_UPLOAD"
 ENV_TIMEOUT = "OCCLUM_RULES_REMOTE_TIMEOUT"
+ENV_INSTANCE = "OCCLUM_RULES_REMOTE_INSTANCE"
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 5.0
@@ -316,6 +324,39 @@ class RemoteCache:
         if not self._uploads_allowed():
             return False
         return self._put(f"/ac/{key}", bytes(data), len(data))
+
+    # ------------------------------------------ entries (the interface cache_entry uses)
+
+    def get_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:
+        """(manifest, blob sizes) stored under ``key``, or None. The HTTP protocol names
+        blobs by sha256 alone, so no sizes are known here."""
+        data = self.get_action_result(key)
+        if data is None:
+            return None
+        try:
+            manifest = json.loads(data)
+            manifest_blobs(manifest)  # every record has what a restore needs
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(manifest, dict):
+            return None
+        return manifest, {}
+
+    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None]) -> bool:
+        """Download ``blobs`` (sha256 → size or None) into the store, each verified."""
+        for digest in sorted(blobs):
+            store.cas_path(digest).parent.mkdir(parents=True, exist_ok=True)
+            if not self.fetch_blob(digest, store.cas_path(digest), mode=0o444):
+                return False
+        return True
+
+    def put_entry(self, store: LocalStore, key: str, manifest: dict) -> bool:
+        """Upload the blobs ``manifest`` needs, then the entry as the store holds it."""
+        for digest in sorted(set(manifest_blobs(manifest))):
+            if not self.put_blob(digest, store.cas_path(digest)):
+                return False  # an action entry must never point at blobs the remote lacks
+        data = store.action_bytes(key)
+        return data is not None and self.put_action_result(key, data)
 
     def close(self) -> None:
         """Close every connection this client opened (from any thread)."""
@@ -667,7 +708,8 @@ class RemoteCache:
             raise UserError(f"not a valid URL: {shown}", where=where) from None
         if parts.scheme not in ("http", "https"):
             raise UserError(
-                f"remote cache URL must start with http:// or https://, got {shown}", where=where
+                "remote cache URL must start with http://, https://, grpc:// or grpcs://, got "
+                f"{shown}", where=where
             )
         if parts.username is not None or parts.password is not None or "@" in parts.netloc:
             raise UserError(
@@ -730,17 +772,20 @@ def remote_from_config(
     remote_url: str | None,
     upload: bool | None,
     environ: Mapping[str, str] | None = None,
+    instance_name: str | None = None,
     **options: Any,
-) -> RemoteCache | None:
-    """The remote cache this build should use, or None.
+) -> Any:
+    """The remote cache this build should use (:class:`RemoteCache`, or a
+    ``reapi_cache.ReapiCache`` for ``grpc://`` and ``grpcs://`` URLs), or None.
 
-    ``remote_url`` and ``upload`` are WORKSPACE.yaml's ``cache.remote`` and
-    ``cache.upload``. The environment wins over them: ``OCCLUM_RULES_REMOTE_CACHE`` (``off``
-    switches the remote off; empty counts as unset), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0`` and
+    ``remote_url``, ``upload`` and ``instance_name`` are WORKSPACE.yaml's ``cache.remote``,
+    ``cache.upload`` and ``cache.instance_name`` (gRPC only). The environment wins over
+    them: ``OCCLUM_RULES_REMOTE_CACHE`` (``off`` switches the remote off; empty counts as
+    unset), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0``, ``OCCLUM_RULES_REMOTE_INSTANCE`` and
     ``OCCLUM_RULES_REMOTE_TIMEOUT`` (seconds, for both connect and read). Credentials come
     only from the environment. Uploads are off unless one of them turns them on, so a job
     that was merely given the URL (a pull request, a laptop) reads but never writes.
-    ``options`` go to :class:`RemoteCache`.
+    ``options`` go to the client.
     """
     # (``environ`` defaults to None, not os.environ: a default shown by help() or a
     # traceback would print the whole environment, credentials included.)
@@ -770,10 +815,22 @@ def remote_from_config(
             f"expected true or false, got {upload!r}", where="WORKSPACE.yaml: cache.upload"
         )
     timeout = _env_seconds(environ, ENV_TIMEOUT)
+    credentials = credentials_from_env(environ)
+    if url.strip().lower().startswith(("grpc://", "grpcs://")):
+        from occlum_rules.core.reapi_cache import ReapiCache, parse_target
+
+        instance_where = "WORKSPACE.yaml: cache.instance_name"
+        env_instance = environ.get(ENV_INSTANCE, "").strip()
+        if env_instance:
+            instance_name, instance_where = env_instance, ENV_INSTANCE
+        target = parse_target(url, instance_name, where, instance_where)
+        if timeout is not None:
+            options.setdefault("timeout", timeout)
+        return ReapiCache(target, upload=upload_on, credentials=credentials,
+                          tls_files=tls_files_from_env(environ), **options)
     if timeout is not None:
         options.setdefault("connect_timeout", timeout)
         options.setdefault("read_timeout", timeout)
-    credentials = credentials_from_env(environ)
     return RemoteCache(
         url.strip(), upload=upload_on, credentials=credentials, where=where, **options
     )

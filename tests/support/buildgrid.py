@@ -1,0 +1,159 @@
+"""A real BuildGrid server on loopback: CAS, ByteStream, ActionCache and Capabilities.
+
+The gRPC cache tests talk to the REAPI server a team would deploy, not to a mock. Those
+services need no database: blobs go to a ``!disk-storage`` directory in the test's temp
+dir (so a test can damage one on the server's disk), action results to an in-memory LRU.
+
+``bgd`` comes from the test virtualenv (``pip install -e '.[test]'`` installs BuildGrid on
+Python 3.11+) or from ``OCCLUM_RULES_TEST_BGD``, the path of a ``bgd`` installed elsewhere
+(BuildGrid needs Python 3.11; ``.ci/run`` prepares one for the 3.10 run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.nginx import free_port
+
+ENV_BGD = "OCCLUM_RULES_TEST_BGD"
+INSTANCE = "main"
+
+CONFIG = """\
+server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+storages:
+  - !disk-storage &cas
+    path: {storage}
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+instances:
+  - name: "{instance}"
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"""
+
+
+def find_bgd() -> str | None:
+    """The ``bgd`` to run: $OCCLUM_RULES_TEST_BGD, else the one beside this Python."""
+    configured = os.environ.get(ENV_BGD, "").strip()
+    if configured:
+        return configured
+    beside = Path(sys.executable).parent / "bgd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("bgd")
+
+
+@dataclass
+class BuildGrid:
+    port: int
+    workdir: Path
+    storage: Path
+    process: subprocess.Popen[bytes]
+    instance: str = INSTANCE
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where ``!disk-storage`` keeps a blob (``cas/objects/<2>/<62>``)."""
+        return self.storage / "cas" / "objects" / digest[:2] / digest[2:]
+
+    def blob_paths(self) -> list[Path]:
+        return sorted(p for p in (self.storage / "cas" / "objects").rglob("*") if p.is_file())
+
+    def log(self) -> str:
+        return (self.workdir / "bgd.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def _ready(port: int, process: subprocess.Popen[bytes], deadline: float) -> bool:
+    """True once GetCapabilities answers (the port alone opens before the services)."""
+    import grpc
+    from buildgrid.common.protos.build.bazel.remote.execution.v2 import (
+        remote_execution_pb2,
+        remote_execution_pb2_grpc,
+    )
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = remote_execution_pb2_grpc.CapabilitiesStub(channel)
+        request = remote_execution_pb2.GetCapabilitiesRequest(instance_name=INSTANCE)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            try:
+                stub.GetCapabilities(request, timeout=1.0, wait_for_ready=True)
+                return True
+            except grpc.RpcError:
+                time.sleep(0.1)
+    return False
+
+
+def start_buildgrid(workdir: Path, bgd: str, startup_timeout: float = 60.0) -> BuildGrid:
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = workdir / "storage"
+    last = ""
+    for _ in range(3):  # the free port can be taken between choosing and binding it
+        port = free_port()
+        config = workdir / "bgd.yml"
+        config.write_text(CONFIG.format(port=port, storage=storage, instance=INSTANCE))
+        with open(workdir / "bgd.log", "wb") as log:
+            process = subprocess.Popen([bgd, "server", "start", str(config)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       cwd=workdir)
+        if _ready(port, process, time.monotonic() + startup_timeout):
+            return BuildGrid(port, workdir, storage, process)
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        last = (workdir / "bgd.log").read_text(errors="replace")
+        if "address" not in last.lower():
+            break
+    raise RuntimeError(f"BuildGrid did not start: {last[-3000:]}")
+
+
+def require_bgd() -> str:
+    bgd = find_bgd()
+    if bgd is None:
+        pytest.skip("BuildGrid's bgd not found (pip install -e '.[test]' on Python 3.11+, or set "
+                    f"{ENV_BGD}) — REAPI tests skipped")
+    return bgd
+
+
+@pytest.fixture(name="buildgrid")
+def buildgrid_fixture(tmp_path: Path) -> Iterator[BuildGrid]:
+    """A fresh BuildGrid (empty CAS and action cache) for one test."""
+    server = start_buildgrid(tmp_path / "buildgrid", require_bgd())
+    try:
+        yield server
+    finally:
+        server.stop()
