@@ -62,6 +62,11 @@ def action_messages(pb: Any, key: str) -> tuple[bytes, bytes]:
     return serialize(action), command
 
 
+def action_digest_hash(pb: Any, key: str) -> str:
+    """The sha256 part of the Action digest for our key (the HTTP cache's ``/ac/`` name)."""
+    return hashlib.sha256(action_messages(pb, key)[0]).hexdigest()
+
+
 def _props(pb: Any, mode: int) -> Any:
     props = pb.re.NodeProperties()
     props.unix_mode.value = mode

@@ -177,7 +177,7 @@ def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: boo
 def fetch_remote(remote, store: LocalStore, key: str, action: Action | None = None) -> dict | None:
     """The entry for ``key`` from the remote (HTTP or REAPI), its blobs fetched into the store
     and verified, and the entry stored locally; None on a miss or anything unfit."""
-    entry = remote.get_entry(key)
+    entry = remote.get_entry(key, store)
     if entry is None:
         return None
     manifest, sizes = entry

@@ -230,11 +230,12 @@ class ReapiCache:
     def disabled(self) -> bool:
         return self.stats.disabled
 
-    def get_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:
+    def get_entry(self, key: str,
+                  store: LocalStore | None = None) -> tuple[dict, dict[str, int]] | None:
         """(manifest, blob sizes) stored for our action ``key``, or None (miss or failure).
 
         The ActionResult and every Tree it names are fetched and decoded; the Tree blobs are
-        verified by digest like any other blob."""
+        verified by digest like any other blob (in memory: ``store`` is not needed)."""
         _check_hex64(key)
         if not self._usable():
             self._count(misses=1)

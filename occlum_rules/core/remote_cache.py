@@ -35,6 +35,9 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from occlum_rules.atomic_write import AtomicFile
+from occlum_rules.core import action_result as ar
+from occlum_rules.core.action_result import action_digest_hash
+from occlum_rules.core.reapi_stubs import optional_messages
 from occlum_rules.core.store import LocalStore, manifest_blobs
 from occlum_rules.credentials import (
     RemoteCredentials,
@@ -327,9 +330,37 @@ class RemoteCache:
 
     # ------------------------------------------ entries (the interface cache_entry uses)
 
-    def get_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:
-        """(manifest, blob sizes) stored under ``key``, or None. The HTTP protocol names
-        blobs by sha256 alone, so no sizes are known here."""
+    def get_entry(self, key: str, store: LocalStore) -> tuple[dict, dict[str, int]] | None:
+        """(manifest, blob sizes) stored for our action ``key``, or None.
+
+        With the ``remote`` extra installed, entries are REAPI ActionResults under
+        ``/ac/<Action digest>`` (see ``core/action_result.py``), their Trees fetched into
+        ``store`` and verified like any blob; without it, the JSON manifests of earlier
+        versions under ``/ac/<action key>``, which name blobs by sha256 alone (no sizes)."""
+        pb = optional_messages()
+        if pb is None:
+            return self._get_json_entry(key)
+        data = self.get_action_result(action_digest_hash(pb, key))
+        if data is None:
+            return None
+        try:
+            result = pb.re.ActionResult.FromString(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError: not an ActionResult
+            self._count(errors=1)
+            return None
+        trees: dict[str, bytes] = {}
+        for digest in ar.tree_digests(result):
+            tree = self._tree_blob(store, digest.hash, digest.size_bytes)
+            if tree is None:
+                return None
+            trees[digest.hash] = tree
+        try:
+            return ar.from_action_result(pb, result, trees)
+        except ar.BadActionResult:
+            self._count(errors=1)
+            return None
+
+    def _get_json_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:
         data = self.get_action_result(key)
         if data is None:
             return None
@@ -342,6 +373,20 @@ class RemoteCache:
             return None
         return manifest, {}
 
+    def _tree_blob(self, store: LocalStore, digest: str, size: int) -> bytes | None:
+        """A Tree blob's bytes, fetched into the store if it is not there; verified."""
+        if not _HEX64.match(digest) or size > self.max_action_result_size:
+            return None
+        path = store.cas_path(digest)
+        if not store.has_blob(digest):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.fetch_blob(digest, path, mode=0o444):
+                return None
+        data = path.read_bytes()
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            return None
+        return data
+
     def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None]) -> bool:
         """Download ``blobs`` (sha256 → size or None) into the store, each verified."""
         for digest in sorted(blobs):
@@ -351,10 +396,22 @@ class RemoteCache:
         return True
 
     def put_entry(self, store: LocalStore, key: str, manifest: dict) -> bool:
-        """Upload the blobs ``manifest`` needs, then the entry as the store holds it."""
-        for digest in sorted(set(manifest_blobs(manifest))):
+        """Upload the blobs ``manifest`` needs (and its Trees), then the entry: an
+        ActionResult with the ``remote`` extra, else the JSON manifest the store holds."""
+        blobs = sorted(set(manifest_blobs(manifest)))
+        pb = optional_messages()
+        if pb is not None:
+            try:
+                sizes = {d: os.stat(store.cas_path(d)).st_size for d in blobs}
+            except OSError:
+                return False
+            result, trees = ar.to_action_result(pb, manifest, sizes)
+            blobs += [store.put_bytes(tree) for tree in trees]
+        for digest in blobs:
             if not self.put_blob(digest, store.cas_path(digest)):
                 return False  # an action entry must never point at blobs the remote lacks
+        if pb is not None:
+            return self.put_action_result(action_digest_hash(pb, key), ar.serialize(result))
         data = store.action_bytes(key)
         return data is not None and self.put_action_result(key, data)
 
@@ -670,8 +727,9 @@ class RemoteCache:
         hint = ""
         if "/ac/" in why and "HTTP 400" in why:
             hint = (
-                " (bazel-remote validates /ac/ entries as protobuf ActionResults unless it runs "
-                "with --disable_http_ac_validation)"
+                " (bazel-remote accepts only protobuf ActionResults in /ac/: install "
+                "'occlum-rules[remote]', which writes them, or run it with "
+                "--disable_http_ac_validation)"
             )
         self._warn(
             f"remote cache {self.display_url}: uploads switched off for the rest of this build: "
