@@ -172,8 +172,6 @@ def _is_loopback(host: str) -> bool:
 class ReapiCache:
     """A REAPI cache client, safe to share between threads (one channel per process)."""
 
-    kind = "grpc"
-
     def __init__(
         self,
         target: ReapiTarget,

@@ -1,15 +1,17 @@
 """Client for the Bazel HTTP remote-cache protocol (``/cas/<sha256>``, ``/ac/<key>``).
 
-Any server speaking that protocol works: nginx with WebDAV PUT, bazel-remote (with
-``--disable_http_ac_validation``, since our action entries are not REAPI protobufs), or an
-S3/GCS proxy. The remote is an accelerator, never a dependency: every failure turns into a
+Any server speaking that protocol works: nginx with WebDAV PUT, bazel-remote, or an S3/GCS
+proxy. Action entries are REAPI ``ActionResult`` protobufs under ``/ac/<Action digest>``
+(``core/action_result.py``) when the ``remote`` extra is installed, else the JSON manifests
+of earlier versions under ``/ac/<action key>`` (bazel-remote then needs
+``--disable_http_ac_validation``). The remote is an accelerator, never a dependency: every failure turns into a
 cache miss, and a remote that keeps failing is switched off for the rest of the process
 with a single warning, so a dead or slow server costs a bounded few seconds, not a build.
 
 Bytes coming back are never trusted: a blob is hashed while it streams to a temporary
 file next to its destination and renamed into place only when its sha256 matches.
 
-Only the standard library is used (``http.client``): one keep-alive connection per thread,
+The transport is the standard library's ``http.client``: one keep-alive connection per thread,
 separate connect and read timeouts, a few retries with exponential backoff on connection
 errors and 5xx, none on 404.
 """

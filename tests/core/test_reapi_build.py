@@ -145,3 +145,17 @@ def test_bad_instance_name_is_one_error_line(tmp_path) -> None:
     assert "OCCLUM_RULES_REMOTE_INSTANCE: instance name 'main/blobs' uses the reserved word" \
         in result.output
     assert "Traceback" not in result.output
+
+
+def test_parallel_build_processes_share_buildgrid(buildgrid: BuildGrid, tmp_path) -> None:
+    """``doit -n 2`` forks workers: each opens its own gRPC channel."""
+    first = copy_examples(tmp_path / "a", EXAMPLES)
+    result = run_doit(first, "-n", "2", "-P", "process", "build", cache=tmp_path / "s1",
+                      env=grpc_env(buildgrid, upload=True))
+    assert result.returncode == 0, result.output
+    fresh = copy_examples(tmp_path / "b", EXAMPLES)
+    result = run_doit(fresh, "-n", "2", "-P", "process", "build", cache=tmp_path / "s2",
+                      env=grpc_env(buildgrid))
+    assert result.returncode == 0, result.output
+    assert report(fresh)["actions_run"] == 0 and files_of(fresh) == files_of(first)
+    assert "remote cache" not in result.output, result.output
