@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import logging
 import os
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -43,7 +41,7 @@ from urllib.parse import urlsplit
 from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core import action_result as ar
 from occlum_rules.core.reapi_stubs import load_stubs
-from occlum_rules.core.remote_cache import RemoteCacheStats
+from occlum_rules.core.remote_health import RemoteAccounting
 from occlum_rules.core.store import LocalStore, manifest_blobs
 from occlum_rules.credentials import RemoteCredentials, TlsFiles
 from occlum_rules.errors import UserError
@@ -62,13 +60,10 @@ _STREAM_CHUNK = 1024 * 1024
 _SECONDS_PER_MIB = 1.0
 _FIND_MISSING_PAGE = 4096
 _PER_BLOB_OVERHEAD = 128  # digest, status and framing of one blob in a batch
-_MAX_MISMATCH_LINES = 5
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _RESERVED_SEGMENTS = {"blobs", "uploads", "actions", "actionResults", "operations",
                       "capabilities", "compressed-blobs"}
 _INSTANCE_SEGMENT = re.compile(r"[A-Za-z0-9._~+=@:,-]+\Z")
-
-logger = logging.getLogger("occlum_rules.remote_cache")
 
 
 class _Failed:
@@ -169,7 +164,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class ReapiCache:
+class ReapiCache(RemoteAccounting):
     """A REAPI cache client, safe to share between threads (one channel per process)."""
 
     def __init__(
@@ -199,16 +194,11 @@ class ReapiCache:
         self.max_failures = max(1, int(max_failures))
         self.failure_budget = float(failure_budget)
         self.max_tree_size = int(max_tree_size)
-        self._warn_fn = warn or logger.warning
-        self.stats = RemoteCacheStats()
-        self._lock = threading.Lock()
+        self._init_accounting(warn, unit="calls")
         self._channel: Any = None
         self._channel_pid = 0
         self._ready: bool | None = None  # capabilities: None = not asked yet
         self._batch_limit = _GRPC_MESSAGE_LIMIT - _BATCH_OVERHEAD
-        self._consecutive_failures = 0
-        self._failure_seconds = 0.0
-        self._mismatch_lines = 0
         self._metadata: tuple[tuple[str, str], ...] = ()
         codes = self._pb.grpc.StatusCode
         self._retryable = (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED, codes.RESOURCE_EXHAUSTED,
@@ -223,10 +213,6 @@ class ReapiCache:
                             "grpc://; use grpcs://", where="OCCLUM_RULES_REMOTE_TLS_CA")
 
     # ----------------------------------------------------------------- public API
-
-    @property
-    def disabled(self) -> bool:
-        return self.stats.disabled
 
     def get_entry(self, key: str,
                   store: LocalStore | None = None) -> tuple[dict, dict[str, int]] | None:
@@ -262,8 +248,8 @@ class ReapiCache:
             manifest, sizes = ar.from_action_result(pb, result, trees)
         except ar.BadActionResult as exc:
             self._count(misses=1, errors=1)
-            self._warn_once_bad(f"action result for {key[:12]}… is not one of ours ({exc}); "
-                                "treated as a miss")
+            self._warn_limited(f"action result for {key[:12]}… is not one of ours ({exc}); "
+                               "treated as a miss")
             return None
         self._count(hits=1, bytes_down=result.ByteSize())
         return manifest, sizes
@@ -665,76 +651,6 @@ class ReapiCache:
             self._disable(f"the server refused {what} with {code} (sent {who}; set "
                           "OCCLUM_RULES_REMOTE_TOKEN, or the TLS client certificate variables)")
         return _FAILED
-
-    # ------------------------------------------------- failure accounting
-
-    def _uploads_allowed(self) -> bool:
-        return self.upload_enabled and not self.disabled and not self.stats.uploads_disabled
-
-    def _budget_left(self) -> float:
-        with self._lock:
-            return self.failure_budget - self._failure_seconds
-
-    def _spend(self, seconds: float) -> None:
-        with self._lock:
-            self._failure_seconds += seconds
-
-    def _record_success(self) -> None:
-        with self._lock:
-            self._consecutive_failures = 0
-
-    def _record_failure(self, seconds: float, reason: str) -> None:
-        with self._lock:
-            self.stats.errors += 1
-            self._consecutive_failures += 1
-            self._failure_seconds += seconds
-            failures = self._consecutive_failures
-            over_budget = self._failure_seconds >= self.failure_budget
-        if failures >= self.max_failures:
-            self._disable(f"{failures} failed calls in a row (last: {reason})")
-        elif over_budget:
-            self._disable(f"failed calls took {self.failure_budget:g} s in total (last: {reason})")
-
-    def _disable(self, why: str) -> None:
-        with self._lock:
-            if self.stats.disabled:
-                return
-            self.stats.disabled = True
-        self._warn(f"remote cache {self.display_url} switched off for the rest of this build: "
-                   f"{why}; continuing with the local cache")
-
-    def _disable_uploads(self, why: str) -> None:
-        with self._lock:
-            if self.stats.uploads_disabled:
-                return
-            self.stats.uploads_disabled = True
-        self._warn(f"remote cache {self.display_url}: uploads switched off for the rest of this "
-                   f"build: {why}; downloads continue")
-
-    def _report_mismatch(self, digest: str) -> None:
-        with self._lock:
-            self.stats.digest_mismatches += 1
-            self._mismatch_lines += 1
-            line = self._mismatch_lines
-        if line <= _MAX_MISMATCH_LINES:
-            more = " (further mismatches are only counted)" if line == _MAX_MISMATCH_LINES else ""
-            self._warn(f"remote cache {self.display_url}: blob {digest} arrived with a different "
-                       f"size or sha256; not used{more}")
-
-    def _warn_once_bad(self, message: str) -> None:
-        with self._lock:
-            self._mismatch_lines += 1
-            line = self._mismatch_lines
-        if line <= _MAX_MISMATCH_LINES:
-            self._warn(f"remote cache {self.display_url}: {message}")
-
-    def _count(self, **amounts: int) -> None:
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self.stats, name, getattr(self.stats, name) + amount)
-
-    def _warn(self, message: str) -> None:
-        self._warn_fn(message)
 
 
 class _BytesReader:

@@ -22,7 +22,6 @@ import hashlib
 import http.client
 import ipaddress
 import json
-import logging
 import os
 import re
 import socket
@@ -31,7 +30,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -40,6 +38,8 @@ from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core import action_result as ar
 from occlum_rules.core.action_result import action_digest_hash
 from occlum_rules.core.reapi_stubs import optional_messages
+from occlum_rules.core.remote_health import RemoteAccounting
+from occlum_rules.core.remote_health import RemoteCacheStats as RemoteCacheStats
 from occlum_rules.core.store import LocalStore, manifest_blobs
 from occlum_rules.credentials import (
     RemoteCredentials,
@@ -66,9 +66,6 @@ DEFAULT_MAX_ACTION_RESULT = 64 * 1024 * 1024
 
 _CHUNK = 256 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_MAX_MISMATCH_LINES = 5
-
-logger = logging.getLogger("occlum_rules.remote_cache")
 
 try:  # the package version for the User-Agent, without making it a hard dependency
     from importlib.metadata import version as _dist_version
@@ -76,44 +73,6 @@ try:  # the package version for the User-Agent, without making it a hard depende
     _USER_AGENT = f"occlum-rules/{_dist_version('occlum-rules')}"
 except Exception:  # noqa: BLE001 - not installed as a distribution
     _USER_AGENT = "occlum-rules"
-
-
-@dataclass
-class RemoteCacheStats:
-    """What the remote did for this build; printed at the end and kept for ``cache stats``."""
-
-    hits: int = 0
-    misses: int = 0
-    uploads: int = 0
-    upload_skips: int = 0  # blobs the remote already had (HEAD said so)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    errors: int = 0
-    digest_mismatches: int = 0
-    disabled: bool = False
-    uploads_disabled: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One human line, e.g. for the end of ``doit build``."""
-        state = " (switched off after failures)" if self.disabled else ""
-        return (
-            f"remote cache: {self.hits} hits, {self.misses} misses, {self.uploads} uploads "
-            f"({self.upload_skips} already present), {_human(self.bytes_down)} down, "
-            f"{_human(self.bytes_up)} up, {self.errors} errors, "
-            f"{self.digest_mismatches} digest mismatches{state}"
-        )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 class _Failed:
@@ -184,7 +143,7 @@ def _check_hex64(value: str, what: str) -> str:
     return value
 
 
-class RemoteCache:
+class RemoteCache(RemoteAccounting):
     """A Bazel-protocol HTTP cache, safe to share between threads.
 
     ``connect_timeout`` and ``read_timeout`` bound each network wait. A failed attempt
@@ -228,15 +187,9 @@ class RemoteCache:
         self.max_failures = max(1, int(max_failures))
         self.failure_budget = float(failure_budget)
         self.max_action_result_size = int(max_action_result_size)
-        self._warn_fn = warn or logger.warning
-
-        self.stats = RemoteCacheStats()
-        self._lock = threading.Lock()
+        self._init_accounting(warn, unit="requests")
         self._local = threading.local()
         self._connections: set[http.client.HTTPConnection] = set()
-        self._consecutive_failures = 0
-        self._failure_seconds = 0.0
-        self._mismatch_lines = 0
         self._ssl_context = ssl.create_default_context() if self._tls else None
         _LIVE_CLIENTS.add(self)
 
@@ -247,10 +200,6 @@ class RemoteCache:
             )
 
     # ----------------------------------------------------------------- public API
-
-    @property
-    def disabled(self) -> bool:
-        return self.stats.disabled
 
     def has_blob(self, digest: str) -> bool:
         """Whether the remote holds the blob (HEAD). Failures answer False."""
@@ -458,9 +407,6 @@ class RemoteCache:
         return f"RemoteCache({self.display_url!r}, upload={self.upload_enabled}, {state})"
 
     # ------------------------------------------------------------- per operation
-
-    def _uploads_allowed(self) -> bool:
-        return self.upload_enabled and not self.disabled and not self.stats.uploads_disabled
 
     def _head(self, path: str) -> bool | _Failed:
         def handle(resp: http.client.HTTPResponse) -> bool:
@@ -680,83 +626,21 @@ class RemoteCache:
                 self._connections.discard(conn)
             conn.close()
 
-    # ------------------------------------------------- failure accounting
+    # ------------------------------------------------- failure accounting (hooks)
 
-    def _budget_left(self) -> float:
-        with self._lock:
-            return self.failure_budget - self._failure_seconds
-
-    def _spend(self, seconds: float) -> None:
-        with self._lock:
-            self._failure_seconds += seconds
-
-    def _record_success(self) -> None:
-        with self._lock:
-            self._consecutive_failures = 0
-
-    def _record_failure(self, seconds: float, reason: str) -> None:
-        with self._lock:
-            self.stats.errors += 1
-            self._consecutive_failures += 1
-            self._failure_seconds += seconds
-            failures = self._consecutive_failures
-            over_budget = self._failure_seconds >= self.failure_budget
-        if failures >= self.max_failures:
-            self._disable(f"{failures} failed requests in a row (last: {reason})")
-        elif over_budget:
-            self._disable(
-                f"failed requests took {self.failure_budget:g} s in total (last: {reason})"
-            )
-
-    def _disable(self, why: str) -> None:
-        with self._lock:
-            if self.stats.disabled:
-                return
-            self.stats.disabled = True
-        self._warn(
-            f"remote cache {self.display_url} switched off for the rest of this build: {why}; "
-            "continuing with the local cache"
-        )
+    def _after_disable(self) -> None:
         # Only this thread's connection: closing one another thread is using would make
         # http.client fail there with something other than a network error.
         self._drop_connection()
 
-    def _disable_uploads(self, why: str) -> None:
-        with self._lock:
-            if self.stats.uploads_disabled:
-                return
-            self.stats.uploads_disabled = True
-        hint = ""
+    def _uploads_hint(self, why: str) -> str:
         if "/ac/" in why and "HTTP 400" in why:
-            hint = (
+            return (
                 " (bazel-remote accepts only protobuf ActionResults in /ac/: install "
                 "'occlum-rules[remote]', which writes them, or run it with "
                 "--disable_http_ac_validation)"
             )
-        self._warn(
-            f"remote cache {self.display_url}: uploads switched off for the rest of this build: "
-            f"{why}{hint}; downloads continue"
-        )
-
-    def _report_mismatch(self, digest: str) -> None:
-        with self._lock:
-            self.stats.digest_mismatches += 1
-            self._mismatch_lines += 1
-            line = self._mismatch_lines
-        if line <= _MAX_MISMATCH_LINES:
-            more = " (further mismatches are only counted)" if line == _MAX_MISMATCH_LINES else ""
-            self._warn(
-                f"remote cache {self.display_url}: blob {digest} arrived with a different "
-                f"sha256; not used{more}"
-            )
-
-    def _count(self, **amounts: int) -> None:
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self.stats, name, getattr(self.stats, name) + amount)
-
-    def _warn(self, message: str) -> None:
-        self._warn_fn(message)
+        return ""
 
     @staticmethod
     def _parse_url(url: str, where: str) -> Any:

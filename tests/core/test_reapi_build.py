@@ -90,13 +90,17 @@ def test_corrupted_blob_on_buildgrid_is_not_used(buildgrid: BuildGrid, tmp_path)
     binary = first / "out/bin/examples/hello_c/hello/hello"
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     stored = buildgrid.blob_path(digest)
-    data = bytearray(stored.read_bytes())
+    good = stored.read_bytes()
+    data = bytearray(good)
     data[len(data) // 2] ^= 0x01  # one flipped bit, same size, on the server's disk
     os.chmod(stored, 0o644)
     stored.write_bytes(bytes(data))
 
     fresh = copy_examples(tmp_path / "b", ["hello_c"])
-    result = run_doit(fresh, "build", cache=tmp_path / "s2", env=grpc_env(buildgrid))
+    try:
+        result = run_doit(fresh, "build", cache=tmp_path / "s2", env=grpc_env(buildgrid))
+    finally:
+        stored.write_bytes(good)  # the server is shared by this module's tests
     assert result.returncode == 0, result.output
     outcome = {a["id"]: a["outcome"] for a in report(fresh)["actions"]}
     assert outcome["//examples/hello_c:hello:link"] == "run"
