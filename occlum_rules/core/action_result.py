@@ -27,6 +27,7 @@ execute (that is what the issue's "actions as REAPI actions" step adds).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ SALT = b"occlum-rules/cache/v1"
 METADATA_KEY = "occlum_rules"
 _MAX_DEPTH = 512
 _MAX_ENTRIES = 1_000_000
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class BadActionResult(ValueError):
@@ -157,7 +159,14 @@ def to_action_result(pb: Any, manifest: dict, sizes: Mapping[str, int]) -> tuple
 
 def tree_digests(result: Any) -> list[Any]:
     """The ``Tree`` digests an ActionResult refers to (to fetch before decoding)."""
-    return [d.tree_digest for d in result.output_directories]
+    return [_checked(d.tree_digest) for d in result.output_directories]
+
+
+def _checked(digest: Any) -> Any:
+    """A digest from outside: 64 lowercase hex digits and a size that can be."""
+    if not _HEX64.match(digest.hash) or digest.size_bytes < 0:
+        raise BadActionResult(f"malformed digest {digest.hash[:80]!r}/{digest.size_bytes}")
+    return digest
 
 
 def _mode(node: Any, executable: bool, default: int) -> int:
@@ -195,7 +204,7 @@ def _tree_entries(pb: Any, tree_bytes: bytes, sizes: dict[str, int]) -> list[dic
                 raise BadActionResult(f"bad entry name {name!r}")
             path = prefix + name
             if kind == "file":
-                digest = node.digest.hash
+                digest = _checked(node.digest).hash
                 entries.append({"path": path, "type": "file",
                                 "mode": _mode(node, node.is_executable, 0o644),
                                 "size": int(node.digest.size_bytes), "sha256": digest})
@@ -224,7 +233,7 @@ def from_action_result(pb: Any, result: Any,
     sizes: dict[str, int] = {}
     outputs: list[tuple[str, dict]] = []
     for f in result.output_files:
-        digest = f.digest.hash
+        digest = _checked(f.digest).hash
         sizes[digest] = int(f.digest.size_bytes)
         outputs.append((f.path, {"path": f.path, "type": "file",
                                  "mode": _mode(f, f.is_executable, 0o644),

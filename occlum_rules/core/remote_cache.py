@@ -299,16 +299,18 @@ class RemoteCache(RemoteAccounting):
         except Exception:  # noqa: BLE001 - protobuf's DecodeError: not an ActionResult
             self._count(errors=1)
             return None
-        trees: dict[str, bytes] = {}
-        for digest in ar.tree_digests(result):
-            tree = self._tree_blob(store, digest.hash, digest.size_bytes)
-            if tree is None:
-                return None
-            trees[digest.hash] = tree
         try:
+            trees: dict[str, bytes] = {}
+            for digest in ar.tree_digests(result):
+                tree = self._tree_blob(store, digest.hash, digest.size_bytes)
+                if tree is None:
+                    return None
+                trees[digest.hash] = tree
             return ar.from_action_result(pb, result, trees)
-        except ar.BadActionResult:
+        except ar.BadActionResult as exc:
             self._count(errors=1)
+            self._warn_limited(f"action entry for {key[:12]}… is not one of ours ({exc}); "
+                               "treated as a miss")
             return None
 
     def _get_json_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:

@@ -122,3 +122,15 @@ def test_results_that_are_not_ours_are_refused(tmp_path: Path, damage: str) -> N
     result.output_directories[0].tree_digest.CopyFrom(ar.blob_digest(pb, data))
     with pytest.raises(ar.BadActionResult):
         ar.from_action_result(pb, result, {sha(data): data})
+
+
+@pytest.mark.parametrize("digest", [("../../etc/passwd", 3), ("A" * 64, 3), ("ab" * 32, -1)])
+def test_malformed_digests_are_refused(digest: tuple[str, int]) -> None:
+    result = pb.re.ActionResult(output_files=[pb.re.OutputFile(
+        path="out/f", digest=pb.re.Digest(hash=digest[0], size_bytes=digest[1]))])
+    with pytest.raises(ar.BadActionResult, match="malformed digest"):
+        ar.from_action_result(pb, result, {})
+    result = pb.re.ActionResult(output_directories=[pb.re.OutputDirectory(
+        path="out/d", tree_digest=pb.re.Digest(hash=digest[0], size_bytes=digest[1]))])
+    with pytest.raises(ar.BadActionResult, match="malformed digest"):
+        ar.tree_digests(result)
