@@ -27,7 +27,13 @@ from occlum_rules.core.remote_cache import remote_from_config
 from occlum_rules.core.store import LocalStore
 from occlum_rules.credentials import tls_files_from_env
 from occlum_rules.errors import UserError
-from tests.support.buildgrid import BuildGrid, buildgrid_fixture  # noqa: F401 - the fixture
+from tests.support.buildgrid import (  # noqa: F401 - the fixture
+    BuildGrid,
+    buildgrid_fixture,
+    make_tls,
+    require_bgd,
+    start_buildgrid,
+)
 
 LOGGER = "occlum_rules.remote_cache"
 ENV_KEYS = ("OCCLUM_RULES_REMOTE_CACHE", "OCCLUM_RULES_REMOTE_UPLOAD", "OCCLUM_RULES_REMOTE_TIMEOUT",
@@ -387,3 +393,34 @@ def test_http_cache_never_imports_grpc(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_mutual_tls_with_files_from_the_environment(tmp_path: Path,
+                                                    warnings_log: pytest.LogCaptureFixture) -> None:
+    """BuildGrid accepting only clients with a certificate from its CA: with the TLS files
+    named in the environment the round trip works; without the client certificate the
+    handshake fails and the remote is switched off with one warning."""
+    tls = make_tls(tmp_path / "tls")
+    server = start_buildgrid(tmp_path / "bg", require_bgd(), tls=tls)
+    try:
+        env = {"OCCLUM_RULES_REMOTE_TLS_CA": str(tls.ca),
+               "OCCLUM_RULES_REMOTE_TLS_CERT": str(tls.client_cert),
+               "OCCLUM_RULES_REMOTE_TLS_KEY": str(tls.client_key),
+               "OCCLUM_RULES_REMOTE_INSTANCE": server.instance,
+               "OCCLUM_RULES_REMOTE_UPLOAD": "1"}
+        store = LocalStore(tmp_path / "s")
+        manifest = entry_with(store, f=b"over mutual TLS")
+        with remote_from_config(server.url, None, environ=env) as remote:
+            assert remote.put_entry(store, key_of("mtls"), manifest)
+            got = remote.get_entry(key_of("mtls"))
+            assert got is not None and got[0] == manifest
+        assert remote_warnings(warnings_log) == []
+        without_cert = {k: v for k, v in env.items() if "CERT" not in k and "KEY" not in k}
+        with remote_from_config(server.url, None, environ=without_cert, timeout=1.0) as remote:
+            assert remote.get_entry(key_of("mtls")) is None
+            assert remote.disabled
+        (warning,) = remote_warnings(warnings_log)
+        assert "switched off" in warning
+        assert tls.client_key.read_text() not in warning
+    finally:
+        server.stop()

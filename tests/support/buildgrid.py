@@ -31,7 +31,7 @@ CONFIG = """\
 server:
   - !channel
     address: "127.0.0.1:{port}"
-    insecure-mode: true
+{channel}
 storages:
   - !disk-storage &cas
     path: {storage}
@@ -53,6 +53,81 @@ instances:
 """
 
 
+INSECURE = "    insecure-mode: true"
+MTLS = """\
+    insecure-mode: false
+    credentials:
+      tls-server-key: {dir}/server.key
+      tls-server-cert: {dir}/server.pem
+      tls-client-certs: {dir}/ca.pem"""
+
+
+@dataclass
+class TlsMaterial:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.dir / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client.key"
+
+
+def make_tls(directory: Path) -> TlsMaterial:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH),
+                        ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(f"test {role}"))
+                   .issuer_name(ca.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if role == "server":
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        (directory / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(key, directory / f"{role}.key")
+    return TlsMaterial(directory)
+
+
 def find_bgd() -> str | None:
     """The ``bgd`` to run: $OCCLUM_RULES_TEST_BGD, else the one beside this Python."""
     configured = os.environ.get(ENV_BGD, "").strip()
@@ -71,10 +146,12 @@ class BuildGrid:
     storage: Path
     process: subprocess.Popen[bytes]
     instance: str = INSTANCE
+    tls: TlsMaterial | None = None
 
     @property
     def url(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
+        scheme = "grpcs" if self.tls else "grpc"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def blob_path(self, digest: str) -> Path:
         """Where ``!disk-storage`` keeps a blob (``cas/objects/<2>/<62>``)."""
@@ -93,7 +170,8 @@ class BuildGrid:
         self.process.wait(timeout=10)
 
 
-def _ready(port: int, process: subprocess.Popen[bytes], deadline: float) -> bool:
+def _ready(port: int, process: subprocess.Popen[bytes], deadline: float,
+           tls: TlsMaterial | None) -> bool:
     """True once GetCapabilities answers (the port alone opens before the services)."""
     import grpc
     from buildgrid.common.protos.build.bazel.remote.execution.v2 import (
@@ -101,7 +179,13 @@ def _ready(port: int, process: subprocess.Popen[bytes], deadline: float) -> bool
         remote_execution_pb2_grpc,
     )
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    address = f"127.0.0.1:{port}"
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
+            tls.ca.read_bytes(), tls.client_key.read_bytes(), tls.client_cert.read_bytes()))
+    with channel:
         stub = remote_execution_pb2_grpc.CapabilitiesStub(channel)
         request = remote_execution_pb2.GetCapabilitiesRequest(instance_name=INSTANCE)
         while time.monotonic() < deadline:
@@ -115,20 +199,24 @@ def _ready(port: int, process: subprocess.Popen[bytes], deadline: float) -> bool
     return False
 
 
-def start_buildgrid(workdir: Path, bgd: str, startup_timeout: float = 60.0) -> BuildGrid:
+def start_buildgrid(workdir: Path, bgd: str, startup_timeout: float = 60.0,
+                    tls: TlsMaterial | None = None) -> BuildGrid:
+    """BuildGrid on a free loopback port; with ``tls``, only mTLS clients get in."""
     workdir.mkdir(parents=True, exist_ok=True)
+    channel = MTLS.format(dir=tls.dir) if tls else INSECURE
     storage = workdir / "storage"
     last = ""
     for _ in range(3):  # the free port can be taken between choosing and binding it
         port = free_port()
         config = workdir / "bgd.yml"
-        config.write_text(CONFIG.format(port=port, storage=storage, instance=INSTANCE))
+        config.write_text(CONFIG.format(port=port, storage=storage, instance=INSTANCE,
+                                        channel=channel))
         with open(workdir / "bgd.log", "wb") as log:
             process = subprocess.Popen([bgd, "server", "start", str(config)],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        cwd=workdir)
-        if _ready(port, process, time.monotonic() + startup_timeout):
-            return BuildGrid(port, workdir, storage, process)
+        if _ready(port, process, time.monotonic() + startup_timeout, tls):
+            return BuildGrid(port, workdir, storage, process, tls=tls)
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
