@@ -1,4 +1,4 @@
-"""Credentials for HTTP services (the remote cache, OCI registries), from the environment only.
+"""Credentials for remote services (the remote cache, OCI registries), from the environment only.
 
 Credentials never come from WORKSPACE.yaml or a URL: a file in the repository or a URL in
 a log would leak them. Each service has its own variables (``EnvNames``) so a registry
@@ -19,6 +19,9 @@ from occlum_rules.errors import UserError
 ENV_USER = "OCCLUM_RULES_REMOTE_USER"
 ENV_PASSWORD = "OCCLUM_RULES_REMOTE_PASSWORD"
 ENV_TOKEN = "OCCLUM_RULES_REMOTE_TOKEN"
+ENV_TLS_CA = "OCCLUM_RULES_REMOTE_TLS_CA"
+ENV_TLS_CERT = "OCCLUM_RULES_REMOTE_TLS_CERT"
+ENV_TLS_KEY = "OCCLUM_RULES_REMOTE_TLS_KEY"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,60 @@ def credentials_from_env(environ: Mapping[str, str] | None = None,
             raise UserError(f"{names.user} must not contain ':'", where=where)
         return RemoteCredentials("basic", password, user=user)
     return None
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a gRPC cache over TLS: the roots to trust and an mTLS client identity.
+
+    Read once from the files the environment names; the private key stays in this object
+    (its ``repr`` names only which parts are set) and goes only to the TLS library."""
+
+    ca: bytes | None = field(default=None, repr=False)
+    cert: bytes | None = field(default=None, repr=False)
+    key: bytes | None = field(default=None, repr=False)
+
+    def read(self, part: str) -> bytes | None:
+        value: bytes | None = getattr(self, part)
+        return value
+
+    def describe(self) -> str:
+        parts = [name for name in ("ca", "cert", "key") if getattr(self, name) is not None]
+        return "TLS files: " + ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"TlsFiles({self.describe()})"
+
+    __str__ = __repr__
+
+
+def tls_files_from_env(environ: Mapping[str, str] | None = None) -> TlsFiles | None:
+    """The TLS files named by ``OCCLUM_RULES_REMOTE_TLS_CA`` / ``_CERT`` / ``_KEY``, or None.
+
+    The client certificate and its key go together; each file must be readable PEM."""
+    env = os.environ if environ is None else environ
+    paths = {part: (env.get(name) or "").strip()
+             for part, name in (("ca", ENV_TLS_CA), ("cert", ENV_TLS_CERT), ("key", ENV_TLS_KEY))}
+    if not any(paths.values()):
+        return None
+    if bool(paths["cert"]) != bool(paths["key"]):
+        missing = ENV_TLS_KEY if paths["cert"] else ENV_TLS_CERT
+        raise UserError(f"{ENV_TLS_CERT} and {ENV_TLS_KEY} must be set together; {missing} is "
+                        "missing", where="remote cache")
+    contents: dict[str, bytes | None] = {}
+    for part, path in paths.items():
+        name = {"ca": ENV_TLS_CA, "cert": ENV_TLS_CERT, "key": ENV_TLS_KEY}[part]
+        if not path:
+            contents[part] = None
+            continue
+        try:
+            data = open(os.path.expanduser(path), "rb").read()
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}", where=name) from None
+        if b"-----BEGIN " not in data:
+            raise UserError(f"{path} is not a PEM file (expected -----BEGIN ...)", where=name)
+        contents[part] = data
+    return TlsFiles(**contents)
 
 
 def redact_url(url: str) -> str:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from occlum_rules.core.digests import DigestCache
 
 if TYPE_CHECKING:
+    from occlum_rules.core.reapi_cache import ReapiCache
     from occlum_rules.core.remote_cache import RemoteCache
 
 _DIGESTS: dict[str, DigestCache] = {}
-_REMOTES: dict[str, RemoteCache | None] = {}
+_REMOTES: dict[str, RemoteCache | ReapiCache | None] = {}
 
 
 @dataclass
@@ -32,6 +33,7 @@ class BuildEnv:
     source_date_epoch: int
     remote_url: str | None = None
     remote_upload: bool | None = None
+    remote_instance: str | None = None
     path_env: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -45,12 +47,13 @@ def digest_cache(env: BuildEnv) -> DigestCache:
     return cache
 
 
-def remote_for(env: BuildEnv) -> RemoteCache | None:
+def remote_for(env: BuildEnv) -> RemoteCache | ReapiCache | None:
     """The remote cache this build talks to (configured or from the environment), or None."""
     if env.state_dir not in _REMOTES:
         from occlum_rules.core.remote_cache import remote_from_config  # only builds that run
 
-        _REMOTES[env.state_dir] = remote_from_config(env.remote_url, env.remote_upload)
+        _REMOTES[env.state_dir] = remote_from_config(env.remote_url, env.remote_upload,
+                                                     instance_name=env.remote_instance)
     return _REMOTES[env.state_dir]
 
 

@@ -10,13 +10,13 @@ directory, then renamed into place).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from occlum_rules.core.action import Action
+from occlum_rules.core.action_result import order_outputs
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest
 from occlum_rules.core.outputs import remove_path
@@ -176,30 +176,27 @@ def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: boo
 
 
 def fetch_remote(remote, store: LocalStore, key: str, action: Action | None = None) -> dict | None:
-    data = remote.get_action_result(key)
-    if data is None:
+    """The entry for ``key`` from the remote (HTTP or REAPI), its blobs fetched into the store
+    and verified, and the entry stored locally; None on a miss or anything unfit."""
+    entry = remote.get_entry(key, store)
+    if entry is None:
         return None
+    manifest, sizes = entry
+    if action is not None:
+        manifest = order_outputs(manifest, list(action.outputs))
+        if manifest_problem(action, manifest):
+            return None  # never store or restore an entry that names other paths
     try:
-        manifest = json.loads(data)
-        blobs = manifest_blobs(manifest)
-    except (ValueError, KeyError, TypeError, AttributeError):
+        blobs = set(manifest_blobs(manifest))
+    except (KeyError, TypeError, AttributeError):
         return None
-    if action is not None and manifest_problem(action, manifest):
-        return None  # never store or restore an entry that names other paths
-    for digest in sorted(set(blobs)):
-        if store.has_blob(digest):
-            continue
-        store.cas_path(digest).parent.mkdir(parents=True, exist_ok=True)
-        if not remote.fetch_blob(digest, store.cas_path(digest), mode=0o444):
-            return None
+    wanted = {d: sizes.get(d) for d in sorted(blobs) if not store.has_blob(d)}
+    if not remote.fetch_blobs(store, wanted):
+        return None
     store.put_action(key, manifest)
     return manifest
 
 
 def upload_remote(remote, store: LocalStore, key: str, manifest: dict) -> None:
-    for digest in sorted(set(manifest_blobs(manifest))):
-        if not remote.put_blob(digest, store.cas_path(digest)):
-            return  # an action entry must never point at blobs the remote lacks
-    data = store.action_bytes(key)
-    if data is not None:
-        remote.put_action_result(key, data)
+    """Store a fresh result on the remote: its blobs first, then the entry naming them."""
+    remote.put_entry(store, key, manifest)

@@ -57,6 +57,7 @@ def build_env(ws: Workspace, run_id: str | None = None) -> BuildEnv:
         cache_dir=str(ws.cache_dir()), run_id=run_id or uuid.uuid4().hex[:16],
         source_date_epoch=ws.source_date_epoch(),
         remote_url=ws.cache.get("remote"), remote_upload=ws.cache.get("upload"),
+        remote_instance=ws.cache.get("instance_name"),
         path_env=os.environ.get("PATH", ""))
 
 

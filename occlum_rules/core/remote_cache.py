@@ -1,15 +1,17 @@
 """Client for the Bazel HTTP remote-cache protocol (``/cas/<sha256>``, ``/ac/<key>``).
 
-Any server speaking that protocol works: nginx with WebDAV PUT, bazel-remote (with
-``--disable_http_ac_validation``, since our action entries are not REAPI protobufs), or an
-S3/GCS proxy. The remote is an accelerator, never a dependency: every failure turns into a
+Any server speaking that protocol works: nginx with WebDAV PUT, bazel-remote, or an S3/GCS
+proxy. Action entries are REAPI ``ActionResult`` protobufs under ``/ac/<Action digest>``
+(``core/action_result.py``) when the ``remote`` extra is installed, else the JSON manifests
+of earlier versions under ``/ac/<action key>`` (bazel-remote then needs
+``--disable_http_ac_validation``). The remote is an accelerator, never a dependency: every failure turns into a
 cache miss, and a remote that keeps failing is switched off for the rest of the process
 with a single warning, so a dead or slow server costs a bounded few seconds, not a build.
 
 Bytes coming back are never trusted: a blob is hashed while it streams to a temporary
 file next to its destination and renamed into place only when its sha256 matches.
 
-Only the standard library is used (``http.client``): one keep-alive connection per thread,
+The transport is the standard library's ``http.client``: one keep-alive connection per thread,
 separate connect and read timeouts, a few retries with exponential backoff on connection
 errors and 5xx, none on 404.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
-import logging
+import json
 import os
 import re
 import socket
@@ -28,13 +30,23 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 from occlum_rules.atomic_write import AtomicFile
-from occlum_rules.credentials import RemoteCredentials, credentials_from_env, redact_url
+from occlum_rules.core import action_result as ar
+from occlum_rules.core.action_result import action_digest_hash
+from occlum_rules.core.reapi_stubs import optional_messages
+from occlum_rules.core.remote_health import RemoteAccounting
+from occlum_rules.core.remote_health import RemoteCacheStats as RemoteCacheStats
+from occlum_rules.core.store import LocalStore, manifest_blobs
+from occlum_rules.credentials import (
+    RemoteCredentials,
+    credentials_from_env,
+    redact_url,
+    tls_files_from_env,
+)
 from occlum_rules.errors import UserError
 from occlum_rules.http_connection import HTTPConnection as _HTTPConnection
 from occlum_rules.http_connection import HTTPSConnection as _HTTPSConnection
@@ -42,6 +54,7 @@ from occlum_rules.http_connection import HTTPSConnection as _HTTPSConnection
 ENV_URL = "OCCLUM_RULES_REMOTE_CACHE"
 ENV_UPLOAD = "OCCLUM_RULES_REMOTE_UPLOAD"
 ENV_TIMEOUT = "OCCLUM_RULES_REMOTE_TIMEOUT"
+ENV_INSTANCE = "OCCLUM_RULES_REMOTE_INSTANCE"
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 5.0
@@ -53,9 +66,6 @@ DEFAULT_MAX_ACTION_RESULT = 64 * 1024 * 1024
 
 _CHUNK = 256 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_MAX_MISMATCH_LINES = 5
-
-logger = logging.getLogger("occlum_rules.remote_cache")
 
 try:  # the package version for the User-Agent, without making it a hard dependency
     from importlib.metadata import version as _dist_version
@@ -63,44 +73,6 @@ try:  # the package version for the User-Agent, without making it a hard depende
     _USER_AGENT = f"occlum-rules/{_dist_version('occlum-rules')}"
 except Exception:  # noqa: BLE001 - not installed as a distribution
     _USER_AGENT = "occlum-rules"
-
-
-@dataclass
-class RemoteCacheStats:
-    """What the remote did for this build; printed at the end and kept for ``cache stats``."""
-
-    hits: int = 0
-    misses: int = 0
-    uploads: int = 0
-    upload_skips: int = 0  # blobs the remote already had (HEAD said so)
-    bytes_down: int = 0
-    bytes_up: int = 0
-    errors: int = 0
-    digest_mismatches: int = 0
-    disabled: bool = False
-    uploads_disabled: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One human line, e.g. for the end of ``doit build``."""
-        state = " (switched off after failures)" if self.disabled else ""
-        return (
-            f"remote cache: {self.hits} hits, {self.misses} misses, {self.uploads} uploads "
-            f"({self.upload_skips} already present), {_human(self.bytes_down)} down, "
-            f"{_human(self.bytes_up)} up, {self.errors} errors, "
-            f"{self.digest_mismatches} digest mismatches{state}"
-        )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 class _Failed:
@@ -171,7 +143,7 @@ def _check_hex64(value: str, what: str) -> str:
     return value
 
 
-class RemoteCache:
+class RemoteCache(RemoteAccounting):
     """A Bazel-protocol HTTP cache, safe to share between threads.
 
     ``connect_timeout`` and ``read_timeout`` bound each network wait. A failed attempt
@@ -215,15 +187,9 @@ class RemoteCache:
         self.max_failures = max(1, int(max_failures))
         self.failure_budget = float(failure_budget)
         self.max_action_result_size = int(max_action_result_size)
-        self._warn_fn = warn or logger.warning
-
-        self.stats = RemoteCacheStats()
-        self._lock = threading.Lock()
+        self._init_accounting(warn, unit="requests")
         self._local = threading.local()
         self._connections: set[http.client.HTTPConnection] = set()
-        self._consecutive_failures = 0
-        self._failure_seconds = 0.0
-        self._mismatch_lines = 0
         self._ssl_context = ssl.create_default_context() if self._tls else None
         _LIVE_CLIENTS.add(self)
 
@@ -234,10 +200,6 @@ class RemoteCache:
             )
 
     # ----------------------------------------------------------------- public API
-
-    @property
-    def disabled(self) -> bool:
-        return self.stats.disabled
 
     def has_blob(self, digest: str) -> bool:
         """Whether the remote holds the blob (HEAD). Failures answer False."""
@@ -317,6 +279,95 @@ class RemoteCache:
             return False
         return self._put(f"/ac/{key}", bytes(data), len(data))
 
+    # ------------------------------------------ entries (the interface cache_entry uses)
+
+    def get_entry(self, key: str, store: LocalStore) -> tuple[dict, dict[str, int]] | None:
+        """(manifest, blob sizes) stored for our action ``key``, or None.
+
+        With the ``remote`` extra installed, entries are REAPI ActionResults under
+        ``/ac/<Action digest>`` (see ``core/action_result.py``), their Trees fetched into
+        ``store`` and verified like any blob; without it, the JSON manifests of earlier
+        versions under ``/ac/<action key>``, which name blobs by sha256 alone (no sizes)."""
+        pb = optional_messages()
+        if pb is None:
+            return self._get_json_entry(key)
+        data = self.get_action_result(action_digest_hash(pb, key))
+        if data is None:
+            return None
+        try:
+            result = pb.re.ActionResult.FromString(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError: not an ActionResult
+            self._count(errors=1)
+            return None
+        try:
+            trees: dict[str, bytes] = {}
+            for digest in ar.tree_digests(result):
+                tree = self._tree_blob(store, digest.hash, digest.size_bytes)
+                if tree is None:
+                    return None
+                trees[digest.hash] = tree
+            return ar.from_action_result(pb, result, trees)
+        except ar.BadActionResult as exc:
+            self._count(errors=1)
+            self._warn_limited(f"action entry for {key[:12]}… is not one of ours ({exc}); "
+                               "treated as a miss")
+            return None
+
+    def _get_json_entry(self, key: str) -> tuple[dict, dict[str, int]] | None:
+        data = self.get_action_result(key)
+        if data is None:
+            return None
+        try:
+            manifest = json.loads(data)
+            manifest_blobs(manifest)  # every record has what a restore needs
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(manifest, dict):
+            return None
+        return manifest, {}
+
+    def _tree_blob(self, store: LocalStore, digest: str, size: int) -> bytes | None:
+        """A Tree blob's bytes, fetched into the store if it is not there; verified."""
+        if not _HEX64.match(digest) or size > self.max_action_result_size:
+            return None
+        path = store.cas_path(digest)
+        if not store.has_blob(digest):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.fetch_blob(digest, path, mode=0o444):
+                return None
+        data = path.read_bytes()
+        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+            return None
+        return data
+
+    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None]) -> bool:
+        """Download ``blobs`` (sha256 → size or None) into the store, each verified."""
+        for digest in sorted(blobs):
+            store.cas_path(digest).parent.mkdir(parents=True, exist_ok=True)
+            if not self.fetch_blob(digest, store.cas_path(digest), mode=0o444):
+                return False
+        return True
+
+    def put_entry(self, store: LocalStore, key: str, manifest: dict) -> bool:
+        """Upload the blobs ``manifest`` needs (and its Trees), then the entry: an
+        ActionResult with the ``remote`` extra, else the JSON manifest the store holds."""
+        blobs = sorted(set(manifest_blobs(manifest)))
+        pb = optional_messages()
+        if pb is not None:
+            try:
+                sizes = {d: os.stat(store.cas_path(d)).st_size for d in blobs}
+            except OSError:
+                return False
+            result, trees = ar.to_action_result(pb, manifest, sizes)
+            blobs += [store.put_bytes(tree) for tree in trees]
+        for digest in blobs:
+            if not self.put_blob(digest, store.cas_path(digest)):
+                return False  # an action entry must never point at blobs the remote lacks
+        if pb is not None:
+            return self.put_action_result(action_digest_hash(pb, key), ar.serialize(result))
+        data = store.action_bytes(key)
+        return data is not None and self.put_action_result(key, data)
+
     def close(self) -> None:
         """Close every connection this client opened (from any thread)."""
         with self._lock:
@@ -358,9 +409,6 @@ class RemoteCache:
         return f"RemoteCache({self.display_url!r}, upload={self.upload_enabled}, {state})"
 
     # ------------------------------------------------------------- per operation
-
-    def _uploads_allowed(self) -> bool:
-        return self.upload_enabled and not self.disabled and not self.stats.uploads_disabled
 
     def _head(self, path: str) -> bool | _Failed:
         def handle(resp: http.client.HTTPResponse) -> bool:
@@ -580,82 +628,21 @@ class RemoteCache:
                 self._connections.discard(conn)
             conn.close()
 
-    # ------------------------------------------------- failure accounting
+    # ------------------------------------------------- failure accounting (hooks)
 
-    def _budget_left(self) -> float:
-        with self._lock:
-            return self.failure_budget - self._failure_seconds
-
-    def _spend(self, seconds: float) -> None:
-        with self._lock:
-            self._failure_seconds += seconds
-
-    def _record_success(self) -> None:
-        with self._lock:
-            self._consecutive_failures = 0
-
-    def _record_failure(self, seconds: float, reason: str) -> None:
-        with self._lock:
-            self.stats.errors += 1
-            self._consecutive_failures += 1
-            self._failure_seconds += seconds
-            failures = self._consecutive_failures
-            over_budget = self._failure_seconds >= self.failure_budget
-        if failures >= self.max_failures:
-            self._disable(f"{failures} failed requests in a row (last: {reason})")
-        elif over_budget:
-            self._disable(
-                f"failed requests took {self.failure_budget:g} s in total (last: {reason})"
-            )
-
-    def _disable(self, why: str) -> None:
-        with self._lock:
-            if self.stats.disabled:
-                return
-            self.stats.disabled = True
-        self._warn(
-            f"remote cache {self.display_url} switched off for the rest of this build: {why}; "
-            "continuing with the local cache"
-        )
+    def _after_disable(self) -> None:
         # Only this thread's connection: closing one another thread is using would make
         # http.client fail there with something other than a network error.
         self._drop_connection()
 
-    def _disable_uploads(self, why: str) -> None:
-        with self._lock:
-            if self.stats.uploads_disabled:
-                return
-            self.stats.uploads_disabled = True
-        hint = ""
+    def _uploads_hint(self, why: str) -> str:
         if "/ac/" in why and "HTTP 400" in why:
-            hint = (
-                " (bazel-remote validates /ac/ entries as protobuf ActionResults unless it runs "
-                "with --disable_http_ac_validation)"
+            return (
+                " (bazel-remote accepts only protobuf ActionResults in /ac/: install "
+                "'occlum-rules[remote]', which writes them, or run it with "
+                "--disable_http_ac_validation)"
             )
-        self._warn(
-            f"remote cache {self.display_url}: uploads switched off for the rest of this build: "
-            f"{why}{hint}; downloads continue"
-        )
-
-    def _report_mismatch(self, digest: str) -> None:
-        with self._lock:
-            self.stats.digest_mismatches += 1
-            self._mismatch_lines += 1
-            line = self._mismatch_lines
-        if line <= _MAX_MISMATCH_LINES:
-            more = " (further mismatches are only counted)" if line == _MAX_MISMATCH_LINES else ""
-            self._warn(
-                f"remote cache {self.display_url}: blob {digest} arrived with a different "
-                f"sha256; not used{more}"
-            )
-
-    def _count(self, **amounts: int) -> None:
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self.stats, name, getattr(self.stats, name) + amount)
-
-    def _warn(self, message: str) -> None:
-        self._warn_fn(message)
+        return ""
 
     @staticmethod
     def _parse_url(url: str, where: str) -> Any:
@@ -667,7 +654,8 @@ class RemoteCache:
             raise UserError(f"not a valid URL: {shown}", where=where) from None
         if parts.scheme not in ("http", "https"):
             raise UserError(
-                f"remote cache URL must start with http:// or https://, got {shown}", where=where
+                "remote cache URL must start with http://, https://, grpc:// or grpcs://, got "
+                f"{shown}", where=where
             )
         if parts.username is not None or parts.password is not None or "@" in parts.netloc:
             raise UserError(
@@ -730,17 +718,20 @@ def remote_from_config(
     remote_url: str | None,
     upload: bool | None,
     environ: Mapping[str, str] | None = None,
+    instance_name: str | None = None,
     **options: Any,
-) -> RemoteCache | None:
-    """The remote cache this build should use, or None.
+) -> Any:
+    """The remote cache this build should use (:class:`RemoteCache`, or a
+    ``reapi_cache.ReapiCache`` for ``grpc://`` and ``grpcs://`` URLs), or None.
 
-    ``remote_url`` and ``upload`` are WORKSPACE.yaml's ``cache.remote`` and
-    ``cache.upload``. The environment wins over them: ``OCCLUM_RULES_REMOTE_CACHE`` (``off``
-    switches the remote off; empty counts as unset), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0`` and
+    ``remote_url``, ``upload`` and ``instance_name`` are WORKSPACE.yaml's ``cache.remote``,
+    ``cache.upload`` and ``cache.instance_name`` (gRPC only). The environment wins over
+    them: ``OCCLUM_RULES_REMOTE_CACHE`` (``off`` switches the remote off; empty counts as
+    unset), ``OCCLUM_RULES_REMOTE_UPLOAD=1|0``, ``OCCLUM_RULES_REMOTE_INSTANCE`` and
     ``OCCLUM_RULES_REMOTE_TIMEOUT`` (seconds, for both connect and read). Credentials come
     only from the environment. Uploads are off unless one of them turns them on, so a job
     that was merely given the URL (a pull request, a laptop) reads but never writes.
-    ``options`` go to :class:`RemoteCache`.
+    ``options`` go to the client.
     """
     # (``environ`` defaults to None, not os.environ: a default shown by help() or a
     # traceback would print the whole environment, credentials included.)
@@ -770,10 +761,22 @@ def remote_from_config(
             f"expected true or false, got {upload!r}", where="WORKSPACE.yaml: cache.upload"
         )
     timeout = _env_seconds(environ, ENV_TIMEOUT)
+    credentials = credentials_from_env(environ)
+    if url.strip().lower().startswith(("grpc://", "grpcs://")):
+        from occlum_rules.core.reapi_cache import ReapiCache, parse_target
+
+        instance_where = "WORKSPACE.yaml: cache.instance_name"
+        env_instance = environ.get(ENV_INSTANCE, "").strip()
+        if env_instance:
+            instance_name, instance_where = env_instance, ENV_INSTANCE
+        target = parse_target(url, instance_name, where, instance_where)
+        if timeout is not None:
+            options.setdefault("timeout", timeout)
+        return ReapiCache(target, upload=upload_on, credentials=credentials,
+                          tls_files=tls_files_from_env(environ), **options)
     if timeout is not None:
         options.setdefault("connect_timeout", timeout)
         options.setdefault("read_timeout", timeout)
-    credentials = credentials_from_env(environ)
     return RemoteCache(
         url.strip(), upload=upload_on, credentials=credentials, where=where, **options
     )

@@ -61,7 +61,9 @@ SCHEMA = Schema({
     }), "build provenance (occlum_provenance)"),
     "cache": Field(Schema({
         "dir": Field(str, "local store (else $OCCLUM_RULES_CACHE, else the XDG cache dir)"),
-        "remote": Field(str, "remote HTTP cache base URL (Bazel HTTP cache protocol)"),
+        "remote": Field(str, "remote cache: an http(s):// base URL (Bazel HTTP cache "
+                        "protocol) or grpc(s)://host:port (Remote Execution API)"),
+        "instance_name": Field(str, "REAPI instance name of a grpc(s):// remote cache"),
         "upload": Field(bool, "upload results to the remote cache", False),
     }), "the action cache"),
     "vars": Field(Schema(open=True), "variables for Occlum.json.j2 templates"),

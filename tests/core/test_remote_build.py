@@ -97,3 +97,65 @@ def test_credentials_never_reach_logs_or_disk(nginx_cache, tmp_path):
     for path in list((ws / "out").rglob("*")) + list((tmp_path / "store").rglob("*")):
         if path.is_file() and not path.is_symlink():
             assert password.encode() not in path.read_bytes(), path
+
+
+def test_http_entries_are_action_results(nginx_cache, tmp_path):
+    """With the `remote` extra, /ac/<Action digest> holds a REAPI ActionResult."""
+    from occlum_rules.core import action_result as ar
+    from occlum_rules.core.reapi_stubs import load_messages
+
+    pb = load_messages()
+    ws = copy_examples(tmp_path / "ws", ["hello_c"])
+    env = {"OCCLUM_RULES_REMOTE_CACHE": nginx_cache.url("cache"), "OCCLUM_RULES_REMOTE_UPLOAD": "1"}
+    assert run_doit(ws, "build", cache=tmp_path / "store", env=env).returncode == 0
+    keys = [a["action_key"] for a in report(ws)["actions"] if a.get("action_key")]
+    stored = {p.name: p for p in nginx_cache.stored_files() if p.parent.name == "ac"}
+    parsed = 0
+    for key in keys:
+        path = stored.get(ar.action_digest_hash(pb, key))
+        if path is None:
+            continue  # not cacheable
+        result = pb.re.ActionResult.FromString(path.read_bytes())
+        for out in result.output_files:
+            local = ws / out.path
+            assert hashlib.sha256(local.read_bytes()).hexdigest() == out.digest.hash
+            assert out.digest.size_bytes == local.stat().st_size
+            assert out.node_properties.unix_mode.value == local.stat().st_mode & 0o7777
+        for out in result.output_directories:  # its Tree is a blob in /cas/ too
+            tree = nginx_cache.stored_path("cas", out.tree_digest.hash).read_bytes()
+            assert pb.re.Tree.FromString(tree).root is not None
+        parsed += 1
+    assert parsed > 0 and parsed == len(stored)
+
+
+def test_without_the_extra_http_keeps_json_entries_which_the_extra_does_not_read(
+        nginx_cache, tmp_path):
+    """No grpcio/protobuf/buildgrid-common: the HTTP cache still works, with the JSON entries
+    of earlier versions under /ac/<action key>. A client with the extra reads only
+    ActionResults, so those entries are misses for it."""
+    blocker = tmp_path / "no-extra" / "buildgrid"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError('the remote extra is not installed here', name='buildgrid')\n")
+    no_extra = {"PYTHONPATH": str(tmp_path / "no-extra")}
+    url = nginx_cache.url("cache")
+    first = copy_examples(tmp_path / "a", ["hello_c"])
+    result = run_doit(first, "build", cache=tmp_path / "s1",
+                      env={**no_extra, "OCCLUM_RULES_REMOTE_CACHE": url,
+                           "OCCLUM_RULES_REMOTE_UPLOAD": "1"})
+    assert result.returncode == 0, result.output
+    entries = [p for p in nginx_cache.stored_files() if p.parent.name == "ac"]
+    assert entries and all(p.read_bytes().startswith(b"{") for p in entries)
+
+    plain = copy_examples(tmp_path / "b", ["hello_c"])
+    result = run_doit(plain, "build", cache=tmp_path / "s2",
+                      env={**no_extra, "OCCLUM_RULES_REMOTE_CACHE": url})
+    assert result.returncode == 0, result.output
+    assert report(plain)["actions_run"] == 0 and files_of(plain) == files_of(first)
+
+    with_extra = copy_examples(tmp_path / "c", ["hello_c"])
+    result = run_doit(with_extra, "build", cache=tmp_path / "s3",
+                      env={"OCCLUM_RULES_REMOTE_CACHE": url})
+    assert result.returncode == 0, result.output
+    assert report(with_extra)["cache_hits_remote"] == 0
+    assert files_of(with_extra) == files_of(first)

@@ -718,3 +718,24 @@ def test_concurrent_failures_still_warn_once(
     assert crashes == []
     assert remote.disabled
     assert len(remote_warnings(warnings_log)) == 1
+
+
+@pytest.mark.parametrize("entry", ["garbage", "escaping digest"])
+def test_foreign_action_entry_is_a_miss(nginx_cache: NginxCache, tmp_path: Path,
+                                        entry: str) -> None:
+    from occlum_rules.core import action_result as ar
+    from occlum_rules.core.reapi_stubs import load_messages
+    from occlum_rules.core.store import LocalStore
+
+    pb = load_messages()
+    key = key_of(entry)
+    if entry == "garbage":
+        data = b"\xff\xfe not a protobuf"
+    else:
+        data = ar.serialize(pb.re.ActionResult(output_directories=[pb.re.OutputDirectory(
+            path="out/d", tree_digest=pb.re.Digest(hash="../../../etc/passwd", size_bytes=9))]))
+    remote = RemoteCache(nginx_cache.url())
+    assert remote.put_action_result(ar.action_digest_hash(pb, key), data)
+    assert remote.get_entry(key, LocalStore(tmp_path / "store")) is None
+    assert not (tmp_path / "etc").exists() and not remote.disabled
+    remote.close()

@@ -26,7 +26,7 @@ def test_unknown_key_names_key_and_line_with_suggestion(tmp_path):
         load_workspace(root)
     assert str(exc.value) == (
         f"{root / 'WORKSPACE.yaml'}:3: unknown key 'cache.remot' (did you mean 'remote'?); "
-        "expected one of: dir, remote, upload")
+        "expected one of: dir, remote, instance_name, upload")
 
 
 def test_wrong_type_names_key_and_line(tmp_path):
