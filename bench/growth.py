@@ -251,6 +251,7 @@ class StoreGrowth:
     package_bytes: int  # the new package (part of changed_bytes)
     stray_bytes: int  # new blobs that are no output of this build (would be a second copy)
     stray_blobs: int
+    biggest: list[tuple[str, int]] = field(default_factory=list)  # changed outputs, by size
 
 
 def store_growth(before: StoreSnapshot, after: StoreSnapshot, out: Path) -> StoreGrowth:
@@ -261,6 +262,7 @@ def store_growth(before: StoreSnapshot, after: StoreSnapshot, out: Path) -> Stor
     had, brings no new content). Only those files are hashed."""
     new_blobs = {d: s for d, s in after.blobs.items() if d not in before.blobs}
     changed: dict[str, int] = {}
+    names: list[tuple[str, int]] = []
     package = 0
     for rel, st in after.outputs.items():
         old = before.outputs.get(rel)
@@ -270,12 +272,14 @@ def store_growth(before: StoreSnapshot, after: StoreSnapshot, out: Path) -> Stor
         if digest in before.blobs:
             continue
         changed[digest] = st.st_size
+        names.append((rel, st.st_size))
         if rel.endswith(".tar.gz"):
             package += st.st_size
     stray = {d: s for d, s in new_blobs.items() if d not in changed}
     return StoreGrowth(sum(new_blobs.values()), len(new_blobs), after.ac_bytes - before.ac_bytes,
                        after.ac_entries - before.ac_entries, sum(changed.values()), len(changed),
-                       package, sum(stray.values()), len(stray))
+                       package, sum(stray.values()), len(stray),
+                       sorted(names, key=lambda n: -n[1])[:8])
 
 
 # ----------------------------------------------------------------------------- one size
@@ -395,9 +399,10 @@ def _growth_records(r: SizeResult) -> list[dict]:
               round(g.cas_bytes / 1e6, 2), "MB", goal, ok,
               f"{g.cas_blobs} new blobs; outputs with new content: {g.changed_files} files, "
               f"{g.changed_bytes / 1e6:.2f} MB, of which the package {g.package_bytes / 1e6:.2f} MB "
-              f"(the rest {(g.changed_bytes - g.package_bytes) / 1e6:.2f} MB: the hot file's copy, "
-              f"SEFS nodes, config, MACs, the signed LibOS); new blobs that are no output of the "
-              f"build: {g.stray_blobs} ({g.stray_bytes / 1e6:.2f} MB)"),
+              f"(the rest {(g.changed_bytes - g.package_bytes) / 1e6:.2f} MB); biggest: "
+              + ", ".join(f"{Path(n).name} {b / 1e6:.2f}" for n, b in g.biggest)
+              + f" MB; new blobs that are no output of the build: {g.stray_blobs} "
+              f"({g.stray_bytes / 1e6:.2f} MB)"),
         h.rec(S11, f"{lab}: store growth per incremental build (ac entries)",
               round(g.ac_bytes / 1e6, 3), "MB", "informational", None,
               f"{g.ac_entries} new action entries (output manifests: metadata, not blobs; a "
