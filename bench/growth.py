@@ -27,9 +27,11 @@ to the next per byte of image; a size is skipped (``not available:``) when the f
 the work dir's file system is below that estimate plus 2 GiB. Measured: 8.1x the image at
 every size, so the 4 GiB case needs ~33 GiB (Dec 6 2026).
 
-Time: quick ~1 min; full ~15 min on 2 loaded cores (904 s, load average 1.8 to 5.7, Dec 6
-2026), 7 of them the 4 GiB full build. One run per size: a second 4 GiB build would add
-~7 min, so these numbers are single runs, not medians.
+Time: quick 40 s to 1.7 min (load average 1.4 to 4.4); full 10.5 to 15 min on 2 shared cores (Dec 6 2026: 904 s while the
+load average rose from 1.8 to 5.7, the 4 GiB full build 432 s; 635 s while it fell from 4.2
+to 0.4, that build 225 s). One run per size: a second 4 GiB build would add 4 to 7 min, so
+these numbers are single runs, not medians, and the s/GiB growth follows the machine's load
+as much as the image (the two runs above: +72 % and -46 %); each row notes the load.
 
 Where a peak comes from: ``python bench/growth.py --stage-rss MIB[:FILES]`` builds one image
 a doit task at a time and reports each step's peak; ``bench/rss_where.py`` shows where in a
@@ -297,6 +299,7 @@ class SizeResult:
     disk: int = 0  # bytes allocated under the work dir after the incremental build
     image_stage_seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the size
 
 
 def build_size(base: Path, total: int, pool: bytes) -> SizeResult:
@@ -312,8 +315,10 @@ def build_size(base: Path, total: int, pool: bytes) -> SizeResult:
     (pkg / "BUILD.py").write_text(wl.instance_build("image.yaml",
                                                     package=wl.package_rule_available()))
     cache = base / "cache"
+    load_before = os.getloadavg()[0]
     full = run_doit_measured(ws, "build", cache=cache)
     result = SizeResult(total, stats.files, stats.bytes, gen, full)
+    result.load = (load_before, os.getloadavg()[0])
     if not full.ok:
         return result
     result.stages = h.stage_seconds(full.report)
@@ -338,7 +343,8 @@ def _mib(n: int) -> float:
 def _size_records(r: SizeResult) -> list[dict]:
     lab = _label(r.total)
     what = (f"{r.nbytes / 1e6:.0f} MB in {r.files} files (generated in {r.gen_seconds:.0f} s), "
-            f"{disk_note(r)}")
+            f"{disk_note(r)}; load average {r.load[0]:.1f} before the build, {r.load[1]:.1f} "
+            "after")
     if not r.full.ok:
         return [h.rec(S10, f"{lab}: full build", None, "s", "informational", None,
                       f"build failed: {r.full.failure()}")]
@@ -427,8 +433,12 @@ def _summary(results: list[SizeResult], skipped: list[tuple[int, str]]) -> list[
                          goal, growth <= GROWTH_GOAL if not skipped else None,
                          "s/GiB per size: " + ", ".join(
                              f"{_label(r.total)} {p:.2f}" for r, p in zip(ok, per))
-                         + "; fixed costs (interpreter start, BUILD loading, stand-in LibOS, "
-                           "config, signing) weigh most on the smallest size" + incomplete))
+                         + "; load average before/after each full build: " + ", ".join(
+                             f"{r.load[0]:.1f}/{r.load[1]:.1f}" for r in ok)
+                         + " (one run per size: on a shared machine a load change between "
+                           "sizes moves this figure more than the image does); fixed costs "
+                           "(interpreter start, BUILD loading, stand-in LibOS, config, signing) "
+                           "weigh most on the smallest size" + incomplete))
         out.append(h.rec(S10, f"image-size stages s/GiB growth, {span}",
                          round((img[-1] / img[0] - 1) * 100, 1), "%", "informational", None,
                          f"{' + '.join(IMAGE_STAGES)} from the build reports: " + ", ".join(
