@@ -27,9 +27,9 @@ to the next per byte of image; a size is skipped (``not available:``) when the f
 the work dir's file system is below that estimate plus 2 GiB. Measured: 8.1x the image at
 every size, so the 4 GiB case needs ~33 GiB (Dec 6 2026).
 
-Time: quick 40 s to 1.7 min (load average 1.4 to 4.4); full 10.5 to 15 min on 2 shared cores (Dec 6 2026: 904 s while the
-load average rose from 1.8 to 5.7, the 4 GiB full build 432 s; 635 s while it fell from 4.2
-to 0.4, that build 225 s). One run per size: a second 4 GiB build would add 4 to 7 min, so
+Time: quick 40 s to 1.7 min (load average 1.4 to 4.4); full 10.5 to 15 min on 2 shared
+cores (Dec 6 2026: 904 s while the load average rose from 1.8 to 5.7, the 4 GiB full build
+432 s; 635 s while it fell from 4.2 to 0.4, that build 225 s). One run per size: a second 4 GiB build would add 4 to 7 min, so
 these numbers are single runs, not medians, and the s/GiB growth follows the machine's load
 as much as the image (the two runs above: +72 % and -46 %); each row notes the load.
 
