@@ -93,12 +93,18 @@ def pick_host_elves(count: int) -> list[str]:
     return picked
 
 
-def make_synthetic_tree(root: Path, total: int, files: int, seed: int = 11) -> TreeStats:
+def make_synthetic_tree(root: Path, total: int, files: int, seed: int = 11,
+                        text_pool: bytes | None = None) -> TreeStats:
     """Write the synthetic image's source tree under ``root`` (a fresh directory).
 
     Budget: 4 large binaries take ~40 % of ``total``; the hot 1 MiB file; the rest is spread
     over ``files`` small/medium files (log-normal sizes, 1 in 3 text-like) in directories of
     ~50 files, two levels deep.
+
+    ``text_pool`` (see :func:`text_pool`): text-like files are slices of it at seeded offsets
+    instead of freshly generated lines. Generating lines runs at ~7 MB/s, which would make a
+    4 GiB tree take minutes to write; slices compress the same way (deflate only sees a 32 KiB
+    window). Scenarios that pass no pool get exactly the bytes they always had.
     """
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -131,11 +137,28 @@ def make_synthetic_tree(root: Path, total: int, files: int, seed: int = 11) -> T
             d.mkdir(parents=True, exist_ok=True)
         size = min(int(rng.lognormvariate(0, 1.2) * avg * 0.5), 32 * avg)
         text = rng.random() < 1 / 3
-        data = _text_blob(rng, size) if text else _binary_blob(rng, size)
+        if text and text_pool is not None:
+            start = rng.randrange(max(1, len(text_pool) - size))
+            data = text_pool[start:start + size]
+        else:
+            data = _text_blob(rng, size) if text else _binary_blob(rng, size)
         (d / (f"f{i:05d}.txt" if text else f"f{i:05d}.bin")).write_bytes(data)
-        written += size
+        written += len(data)
         count += 1
     return TreeStats(files=count, bytes=written, elf=[])
+
+
+def text_pool(size: int = 8 * MIB, seed: int = 12) -> bytes:
+    """Text-like bytes to slice text files from (``make_synthetic_tree(text_pool=...)``)."""
+    return _text_blob(random.Random(seed), size)
+
+
+FILES_PER_GIB = 20000  # scenario 1's mix: ~1 GiB in ~20k files
+
+
+def files_for(total: int) -> int:
+    """How many files an image of ``total`` bytes has at scenario 1's mix (same mean size)."""
+    return max(50, round(total / 2**30 * FILES_PER_GIB))
 
 
 def make_tiny_tree(root: Path, files: int, seed: int = 5) -> int:
