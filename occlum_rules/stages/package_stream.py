@@ -169,7 +169,9 @@ class _BackgroundSha:
 
     def __init__(self):
         self.sha = hashlib.sha256()
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        # a few segments of slack (<= 8 x 4 MiB): enough to keep both threads busy; a deeper
+        # queue only holds more of the package in memory when hashing falls behind
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="package-sha256", daemon=True)
         self._thread.start()
 
