@@ -25,9 +25,12 @@ import contextlib
 import itertools
 import os
 import re
+import shutil
 import stat
 from types import TracebackType
 from typing import BinaryIO
+
+from occlum_rules.file_copy import kernel_copy
 
 _counter = itertools.count()
 
@@ -211,6 +214,7 @@ def detach(path: str | os.PathLike[str]) -> None:
     with AtomicFile(path, mode=stat.S_IMODE(st.st_mode), makedirs=False) as f, \
             open(path, "rb") as fin:
         assert f.fd is not None
-        while os.sendfile(f.fd, fin.fileno(), None, 1 << 30):
-            pass
+        if not kernel_copy(fin.fileno(), f.fd, st.st_size):
+            shutil.copyfileobj(fin, f.file)
+            f.file.flush()  # before the times are set: a later write would move mtime
         os.utime(f.tmp, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -9,7 +9,6 @@ used (it is deleted and the action re-runs).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import mmap
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from occlum_rules.atomic_write import AtomicFile, replace_with_hardlink, write_atomic
 from occlum_rules.core.digests import CHUNK, content_stamp, sha256_file, stat_stamp
+from occlum_rules.file_copy import kernel_copy
 
 
 class CorruptBlob(Exception):
@@ -31,43 +31,10 @@ MAP_FROM = 1 << 20
 
 
 def _copy_kernel(fd_in: int, fd_out: int, size: int) -> None:
-    """Copy ``size`` bytes of one file to another inside the kernel.
-
-    ``copy_file_range`` first: where the file system can share extents (XFS, btrfs) the blob
-    costs no data copy at all, and elsewhere it is an in-kernel copy like ``sendfile``, which
-    is the fallback for kernels or file-system pairs that refuse it (EXDEV before Linux 5.3,
-    ENOSYS, EINVAL, ESPIPE); :func:`_copy_hashed` where neither works."""
-    for copy in (_copy_file_range, _sendfile):
-        try:
-            if copy(fd_in, fd_out, size):
-                return
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                 errno.ESPIPE):
-                raise
-        os.lseek(fd_out, 0, os.SEEK_SET)
-        os.ftruncate(fd_out, 0)
-    _copy_hashed(fd_in, fd_out)
-
-
-def _copy_file_range(fd_in: int, fd_out: int, size: int) -> bool:
-    done = 0
-    while done < size:
-        sent = os.copy_file_range(fd_in, fd_out, size - done, done, done)
-        if sent == 0:
-            return False  # the source got shorter: the caller's stamp check reports it
-        done += sent
-    return True
-
-
-def _sendfile(fd_in: int, fd_out: int, size: int) -> bool:
-    done = 0
-    while done < size:
-        sent = os.sendfile(fd_out, fd_in, done, size - done)
-        if sent == 0:
-            return False
-        done += sent
-    return True
+    """Copy a blob in the kernel where it can (no sha256 on the way: the caller's stamp
+    check vouches for the source); :func:`_copy_hashed` where it cannot."""
+    if not kernel_copy(fd_in, fd_out, size):
+        _copy_hashed(fd_in, fd_out)
 
 
 def _copy_hashed(fd_in: int, fd_out: int) -> str:

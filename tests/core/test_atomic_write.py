@@ -192,3 +192,19 @@ def test_replace_with_hardlink_is_atomic_and_refuses_what_cannot_link(tmp_path):
         replace_with_hardlink(tmp_path / "missing", tmp_path / "dst")
     assert (tmp_path / "dst").read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["dst", "src"]
+
+
+def test_detach_copies_in_user_space_where_the_kernel_refuses(tmp_path, monkeypatch):
+    """Where neither copy_file_range nor sendfile works, detach still gives the file its
+    own whole copy, with the times it had (its stamp must not move)."""
+    from occlum_rules import atomic_write
+
+    monkeypatch.setattr(atomic_write, "kernel_copy", lambda fd_in, fd_out, size: False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(os.urandom(300_000))
+    os.link(a, b)
+    os.utime(a, ns=(1_000_000_000, 2_000_000_000))
+    detach(a)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.stat().st_ino != b.stat().st_ino
+    assert a.stat().st_mtime_ns == 2_000_000_000
