@@ -181,6 +181,7 @@ class ReapiCache(RemoteAccounting):
         failure_budget: float = DEFAULT_FAILURE_BUDGET,
         max_tree_size: int = DEFAULT_MAX_TREE,
         warn: Callable[[str], None] | None = None,
+        writes_action_results: bool = True,
     ):
         self._pb = load_stubs()
         self.target = target
@@ -194,6 +195,7 @@ class ReapiCache(RemoteAccounting):
         self.max_failures = max(1, int(max_failures))
         self.failure_budget = float(failure_budget)
         self.max_tree_size = int(max_tree_size)
+        self._writes_action_results = bool(writes_action_results)
         self._init_accounting(warn, unit="calls")
         self._channel: Any = None
         self._channel_pid = 0
@@ -283,25 +285,12 @@ class ReapiCache(RemoteAccounting):
             return False  # the local store lost a blob meanwhile: nothing to promise
         result, trees = ar.to_action_result(pb, manifest, sizes)
         action_bytes, command_bytes = ar.action_messages(pb, key)
-        memory = {hashlib.sha256(b).hexdigest(): b for b in (*trees, action_bytes, command_bytes)}
-        wanted = dict(sizes)
-        wanted.update({d: len(b) for d, b in memory.items()})
-        missing = self._find_missing(wanted)
-        if missing is None:
+        blobs: dict[str, tuple[int, bytes | Path]] = {
+            d: (size, store.cas_path(d)) for d, size in sizes.items()}
+        blobs.update({hashlib.sha256(b).hexdigest(): (len(b), b)
+                      for b in (*trees, action_bytes, command_bytes)})
+        if not self.upload_blobs(blobs):
             return False
-        self._count(upload_skips=len(wanted) - len(missing))
-
-        def source(digest: str) -> bytes | Path:
-            return memory[digest] if digest in memory else store.cas_path(digest)
-
-        small = [(d, wanted[d]) for d in sorted(missing) if wanted[d] <= self._batch_limit]
-        large = [(d, wanted[d]) for d in sorted(missing) if wanted[d] > self._batch_limit]
-        for batch in _batches(small, self._batch_limit):
-            if not self._batch_update([(d, s, source(d)) for d, s in batch]):
-                return False
-        for digest, size in large:
-            if not self._stream_write(digest, size, source(digest)):
-                return False
         request = pb.re.UpdateActionResultRequest(
             instance_name=self.target.instance_name,
             action_digest=ar.blob_digest(pb, action_bytes), action_result=result)
@@ -313,6 +302,81 @@ class ReapiCache(RemoteAccounting):
             return False
         self._count(uploads=1, bytes_up=result.ByteSize())
         return True
+
+    def upload_blobs(self, blobs: Mapping[str, tuple[int, bytes | Path]]) -> bool:
+        """Put ``blobs`` (sha256 → (size, bytes or file)) the server lacks into its CAS.
+
+        ``FindMissingBlobs`` first; small blobs in batches, large ones streamed from their
+        file. True only when every blob is on the server afterwards."""
+        if not blobs:
+            return True
+        if not self._uploads_allowed() or not self._usable():
+            return False
+        missing = self._find_missing({d: size for d, (size, _) in blobs.items()})
+        if missing is None:
+            return False
+        self._count(upload_skips=len(blobs) - len(missing))
+        small = [(d, blobs[d][0]) for d in sorted(missing) if blobs[d][0] <= self._batch_limit]
+        large = [(d, blobs[d][0]) for d in sorted(missing) if blobs[d][0] > self._batch_limit]
+        for batch in _batches(small, self._batch_limit):
+            if not self._batch_update([(d, s, blobs[d][1]) for d, s in batch]):
+                return False
+        return all(self._stream_write(d, s, blobs[d][1]) for d, s in large)
+
+    def read_blobs(self, wanted: Mapping[str, int]) -> dict[str, bytes] | None:
+        """Small blobs (sha256 → size) into memory, each verified; None unless all arrived."""
+        if not wanted:
+            return {}
+        if not self._usable():
+            return None
+        got: dict[str, bytes] = {}
+        small = [(d, s) for d, s in sorted(wanted.items()) if s <= self._batch_limit]
+        for batch in _batches(small, self._batch_limit):
+            part = self._batch_fetch(batch)
+            if part is None or len(part) != len(batch):
+                return None
+            got.update(part)
+        for digest, size in sorted(wanted.items()):
+            if size > self._batch_limit:
+                data = self._read_small(digest, size)
+                if data is None:
+                    return None
+                got[digest] = data
+        return got
+
+    def download_file(self, digest: str, size: int, dest: Path, mode: int = 0o444) -> bool:
+        """One blob into ``dest`` (atomically, with ``mode``), streamed when it is large."""
+        if not self._usable():
+            return False
+        if size > self._batch_limit:
+            return self._stream_read_to(dest, digest, size, mode)
+        got = self._batch_fetch([(digest, size)])
+        if got is None or digest not in got:
+            return False
+        with AtomicFile(dest, mode=mode) as tmp:
+            tmp.file.write(got[digest])
+        return True
+
+    @property
+    def stubs(self) -> Any:
+        """The generated modules (:func:`reapi_stubs.load_stubs`), for callers of other
+        services on the same server (the Bots API of ``core/reapi_worker.py``)."""
+        return self._pb
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The ``authorization`` metadata every call carries (never log it)."""
+        return self._metadata
+
+    def channel(self) -> Any:
+        """This process's channel to the server (with the TLS files, if any)."""
+        return self._chan()
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest blob that goes through batch calls (after the capabilities check)."""
+        self._usable()
+        return self._batch_limit
 
     def close(self) -> None:
         with self._lock:
@@ -359,7 +423,8 @@ class ReapiCache(RemoteAccounting):
                                     int(cache.max_batch_total_size_bytes) - _BATCH_OVERHEAD)
         if self._batch_limit <= 0:
             self._batch_limit = 0  # everything through ByteStream
-        if self.upload_enabled and cache.HasField("action_cache_update_capabilities") and \
+        if self.upload_enabled and self._writes_action_results and \
+                cache.HasField("action_cache_update_capabilities") and \
                 not cache.action_cache_update_capabilities.update_enabled:
             self._disable_uploads("the server does not accept action results from clients")
         self._ready = True
@@ -435,7 +500,10 @@ class ReapiCache(RemoteAccounting):
     def _stream_read(self, store: LocalStore, digest: str, size: int) -> bool:
         dest = store.cas_path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = AtomicFile(dest, mode=0o444)
+        return self._stream_read_to(dest, digest, size, 0o444)
+
+    def _stream_read_to(self, dest: Path, digest: str, size: int, mode: int) -> bool:
+        tmp = AtomicFile(dest, mode=mode)
         try:
             def restart() -> None:
                 try:
