@@ -13,7 +13,6 @@ import hashlib
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from tests.support.buildgrid import (  # noqa: F401 - fixtures
     buildgrid_execution_fixture,
     postgres_fixture,
 )
-from tests.support.nginx import free_port
 from tests.support.reapi_worker import (  # noqa: F401 - a fixture
     Client,
     WorkerProcess,
@@ -188,22 +186,82 @@ def test_sigterm_stops_cleanly_with_one_line(buildgrid_execution: BuildGrid,
     assert log.splitlines()[-1] == "worker: stopped (SIGTERM)"
 
 
-def test_dead_server_is_one_error_line_within_bounded_time(tmp_path: Path) -> None:
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "occlum_rules", "worker", "--server",
-         f"grpc://127.0.0.1:{free_port()}", "--server-timeout", "2", "--quiet"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert time.monotonic() - started < 30
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: ") and "did not answer for 2 s" in lines[0]
+def test_a_worker_offers_its_workspace_toolchains(buildgrid_execution: BuildGrid,
+                                                  client: Client, tmp_path: Path) -> None:
+    """An action that asks for gcc's fingerprint runs on a worker whose workspace resolves
+    that gcc; the worker without a workspace (no toolchain properties) cannot take it."""
+    from occlum_rules.core.workspace import load_workspace
+    from occlum_rules.toolchains import Toolchains
+    from tests.support.reapi_worker import start_worker
+    from tests.support.workspace import make_workspace
+
+    root = make_workspace(tmp_path / "ws", {}, "toolchains:\n  cc: [gcc]\n")
+    gcc = Toolchains(load_workspace(root)).cc()
+    bare = start_worker(buildgrid_execution, tmp_path / "bare")
+    try:
+        action = client.action([gcc.path, "--version"], fingerprints=[gcc.fingerprint])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.execute, action, 120.0)
+            time.sleep(3)
+            assert not pending.done()  # queued: the bare worker does not match
+            assert "started" not in bare.log()
+            equipped = start_worker(buildgrid_execution, tmp_path / "equipped",
+                                    "--workspace", str(root))
+            try:
+                response = pending.result(timeout=120)
+            finally:
+                equipped.stop()
+        assert response.result.exit_code == 0
+        here = subprocess.run([gcc.path, "--version"], capture_output=True, check=True).stdout
+        assert client.blob(response.result.stdout_digest) == here
+        assert "completed" in equipped.log() and "started" not in bare.log()
+    finally:
+        bare.stop()
 
 
-def test_bad_jobs_value_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "occlum_rules", "worker", "--server",
-                           "grpc://127.0.0.1:1", "--jobs", "0"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert done.returncode == 2
-    assert "--jobs" in done.stderr and "Traceback" not in done.stderr
+def test_jobs_run_leases_side_by_side(buildgrid_execution: BuildGrid, client: Client,
+                                      tmp_path: Path) -> None:
+    from tests.support.reapi_worker import start_worker
+
+    marker = tmp_path / "running"
+    marker.mkdir()
+    # each action waits (up to 20 s) until both are running: only parallel leases finish fast
+    script = (f"touch {marker}/$1\nn=0\nwhile [ $(ls {marker} | wc -l) -lt 2 ]; do\n"
+              f"  n=$((n+1)); [ $n -gt 200 ] && exit 9; sleep 0.1\ndone\n").encode()
+    worker = start_worker(buildgrid_execution, tmp_path / "w", "--jobs", "2")
+    try:
+        actions = [client.action(["sh", "script.sh", name], files={"script.sh": (script, False)},
+                                 env=SHELL_ENV) for name in ("a", "b")]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(pool.map(lambda a: client.execute(a, 120.0), actions))
+    finally:
+        worker.stop()
+    assert [r.result.exit_code for r in responses] == [0, 0]
+    assert worker.log().count("completed, exit code 0") == 2
+
+
+def test_a_failed_upload_leaves_no_action_result(buildgrid_execution: BuildGrid,
+                                                 client: Client, tmp_path: Path) -> None:
+    """The outputs cannot be uploaded (a client with uploads off): the lease fails with a
+    retryable status and nothing of the result is reported."""
+    from occlum_rules.core.reapi_cache import ReapiCache, parse_target
+    from occlum_rules.core.reapi_worker import UNAVAILABLE, Job, LeaseFailed, run_action
+
+    action_digest = client.action(["sh", "-c", "echo out > o.txt"], env=SHELL_ENV,
+                                  output_paths=["o.txt"])
+    action = client.pb.re.Action()
+    action.ParseFromString(client.blob(action_digest))
+    no_upload = ReapiCache(parse_target(buildgrid_execution.url, buildgrid_execution.instance,
+                                        "url", "instance"), upload=False)
+    try:
+        with pytest.raises(LeaseFailed) as failed:
+            run_action(no_upload, client.pb, action, Job("lease"), tmp_path)
+    finally:
+        no_upload.close()
+    assert failed.value.code == UNAVAILABLE
+    assert list(tmp_path.iterdir()) == []  # the fresh directory is gone too
+    assert client.cached_result(action_digest) is None
