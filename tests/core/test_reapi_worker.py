@@ -265,3 +265,30 @@ def test_a_failed_upload_leaves_no_action_result(buildgrid_execution: BuildGrid,
     assert failed.value.code == UNAVAILABLE
     assert list(tmp_path.iterdir()) == []  # the fresh directory is gone too
     assert client.cached_result(action_digest) is None
+
+
+def test_sigterm_mid_action_hands_the_lease_back(client: Client,
+                                                 two_workers: list[WorkerProcess],
+                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    marker.mkdir()
+    script = (f"touch {marker}/run.$$\nsleep 3\nprintf done > out.txt\n").encode()
+    action = client.action(["sh", "script.sh"], files={"script.sh": (script, False)},
+                           env=SHELL_ENV, output_paths=["out.txt"])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.execute, action, 120.0)
+        stopped, lease = _lease_started(two_workers, time.monotonic() + 60)
+        while not any(marker.iterdir()):
+            time.sleep(0.05)
+        assert stopped.stop() == 0
+        response = pending.result(timeout=120)
+    (other,) = [w for w in two_workers if w is not stopped]
+    assert stopped.log().splitlines()[-1] == "worker: stopped (SIGTERM)"
+    assert "Traceback" not in stopped.log()
+    assert response.result.exit_code == 0
+    assert [(f.path, client.blob(f.digest)) for f in response.result.output_files] == \
+        [("out.txt", b"done")]
+    assert f"lease {lease}: completed" in other.log()
+    assert len(list(marker.iterdir())) == 2
