@@ -286,22 +286,12 @@ class ReapiCache(RemoteAccounting):
         memory = {hashlib.sha256(b).hexdigest(): b for b in (*trees, action_bytes, command_bytes)}
         wanted = dict(sizes)
         wanted.update({d: len(b) for d, b in memory.items()})
-        missing = self._find_missing(wanted)
-        if missing is None:
-            return False
-        self._count(upload_skips=len(wanted) - len(missing))
 
         def source(digest: str) -> bytes | Path:
             return memory[digest] if digest in memory else store.cas_path(digest)
 
-        small = [(d, wanted[d]) for d in sorted(missing) if wanted[d] <= self._batch_limit]
-        large = [(d, wanted[d]) for d in sorted(missing) if wanted[d] > self._batch_limit]
-        for batch in _batches(small, self._batch_limit):
-            if not self._batch_update([(d, s, source(d)) for d, s in batch]):
-                return False
-        for digest, size in large:
-            if not self._stream_write(digest, size, source(digest)):
-                return False
+        if not self.upload_blobs(wanted, source):
+            return False
         request = pb.re.UpdateActionResultRequest(
             instance_name=self.target.instance_name,
             action_digest=ar.blob_digest(pb, action_bytes), action_result=result)
@@ -313,6 +303,48 @@ class ReapiCache(RemoteAccounting):
             return False
         self._count(uploads=1, bytes_up=result.ByteSize())
         return True
+
+    def upload_blobs(self, wanted: Mapping[str, int],
+                     source: Callable[[str], bytes | Path]) -> bool:
+        """Upload those of ``wanted`` (sha256 -> size) the server lacks; True when it holds
+        them all afterwards. ``source`` gives a blob's bytes, or the file to stream it from
+        (large blobs are never read into memory whole)."""
+        if not self._uploads_allowed() or not self._usable():
+            return False
+        missing = self._find_missing(wanted)
+        if missing is None:
+            return False
+        self._count(upload_skips=len(wanted) - len(missing))
+        small = [(d, wanted[d]) for d in sorted(missing) if wanted[d] <= self._batch_limit]
+        large = [(d, wanted[d]) for d in sorted(missing) if wanted[d] > self._batch_limit]
+        for batch in _batches(small, self._batch_limit):
+            if not self._batch_update([(d, s, source(d)) for d, s in batch]):
+                return False
+        return all(self._stream_write(digest, size, source(digest)) for digest, size in large)
+
+    def read_blob(self, digest: str, size: int) -> bytes | None:
+        """One small blob (a Tree, a file the worker wrote for us) into memory, verified."""
+        if not self._usable():
+            return None
+        return self._read_small(digest, size)
+
+    @property
+    def pb(self) -> Any:
+        """The REAPI message and stub modules (``reapi_stubs.load_stubs``)."""
+        return self._pb
+
+    def usable(self) -> bool:
+        """Whether the server may be called (capabilities fine, not switched off)."""
+        return self._usable()
+
+    def call(self, what: str, call: Callable[[Any, float, Any], Any], deadline: float) -> Any:
+        """A call of another REAPI service on this channel (``call(channel, timeout)``), with
+        this client's retries and failure accounting; None when it failed or found nothing.
+        ``deadline`` replaces the usual per-call timeout (an Execute waits for a whole run);
+        ``call`` gets the channel, the timeout and the metadata (credentials) to send."""
+        answer = self._rpc(what, lambda t: call(self._chan(), t, self._metadata),
+                           deadline=deadline)
+        return None if answer is _FAILED or answer is _NOT_FOUND else answer
 
     def close(self) -> None:
         with self._lock:
@@ -594,7 +626,7 @@ class ReapiCache(RemoteAccounting):
     # ------------------------------------------------------------- the call
 
     def _rpc(self, what: str, call: Callable[[float], Any], *, transfer: int = 0,
-             write: bool = False) -> Any:
+             write: bool = False, deadline: float | None = None) -> Any:
         """One call with retries: its answer, ``_NOT_FOUND`` or ``_FAILED``.
 
         Every failed attempt counts against the failure limits; reaching one switches the
@@ -609,10 +641,11 @@ class ReapiCache(RemoteAccounting):
             if remaining <= 0:
                 self._disable("the failure time budget is spent")
                 return _FAILED
-            deadline = min(self.timeout, remaining) + _SECONDS_PER_MIB * transfer / (1 << 20)
+            timeout = deadline if deadline is not None else \
+                min(self.timeout, remaining) + _SECONDS_PER_MIB * transfer / (1 << 20)
             started = time.monotonic()
             try:
-                answer = call(deadline)
+                answer = call(timeout)
             except _LocalIOError as exc:
                 raise exc.error from None
             except grpc.RpcError as exc:
