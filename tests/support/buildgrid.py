@@ -1,8 +1,14 @@
-"""A real BuildGrid server on loopback: CAS, ByteStream, ActionCache and Capabilities.
+"""A real BuildGrid server on loopback: CAS, ByteStream, ActionCache and Capabilities, and
+with ``postgres`` also Execution, Operations and Bots (remote execution).
 
 The gRPC cache tests talk to the REAPI server a team would deploy, not to a mock. Those
 services need no database: blobs go to a ``!disk-storage`` directory in the test's temp
 dir (so a test can damage one on the server's disk), action results to an in-memory LRU.
+
+The execution variant (``buildgrid_execution``) adds BuildGrid's SQL scheduler on a real
+PostgreSQL (``tests/support/postgres.py``), with a short bot keepalive so that the lease of
+a bot that stops answering is requeued within seconds. Its dynamic property set matches
+the keys of ``core/reapi_platform.py``.
 
 ``bgd`` comes from the test virtualenv (``pip install -e '.[test]'`` installs BuildGrid on
 Python 3.11+) or from ``OCCLUM_RULES_TEST_BGD``, the path of a ``bgd`` installed elsewhere
@@ -23,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nginx import free_port
+from tests.support.postgres import Postgres, postgres_fixture  # noqa: F401 (a fixture)
 
 ENV_BGD = "OCCLUM_RULES_TEST_BGD"
 INSTANCE = "main"
@@ -52,6 +59,39 @@ instances:
         storage: *cas
 """
 
+
+EXECUTION_CONNECTIONS = """\
+connections:
+  - !sql-connection &sql
+    connection-string: {database}
+    pool-size: 5
+    max-overflow: 10
+schedulers:
+  - !sql-scheduler &scheduler
+    sql: *sql
+    storage: *cas
+    action-cache: *ac
+    property-set: !dynamic-property-set
+      match-property-keys: [{match_keys}]
+    bot-session-keepalive-timeout: {keepalive}
+    session-expiry-timer-interval: 1.0
+    poll-interval: 0.2
+    bot-poll-interval: 0.2
+    max-job-attempts: 5
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.2
+"""
+
+EXECUTION_SERVICE = """\
+      - !execution
+        scheduler: *scheduler
+        operation-stream-keepalive-timeout: 5
+"""
+
+# How long a bot may stay silent before BuildGrid reaps it and requeues its leases.
+BOT_KEEPALIVE = 6
 
 INSECURE = "    insecure-mode: true"
 MTLS = """\
@@ -160,6 +200,10 @@ class BuildGrid:
     def blob_paths(self) -> list[Path]:
         return sorted(p for p in (self.storage / "cas" / "objects").rglob("*") if p.is_file())
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def log(self) -> str:
         return (self.workdir / "bgd.log").read_text(errors="replace")
 
@@ -199,18 +243,37 @@ def _ready(port: int, process: subprocess.Popen[bytes], deadline: float,
     return False
 
 
+def execution_config(database: str, keepalive: int = BOT_KEEPALIVE) -> tuple[str, str]:
+    """(top-level sections, instance service) that add remote execution to :data:`CONFIG`."""
+    from occlum_rules.core import reapi_platform
+
+    keys = ", ".join(f'"{k}"' for k in (reapi_platform.OS_FAMILY, reapi_platform.ISA,
+                                        reapi_platform.ENGINE, reapi_platform.TOOLCHAIN))
+    return (EXECUTION_CONNECTIONS.format(database=database, match_keys=keys,
+                                         keepalive=keepalive), EXECUTION_SERVICE)
+
+
 def start_buildgrid(workdir: Path, bgd: str, startup_timeout: float = 60.0,
-                    tls: TlsMaterial | None = None) -> BuildGrid:
-    """BuildGrid on a free loopback port; with ``tls``, only mTLS clients get in."""
+                    tls: TlsMaterial | None = None, database: str | None = None) -> BuildGrid:
+    """BuildGrid on a free loopback port; with ``tls``, only mTLS clients get in; with
+    ``database`` (a PostgreSQL URL), also Execution + Bots on BuildGrid's SQL scheduler."""
     workdir.mkdir(parents=True, exist_ok=True)
+    extra_sections = extra_service = ""
+    if database is not None:
+        migrate = subprocess.run([bgd, "migrate", "apply", database], capture_output=True,
+                                 text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"bgd migrate apply failed: {migrate.stdout}{migrate.stderr}")
+        extra_sections, extra_service = execution_config(database)
     channel = MTLS.format(dir=tls.dir) if tls else INSECURE
     storage = workdir / "storage"
     last = ""
     for _ in range(3):  # the free port can be taken between choosing and binding it
         port = free_port()
         config = workdir / "bgd.yml"
-        config.write_text(CONFIG.format(port=port, storage=storage, instance=INSTANCE,
-                                        channel=channel))
+        text = CONFIG.format(port=port, storage=storage, instance=INSTANCE, channel=channel)
+        text = text.replace("instances:\n", extra_sections + "instances:\n", 1) + extra_service
+        config.write_text(text)
         with open(workdir / "bgd.log", "wb") as log:
             process = subprocess.Popen([bgd, "server", "start", str(config)],
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -239,6 +302,20 @@ def buildgrid_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buil
     """A BuildGrid for the tests of one module (it takes a few seconds to start): tests
     use keys and blobs of their own."""
     server = start_buildgrid(tmp_path_factory.mktemp("buildgrid"), require_bgd())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="buildgrid_execution", scope="module")
+def buildgrid_execution_fixture(tmp_path_factory: pytest.TempPathFactory,
+                                postgres: Postgres) -> Iterator[BuildGrid]:
+    """A BuildGrid that executes: CAS, ByteStream, ActionCache, Execution, Operations and
+    Bots, its scheduler on the module's PostgreSQL. It has no workers of its own: tests
+    start ``occlum-rules worker`` processes against it."""
+    server = start_buildgrid(tmp_path_factory.mktemp("buildgrid-exec"), require_bgd(),
+                             database=postgres.url())
     try:
         yield server
     finally:
