@@ -66,10 +66,12 @@ class RemoteAction:
     files: dict[str, InputFile]  # digest -> one file with those bytes (streamed from disk)
     memory: dict[str, bytes] = field(default_factory=dict)  # digest -> small blobs in memory
 
-    def blob_sizes(self) -> dict[str, int]:
-        sizes = {d: f.size for d, f in self.files.items()}
-        sizes.update({d: len(b) for d, b in self.memory.items()})
-        return sizes
+    def blobs(self) -> dict[str, tuple[int, bytes | Path]]:
+        """Every blob by digest: (size, its bytes or the file to stream it from)."""
+        found: dict[str, tuple[int, bytes | Path]] = {
+            d: (f.size, Path(f.source)) for d, f in self.files.items()}
+        found.update({d: (len(b), b) for d, b in self.memory.items()})
+        return found
 
 
 def package_path(name: str) -> str:

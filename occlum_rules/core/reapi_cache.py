@@ -181,6 +181,7 @@ class ReapiCache(RemoteAccounting):
         failure_budget: float = DEFAULT_FAILURE_BUDGET,
         max_tree_size: int = DEFAULT_MAX_TREE,
         warn: Callable[[str], None] | None = None,
+        writes_action_results: bool = True,
     ):
         self._pb = load_stubs()
         self.target = target
@@ -194,6 +195,7 @@ class ReapiCache(RemoteAccounting):
         self.max_failures = max(1, int(max_failures))
         self.failure_budget = float(failure_budget)
         self.max_tree_size = int(max_tree_size)
+        self._writes_action_results = bool(writes_action_results)
         self._init_accounting(warn, unit="calls")
         self._channel: Any = None
         self._channel_pid = 0
@@ -283,14 +285,11 @@ class ReapiCache(RemoteAccounting):
             return False  # the local store lost a blob meanwhile: nothing to promise
         result, trees = ar.to_action_result(pb, manifest, sizes)
         action_bytes, command_bytes = ar.action_messages(pb, key)
-        memory = {hashlib.sha256(b).hexdigest(): b for b in (*trees, action_bytes, command_bytes)}
-        wanted = dict(sizes)
-        wanted.update({d: len(b) for d, b in memory.items()})
-
-        def source(digest: str) -> bytes | Path:
-            return memory[digest] if digest in memory else store.cas_path(digest)
-
-        if not self.upload_blobs(wanted, source):
+        blobs: dict[str, tuple[int, bytes | Path]] = {
+            d: (size, store.cas_path(d)) for d, size in sizes.items()}
+        blobs.update({hashlib.sha256(b).hexdigest(): (len(b), b)
+                      for b in (*trees, action_bytes, command_bytes)})
+        if not self.upload_blobs(blobs):
             return False
         request = pb.re.UpdateActionResultRequest(
             instance_name=self.target.instance_name,
@@ -304,29 +303,74 @@ class ReapiCache(RemoteAccounting):
         self._count(uploads=1, bytes_up=result.ByteSize())
         return True
 
-    def upload_blobs(self, wanted: Mapping[str, int],
-                     source: Callable[[str], bytes | Path]) -> bool:
-        """Upload those of ``wanted`` (sha256 -> size) the server lacks; True when it holds
-        them all afterwards. ``source`` gives a blob's bytes, or the file to stream it from
-        (large blobs are never read into memory whole)."""
+    def upload_blobs(self, blobs: Mapping[str, tuple[int, bytes | Path]]) -> bool:
+        """Put ``blobs`` (sha256 → (size, bytes or file)) the server lacks into its CAS.
+
+        ``FindMissingBlobs`` first; small blobs in batches, large ones streamed from their
+        file. True only when every blob is on the server afterwards."""
+        if not blobs:
+            return True
         if not self._uploads_allowed() or not self._usable():
             return False
-        missing = self._find_missing(wanted)
+        missing = self._find_missing({d: size for d, (size, _) in blobs.items()})
         if missing is None:
             return False
-        self._count(upload_skips=len(wanted) - len(missing))
-        small = [(d, wanted[d]) for d in sorted(missing) if wanted[d] <= self._batch_limit]
-        large = [(d, wanted[d]) for d in sorted(missing) if wanted[d] > self._batch_limit]
+        self._count(upload_skips=len(blobs) - len(missing))
+        small = [(d, blobs[d][0]) for d in sorted(missing) if blobs[d][0] <= self._batch_limit]
+        large = [(d, blobs[d][0]) for d in sorted(missing) if blobs[d][0] > self._batch_limit]
         for batch in _batches(small, self._batch_limit):
-            if not self._batch_update([(d, s, source(d)) for d, s in batch]):
+            if not self._batch_update([(d, s, blobs[d][1]) for d, s in batch]):
                 return False
-        return all(self._stream_write(digest, size, source(digest)) for digest, size in large)
+        return all(self._stream_write(d, s, blobs[d][1]) for d, s in large)
 
-    def read_blob(self, digest: str, size: int) -> bytes | None:
-        """One small blob (a Tree, a file the worker wrote for us) into memory, verified."""
+    def read_blobs(self, wanted: Mapping[str, int]) -> dict[str, bytes] | None:
+        """Small blobs (sha256 → size) into memory, each verified; None unless all arrived."""
+        if not wanted:
+            return {}
         if not self._usable():
             return None
-        return self._read_small(digest, size)
+        got: dict[str, bytes] = {}
+        small = [(d, s) for d, s in sorted(wanted.items()) if s <= self._batch_limit]
+        for batch in _batches(small, self._batch_limit):
+            part = self._batch_fetch(batch)
+            if part is None or len(part) != len(batch):
+                return None
+            got.update(part)
+        for digest, size in sorted(wanted.items()):
+            if size > self._batch_limit:
+                data = self._read_small(digest, size)
+                if data is None:
+                    return None
+                got[digest] = data
+        return got
+
+    def download_file(self, digest: str, size: int, dest: Path, mode: int = 0o444) -> bool:
+        """One blob into ``dest`` (atomically, with ``mode``), streamed when it is large."""
+        if not self._usable():
+            return False
+        if size > self._batch_limit:
+            return self._stream_read_to(dest, digest, size, mode)
+        got = self._batch_fetch([(digest, size)])
+        if got is None or digest not in got:
+            return False
+        with AtomicFile(dest, mode=mode) as tmp:
+            tmp.file.write(got[digest])
+        return True
+
+    @property
+    def stubs(self) -> Any:
+        """The generated modules (:func:`reapi_stubs.load_stubs`), for callers of other
+        services on the same server (the Bots API of ``core/reapi_worker.py``)."""
+        return self._pb
+
+    @property
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The ``authorization`` metadata every call carries (never log it)."""
+        return self._metadata
+
+    def channel(self) -> Any:
+        """This process's channel to the server (with the TLS files, if any)."""
+        return self._chan()
 
     @property
     def pb(self) -> Any:
@@ -338,13 +382,19 @@ class ReapiCache(RemoteAccounting):
         return self._usable()
 
     def call(self, what: str, call: Callable[[Any, float, Any], Any], deadline: float) -> Any:
-        """A call of another REAPI service on this channel (``call(channel, timeout)``), with
-        this client's retries and failure accounting; None when it failed or found nothing.
-        ``deadline`` replaces the usual per-call timeout (an Execute waits for a whole run);
-        ``call`` gets the channel, the timeout and the metadata (credentials) to send."""
+        """A call of another REAPI service on this channel, with this client's retries and
+        failure accounting; None when it failed or found nothing. ``call`` gets the channel,
+        the timeout and the metadata (credentials) to send; ``deadline`` replaces the usual
+        per-call timeout (an Execute waits for a whole run)."""
         answer = self._rpc(what, lambda t: call(self._chan(), t, self._metadata),
                            deadline=deadline)
         return None if answer is _FAILED or answer is _NOT_FOUND else answer
+
+    @property
+    def batch_limit(self) -> int:
+        """The largest blob that goes through batch calls (after the capabilities check)."""
+        self._usable()
+        return self._batch_limit
 
     def close(self) -> None:
         with self._lock:
@@ -391,7 +441,8 @@ class ReapiCache(RemoteAccounting):
                                     int(cache.max_batch_total_size_bytes) - _BATCH_OVERHEAD)
         if self._batch_limit <= 0:
             self._batch_limit = 0  # everything through ByteStream
-        if self.upload_enabled and cache.HasField("action_cache_update_capabilities") and \
+        if self.upload_enabled and self._writes_action_results and \
+                cache.HasField("action_cache_update_capabilities") and \
                 not cache.action_cache_update_capabilities.update_enabled:
             self._disable_uploads("the server does not accept action results from clients")
         self._ready = True
@@ -467,7 +518,10 @@ class ReapiCache(RemoteAccounting):
     def _stream_read(self, store: LocalStore, digest: str, size: int) -> bool:
         dest = store.cas_path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = AtomicFile(dest, mode=0o444)
+        return self._stream_read_to(dest, digest, size, 0o444)
+
+    def _stream_read_to(self, dest: Path, digest: str, size: int, mode: int) -> bool:
+        tmp = AtomicFile(dest, mode=mode)
         try:
             def restart() -> None:
                 try:

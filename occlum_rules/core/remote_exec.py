@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from occlum_rules.core import action_result as ar
@@ -72,12 +71,7 @@ class RemoteExecutor:
         remote = remote_action(pb, action, env.root, input_digests, digest_cache(env),
                                env.source_date_epoch)
 
-        def source(digest: str) -> bytes | Path:
-            if digest in remote.memory:
-                return remote.memory[digest]
-            return Path(remote.files[digest].source)
-
-        if not client.upload_blobs(remote.blob_sizes(), source):
+        if not client.upload_blobs(remote.blobs()):
             return None
         request = pb.re.ExecuteRequest(instance_name=client.target.instance_name,
                                        action_digest=remote.action_digest)
@@ -113,20 +107,18 @@ class RemoteExecutor:
         found = [f for f in result.output_files if f.path == DISCOVERED_PATH]
         if len(found) != 1:
             return _refuse(action, f"the worker did not return {DISCOVERED_PATH}")
-        data = self.client.read_blob(found[0].digest.hash, found[0].digest.size_bytes)
-        dynamic = _discovered(data)
+        got = self.client.read_blobs({found[0].digest.hash: found[0].digest.size_bytes})
+        dynamic = _discovered(got.get(found[0].digest.hash) if got else None)
         if dynamic is None:
             return _refuse(action, f"{DISCOVERED_PATH} from the worker is not readable")
         kept = [f for f in result.output_files if f.path != DISCOVERED_PATH]
         del result.output_files[:]
         result.output_files.extend(kept)
         try:
-            trees: dict[str, bytes] = {}
-            for digest in ar.tree_digests(result):
-                tree = self.client.read_blob(digest.hash, digest.size_bytes)
-                if tree is None:
-                    return None
-                trees[digest.hash] = tree
+            trees = self.client.read_blobs({d.hash: d.size_bytes
+                                            for d in ar.tree_digests(result)})
+            if trees is None:
+                return None
             manifest, sizes = ar.from_action_result(pb, result, trees)
         except ar.BadActionResult as exc:
             return _refuse(action, f"its result is not usable ({exc})")
@@ -187,6 +179,7 @@ def executor_from_config(url: str | None, instance_name: str | None,
         instance_name, instance_where = env_instance, ENV_INSTANCE
     target = parse_target(url, instance_name, where, instance_where)
     timeout = env_seconds(environ, ENV_TIMEOUT)
+    # uploads of inputs only: the service, not this client, writes the action results
     client = ReapiCache(target, upload=True, credentials=credentials_from_env(environ),
-                        tls_files=tls_files_from_env(environ))
+                        tls_files=tls_files_from_env(environ), writes_action_results=False)
     return RemoteExecutor(client, timeout or DEFAULT_EXECUTE_TIMEOUT)
