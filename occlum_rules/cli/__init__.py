@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "push": ("occlum_rules.cli.cmd_push", "push a built OCI image to a registry"),
     "run-action": ("occlum_rules.cli.cmd_run_action",
                    "run one action inside its remote-execution input root (workers)"),
+    "worker": ("occlum_rules.cli.cmd_worker", "run actions for a REAPI scheduler (BuildGrid bots)"),
 }
 
 

@@ -372,11 +372,6 @@ class ReapiCache(RemoteAccounting):
         """This process's channel to the server (with the TLS files, if any)."""
         return self._chan()
 
-    @property
-    def pb(self) -> Any:
-        """The REAPI message and stub modules (``reapi_stubs.load_stubs``)."""
-        return self._pb
-
     def usable(self) -> bool:
         """Whether the server may be called (capabilities fine, not switched off)."""
         return self._usable()

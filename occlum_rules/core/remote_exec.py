@@ -67,7 +67,7 @@ class RemoteExecutor:
         client = self.client
         if not client.usable() or client.stats.uploads_disabled:
             return None
-        pb = client.pb
+        pb = client.stubs
         remote = remote_action(pb, action, env.root, input_digests, digest_cache(env),
                                env.source_date_epoch)
 
