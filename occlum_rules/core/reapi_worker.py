@@ -207,8 +207,7 @@ def collect_outputs(pb: Any, command: Any, workdir: Path, result: Any, blobs: _B
             children: dict[str, Any] = {}
             root = _directory(pb, blobs, path, children)
             tree = pb.re.Tree(root=root, children=[children[d] for d in sorted(children)])
-            result.output_directories.add(path=relative, tree_digest=blobs.message(pb, tree),
-                                          is_topologically_sorted=False)
+            result.output_directories.add(path=relative, tree_digest=blobs.message(pb, tree))
         elif path.is_file() and kind in (None, "file"):
             result.output_files.add(path=relative, digest=blobs.file(pb, path),
                                     is_executable=_is_executable(path))
@@ -437,7 +436,8 @@ class Bot:
         listed = set()
         for lease in self.session.leases:
             listed.add(lease.id)
-            if lease.state == PENDING and lease.id not in self.running \
+            # BuildGrid hands out new leases already ACTIVE; the API's PENDING works too
+            if lease.state in (PENDING, ACTIVE) and lease.id not in self.running \
                     and lease.id not in self.outbox:
                 self._start(lease)
             elif lease.state == CANCELLED and lease.id in self.running:

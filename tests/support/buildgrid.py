@@ -315,7 +315,8 @@ def buildgrid_execution_fixture(tmp_path_factory: pytest.TempPathFactory,
     Bots, its scheduler on the module's PostgreSQL. It has no workers of its own: tests
     start ``occlum-rules worker`` processes against it."""
     server = start_buildgrid(tmp_path_factory.mktemp("buildgrid-exec"), require_bgd(),
-                             database=postgres.url())
+                             # psycopg2: BuildGrid's notifier LISTENs with its poll()
+                             database=postgres.url(scheme="postgresql+psycopg2"))
     try:
         yield server
     finally:

@@ -52,8 +52,9 @@ class Postgres:
     port: int
     user: str  # the database superuser (initdb's --username)
 
-    def url(self, database: str = DATABASE) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = DATABASE, scheme: str = "postgresql") -> str:
+        """A libpq URL; ``scheme`` can name an SQLAlchemy driver (``postgresql+psycopg2``)."""
+        return f"{scheme}://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def log(self) -> str:
         path = self.datadir.parent / "postgres.log"
