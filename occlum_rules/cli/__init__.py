@@ -30,6 +30,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("occlum_rules.cli.cmd_explain", "say why an action re-ran"),
     "cache": ("occlum_rules.cli.cmd_cache", "cache stats, gc and verify"),
     "push": ("occlum_rules.cli.cmd_push", "push a built OCI image to a registry"),
+    "run-action": ("occlum_rules.cli.cmd_run_action",
+                   "run one action inside its remote-execution input root (workers)"),
     "worker": ("occlum_rules.cli.cmd_worker", "run actions for a REAPI scheduler (BuildGrid bots)"),
 }
 

@@ -16,9 +16,11 @@ from occlum_rules.core.digests import DigestCache
 if TYPE_CHECKING:
     from occlum_rules.core.reapi_cache import ReapiCache
     from occlum_rules.core.remote_cache import RemoteCache
+    from occlum_rules.core.remote_exec import RemoteExecutor
 
 _DIGESTS: dict[str, DigestCache] = {}
 _REMOTES: dict[str, RemoteCache | ReapiCache | None] = {}
+_EXECUTORS: dict[str, RemoteExecutor | None] = {}
 
 
 @dataclass
@@ -34,6 +36,8 @@ class BuildEnv:
     remote_url: str | None = None
     remote_upload: bool | None = None
     remote_instance: str | None = None
+    exec_url: str | None = None
+    exec_instance: str | None = None
     path_env: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,6 +59,15 @@ def remote_for(env: BuildEnv) -> RemoteCache | ReapiCache | None:
         _REMOTES[env.state_dir] = remote_from_config(env.remote_url, env.remote_upload,
                                                      instance_name=env.remote_instance)
     return _REMOTES[env.state_dir]
+
+
+def executor_for(env: BuildEnv) -> RemoteExecutor | None:
+    """The remote execution service this build sends actions to, or None."""
+    if env.state_dir not in _EXECUTORS:
+        from occlum_rules.core.remote_exec import executor_from_config  # only builds that run
+
+        _EXECUTORS[env.state_dir] = executor_from_config(env.exec_url, env.exec_instance)
+    return _EXECUTORS[env.state_dir]
 
 
 def abs_path(env: BuildEnv, path: str) -> str:

@@ -58,6 +58,7 @@ def build_env(ws: Workspace, run_id: str | None = None) -> BuildEnv:
         source_date_epoch=ws.source_date_epoch(),
         remote_url=ws.cache.get("remote"), remote_upload=ws.cache.get("upload"),
         remote_instance=ws.cache.get("instance_name"),
+        exec_url=ws.execution.get("remote"), exec_instance=ws.execution.get("instance_name"),
         path_env=os.environ.get("PATH", ""))
 
 
@@ -230,8 +231,10 @@ class BuildReporter(ConsoleReporter):
                 records[task_name] = {"id": task_name, "label": a.label, "stage": a.kind,
                                       "outcome": "up_to_date", "seconds": 0.0,
                                       "action_key": state.get("key")}
-        counts = {"actions_run": 0, "cache_hits_local": 0, "cache_hits_remote": 0, "up_to_date": 0}
-        names = {"run": "actions_run", "cache_hit_local": "cache_hits_local",
+        counts = {"actions_run": 0, "actions_run_remote": 0, "cache_hits_local": 0,
+                  "cache_hits_remote": 0, "up_to_date": 0}
+        names = {"run": "actions_run", "run_remote": "actions_run_remote",
+                 "cache_hit_local": "cache_hits_local",
                  "cache_hit_remote": "cache_hits_remote", "up_to_date": "up_to_date"}
         for rec in records.values():
             counts[names[rec["outcome"]]] += 1
@@ -245,7 +248,9 @@ class BuildReporter(ConsoleReporter):
                      (json.dumps(report, indent=2, sort_keys=True) + "\n").encode(),
                      sole_writer=True)
         drop_journal(env)
-        self.write(f"occlum-rules: {counts['actions_run']} actions run, "
+        remote = (f"{counts['actions_run_remote']} run remotely, "
+                  if counts["actions_run_remote"] else "")
+        self.write(f"occlum-rules: {counts['actions_run']} actions run, {remote}"
                    f"{counts['cache_hits_local']} cache hits (local), "
                    f"{counts['cache_hits_remote']} cache hits (remote), "
                    f"{counts['up_to_date']} up to date in {elapsed:.2f}s"

@@ -30,7 +30,7 @@ from occlum_rules.core.action_state import (
     state_path,
     write_action_state,
 )
-from occlum_rules.core.build_env import BuildEnv, digest_cache, remote_for
+from occlum_rules.core.build_env import BuildEnv, digest_cache, executor_for, remote_for
 from occlum_rules.core.cache_entry import (
     fetch_remote,
     manifest_problem,
@@ -88,12 +88,15 @@ def _execute(action: Action, env: BuildEnv) -> str:
     outcome, manifest, damaged = (_from_cache(action, env, store, key) if action.cacheable
                                   else (None, None, False))
     if outcome is None or manifest is None:
-        manifest = run_action(action, env)
-        outcome = "run"
+        manifest = _run_remote(action, env, store, digests) if action.cacheable else None
+        outcome = "run" if manifest is None else "run_remote"
+        if manifest is None:
+            manifest = run_action(action, env)
         if action.cacheable:
             stored = {"outputs": manifest["outputs"], "label": action.label,
                       "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
-            store_outputs(store, env, stored, replace=damaged)
+            if outcome == "run":
+                store_outputs(store, env, stored, replace=damaged)
             store.put_action(key, stored)
             remote = remote_for(env)
             if remote is not None and remote.upload_enabled:
@@ -107,6 +110,24 @@ def _execute(action: Action, env: BuildEnv) -> str:
     digest_cache(env).save()
     journal(env, action, outcome, time.monotonic() - started, key)
     return outcome
+
+
+def _run_remote(action: Action, env: BuildEnv, store: LocalStore,
+                digests: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """The action run by remote execution and its outputs put in place as a cache hit puts
+    them; None when it is not eligible, none is configured or the service failed."""
+    executor = executor_for(env)
+    if executor is None:
+        return None
+    manifest = executor.run(action, env, digests, store)
+    if manifest is None:
+        return None
+    try:
+        restore_outputs(action, env, store, manifest)
+    except (CorruptBlob, FileNotFoundError) as exc:
+        print(f"warning: {action.label}: {exc}; running it here", file=sys.stderr)
+        return None
+    return manifest
 
 
 def _from_cache(action: Action, env: BuildEnv, store: LocalStore,

@@ -372,6 +372,19 @@ class ReapiCache(RemoteAccounting):
         """This process's channel to the server (with the TLS files, if any)."""
         return self._chan()
 
+    def usable(self) -> bool:
+        """Whether the server may be called (capabilities fine, not switched off)."""
+        return self._usable()
+
+    def call(self, what: str, call: Callable[[Any, float, Any], Any], deadline: float) -> Any:
+        """A call of another REAPI service on this channel, with this client's retries and
+        failure accounting; None when it failed or found nothing. ``call`` gets the channel,
+        the timeout and the metadata (credentials) to send; ``deadline`` replaces the usual
+        per-call timeout (an Execute waits for a whole run)."""
+        answer = self._rpc(what, lambda t: call(self._chan(), t, self._metadata),
+                           deadline=deadline)
+        return None if answer is _FAILED or answer is _NOT_FOUND else answer
+
     @property
     def batch_limit(self) -> int:
         """The largest blob that goes through batch calls (after the capabilities check)."""
@@ -662,7 +675,7 @@ class ReapiCache(RemoteAccounting):
     # ------------------------------------------------------------- the call
 
     def _rpc(self, what: str, call: Callable[[float], Any], *, transfer: int = 0,
-             write: bool = False) -> Any:
+             write: bool = False, deadline: float | None = None) -> Any:
         """One call with retries: its answer, ``_NOT_FOUND`` or ``_FAILED``.
 
         Every failed attempt counts against the failure limits; reaching one switches the
@@ -677,10 +690,11 @@ class ReapiCache(RemoteAccounting):
             if remaining <= 0:
                 self._disable("the failure time budget is spent")
                 return _FAILED
-            deadline = min(self.timeout, remaining) + _SECONDS_PER_MIB * transfer / (1 << 20)
+            timeout = deadline if deadline is not None else \
+                min(self.timeout, remaining) + _SECONDS_PER_MIB * transfer / (1 << 20)
             started = time.monotonic()
             try:
-                answer = call(deadline)
+                answer = call(timeout)
             except _LocalIOError as exc:
                 raise exc.error from None
             except grpc.RpcError as exc:

@@ -701,7 +701,7 @@ def _env_bool(environ: Mapping[str, str], name: str) -> bool | None:
     raise UserError(f"expected 1 or 0 (true/false), got {raw!r}", where=name)
 
 
-def _env_seconds(environ: Mapping[str, str], name: str) -> float | None:
+def env_seconds(environ: Mapping[str, str], name: str) -> float | None:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return None
@@ -760,7 +760,7 @@ def remote_from_config(
         raise UserError(
             f"expected true or false, got {upload!r}", where="WORKSPACE.yaml: cache.upload"
         )
-    timeout = _env_seconds(environ, ENV_TIMEOUT)
+    timeout = env_seconds(environ, ENV_TIMEOUT)
     credentials = credentials_from_env(environ)
     if url.strip().lower().startswith(("grpc://", "grpcs://")):
         from occlum_rules.core.reapi_cache import ReapiCache, parse_target

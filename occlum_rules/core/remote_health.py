@@ -68,6 +68,9 @@ class RemoteAccounting:
 
     display_url: str
     upload_enabled: bool
+    # what the switched-off warning calls the server and what the build does instead
+    role: str = "remote cache"
+    fallback: str = "continuing with the local cache"
     max_failures: int
     failure_budget: float
 
@@ -119,8 +122,8 @@ class RemoteAccounting:
                 return
             self.stats.disabled = True
         self._warn(
-            f"remote cache {self.display_url} switched off for the rest of this build: {why}; "
-            "continuing with the local cache"
+            f"{self.role} {self.display_url} switched off for the rest of this build: {why}; "
+            f"{self.fallback}"
         )
         self._after_disable()
 

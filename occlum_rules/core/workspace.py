@@ -66,6 +66,11 @@ SCHEMA = Schema({
         "instance_name": Field(str, "REAPI instance name of a grpc(s):// remote cache"),
         "upload": Field(bool, "upload results to the remote cache", False),
     }), "the action cache"),
+    "execution": Field(Schema({
+        "remote": Field(str, "remote execution: grpc(s)://host:port of a REAPI Execution "
+                        "service (BuildGrid); eligible actions run on its workers"),
+        "instance_name": Field(str, "REAPI instance name of the execution service"),
+    }), "remote execution"),
     "vars": Field(Schema(open=True), "variables for Occlum.json.j2 templates"),
 })
 
@@ -85,6 +90,7 @@ class Workspace:
     cargo: dict[str, Any] = field(default_factory=dict)
     signing: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     config_path: Path | None = None
@@ -165,6 +171,7 @@ def load_workspace(root: Path) -> Workspace:
     ws.cargo = dict(data.get("cargo") or {})
     ws.signing = dict(data.get("signing") or {})
     ws.cache = dict(data.get("cache") or {})
+    ws.execution = dict(data.get("execution") or {})
     ws.provenance = dict(data.get("provenance") or {})
     ws.vars = dict(data.get("vars") or {})
     return ws
