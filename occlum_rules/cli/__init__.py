@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("occlum_rules.cli.cmd_explain", "say why an action re-ran"),
     "cache": ("occlum_rules.cli.cmd_cache", "cache stats, gc and verify"),
     "push": ("occlum_rules.cli.cmd_push", "push a built OCI image to a registry"),
+    "watch": ("occlum_rules.cli.cmd_watch", "watch the output trees so null builds skip the walk"),
 }
 
 

@@ -65,7 +65,8 @@ def remove_action_state(env: BuildEnv, action: Action) -> None:
     """Forget everything kept for ``action``: its record, the material ``explain`` compares
     with, its private state and the shared state of its kind and toolchains (a cache: the
     next build refills it). What ``doit clean`` calls besides removing the outputs."""
-    for path in (state_path(env, action.id), previous_path(env, action.id)):
+    for path in (state_path(env, action.id), previous_path(env, action.id),
+                 state_path(env, action.id).with_suffix(".watch")):
         path.unlink(missing_ok=True)
     for directory in (private_state_dir(env, action), shared_state_dir(env, action)):
         remove_path(str(directory))
