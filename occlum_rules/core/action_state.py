@@ -117,12 +117,22 @@ def state_usage(engine_dir: str | os.PathLike) -> dict[str, int]:
 # inputs): megabytes. Stored as marshal in the shared state framing (a torn or damaged file
 # reads as "no state", so the action runs again): decoding it is several times faster than
 # JSON, and a null build reads every state.
+#
+# Version 2 keeps ``stamps`` and ``dynamic`` as marshal blobs inside the record (decoded by
+# ``outputs.recorded_stamps`` and ``keys.dynamic_unchanged`` when needed): a null build that
+# the watcher vouches for never looks at the stamps, and ten images discovering the same
+# shared tree check its list once (by the blob's hash), so decoding 40k small objects per
+# image was most of what remained. Version 1 records still read (an upgrade re-runs nothing);
+# an older occlum-rules reads a version 2 record as "no state" (re-runs, never misreads).
 ACTION_STATE_KIND = "action-state"
-ACTION_STATE_VERSION = 1
+ACTION_STATE_VERSION = 2
+_BLOBS = ("stamps", "dynamic")
 
 
 def load_state_file(path: str | os.PathLike) -> dict | None:
     payload = state_file.read_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION)
+    if isinstance(payload, state_file.Missing) and payload.reason == "from another version":
+        payload = state_file.read_state(path, ACTION_STATE_KIND, 1)
     if isinstance(payload, state_file.Missing):
         return None
     try:
@@ -133,7 +143,15 @@ def load_state_file(path: str | os.PathLike) -> dict | None:
 
 
 def write_action_state(path: Path, state: dict) -> None:
-    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(state, 4))
+    record = {k: (marshal.dumps(v, 4) if k in _BLOBS and not isinstance(v, bytes) else v)
+              for k, v in state.items()}
+    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(record, 4))
+
+
+def recorded_dynamic(state: dict) -> list:
+    """The discovered inputs a record holds, [[path, digest], ...] (either version)."""
+    value = state.get("dynamic") or []
+    return marshal.loads(value) if isinstance(value, bytes) else value
 
 
 _STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}

@@ -6,6 +6,8 @@ when it was made); other files and trees are hashed through the build's digest c
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 import os
 import stat as statmod
 from pathlib import Path
@@ -68,8 +70,22 @@ def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
 _UNCHANGED: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
 
-def dynamic_unchanged(recorded: list | None, env: BuildEnv) -> bool:
+# Hashes of whole recorded lists (an action record keeps its list as one marshal blob)
+# already found unchanged in this build run: ten images of one shared tree check it once.
+_UNCHANGED_LISTS: dict[tuple[str, str], set[bytes]] = {}
+
+
+def dynamic_unchanged(recorded: list | bytes | None, env: BuildEnv) -> bool:
     """Do the inputs an action discovered last time still have the same content?"""
+    if isinstance(recorded, bytes):
+        lists = _UNCHANGED_LISTS.setdefault((env.root, env.run_id), set())
+        blob_id = hashlib.blake2b(recorded, digest_size=20).digest()
+        if blob_id in lists:
+            return True
+        if not dynamic_unchanged(marshal.loads(recorded), env):
+            return False
+        lists.add(blob_id)
+        return True
     cache = digest_cache(env)
     seen = _UNCHANGED.setdefault((env.root, env.run_id), set())
     for item in recorded or ():

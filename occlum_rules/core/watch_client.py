@@ -23,7 +23,7 @@ from pathlib import Path
 from occlum_rules import state_file
 from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path
-from occlum_rules.core.outputs import output_stamps
+from occlum_rules.core.outputs import output_stamps, recorded_stamps
 from occlum_rules.core.outputs import outputs_intact as walked_intact
 
 SOCKET = "watch.sock"
@@ -146,7 +146,7 @@ def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
     if not trees:
         return walked_intact(action, env, state)
     if vouched(env, action, trees):
-        recorded = state.get("stamps") or {}
+        recorded = recorded_stamps(state) or {}
         try:
             for rel, kind in zip(action.outputs, action.output_types):
                 if kind != "dir":
