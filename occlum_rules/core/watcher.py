@@ -58,6 +58,7 @@ class Watcher:
         self.wd_tokens: dict[int, set[str]] = {}
         self.markers: set[str] = set()
         self.overflows = 0
+        self.orphaned = False
         self.marker_dir = state_dir / MARKER_DIR
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(self.marker_dir):
@@ -88,7 +89,9 @@ class Watcher:
                     self._dirty(token)
                 continue
             if ev.wd == self.marker_wd:
-                if ev.mask & inotify.IN_CREATE:
+                if ev.mask & inotify.IN_IGNORED:  # out/ was removed: nobody can ask us now
+                    self.orphaned = True
+                elif ev.mask & inotify.IN_CREATE:
                     if len(self.markers) > 10000:  # markers of clients that died
                         self.markers.clear()
                     self.markers.add(ev.name)
@@ -188,7 +191,7 @@ def serve(state_dir: Path, out: Path, ready: Callable[[], object] | None = None)
     if ready is not None:
         ready()
     try:
-        while not stop:
+        while not stop and not watcher.orphaned:
             try:
                 readable, _, _ = select.select([watcher.fd, sock.fileno()], [], [], 1.0)
             except InterruptedError:
@@ -212,6 +215,8 @@ def serve(state_dir: Path, out: Path, ready: Callable[[], object] | None = None)
         sock.close()
         path.unlink(missing_ok=True)
         os.close(watcher.fd)
+    if watcher.orphaned:
+        print(f"occlum-rules watch: {state_dir} was removed; stopping", file=sys.stderr)
     return 0
 
 

@@ -210,3 +210,44 @@ def test_a_second_watcher_for_the_same_workspace_refuses(env: BuildEnv, daemon: 
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "already serves" in second.stderr
     assert status(env.state_dir) is not None
+
+
+def test_a_watcher_whose_out_directory_is_removed_stops(env: BuildEnv) -> None:
+    d = Daemon(env)
+    import shutil
+
+    shutil.rmtree(env.out)
+    assert d.proc.wait(timeout=60) == 0
+
+
+def test_watch_command_end_to_end(tmp_path: Path) -> None:
+    """``occlum-rules watch`` beside real ``doit build``s of an example: the null build is
+    vouched for, and an image file changed in place is still rebuilt."""
+    from tests.support.workspace import copy_examples, report, run_cli, run_doit
+
+    ws = copy_examples(tmp_path / "ws", ["hello_c"])
+    cache = tmp_path / "cache"
+    none = run_cli("watch", "--status", cwd=ws)
+    assert none.returncode == 1 and none.stderr.strip().startswith("no watcher serves")
+    assert "Traceback" not in none.stderr
+    (ws / "out/.occlum-rules").mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-m", "occlum_rules", "watch"], cwd=ws,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "watching" in proc.stdout.readline()
+        assert run_doit(ws, "build", cache=cache).returncode == 0
+        assert run_doit(ws, "build", cache=cache).returncode == 0
+        assert report(ws)["actions_run"] == 0
+        found = run_cli("watch", "--status", cwd=ws)
+        assert found.returncode == 0 and '"clean": ' in found.stdout
+        assert int(found.stdout.split('"clean": ')[1].split(",")[0]) >= 1
+        images = [p for p in (ws / "out/bin").rglob("image") if p.is_dir()]
+        victim = next(p for p in images[0].rglob("*") if p.is_file() and not p.is_symlink())
+        original = victim.read_bytes()
+        victim.write_bytes(b"X" + original[1:])
+        assert run_doit(ws, "build", cache=cache).returncode == 0
+        assert report(ws)["actions_run"] + report(ws)["cache_hits_local"] >= 1
+        assert victim.read_bytes() == original
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
