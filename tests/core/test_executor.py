@@ -219,8 +219,8 @@ def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: 
     assert execute(a, env) == "run"
     path = state_path(env, a.id)
     raw = marshal.loads(state_file.read_state(path, ACTION_STATE_KIND, 2))
-    assert isinstance(raw["stamps"], bytes) and isinstance(raw["dynamic"], bytes)
-    old = dict(raw, stamps=marshal.loads(raw["stamps"]), dynamic=marshal.loads(raw["dynamic"]))
+    assert isinstance(raw["stamps"], bytes) and raw["dynamic"] == {}
+    old = dict(raw, stamps=marshal.loads(raw["stamps"]), dynamic=[])
     state_file.write_state(path, ACTION_STATE_KIND, 1, marshal.dumps(old, 4))
     state = load_state_file(path)
     assert state is not None and recorded_stamps(state) == output_stamps(a, env)
@@ -230,15 +230,37 @@ def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: 
     assert not is_up_to_date(a, env)
 
 
-def test_a_recorded_list_of_discovered_inputs_is_checked_once_per_run(env: BuildEnv) -> None:
-    import marshal
-
+def test_recorded_discovered_inputs_are_checked_once_per_run_and_group(env: BuildEnv) -> None:
+    from occlum_rules.core.dynamic import pack_dynamic, unpack_dynamic
     from occlum_rules.core.keys import dynamic_digests, dynamic_unchanged
 
-    blob = marshal.dumps(dynamic_digests(["in.txt"], env), 4)
-    assert dynamic_unchanged(blob, env)
-    (Path(env.root) / "in.txt").write_text("moon\n")
-    assert dynamic_unchanged(blob, env)  # one run sees the host as it was when it started
+    root = Path(env.root)
+    (root / "shared").mkdir()
+    for name in ("a", "b"):
+        (root / "shared" / name).write_text(name)
+    pairs = dynamic_digests(["in.txt", "shared/a", "shared/b"], env)
+    packed = pack_dynamic(pairs)
+    assert set(packed) == {"", "shared"} and sorted(unpack_dynamic(packed)) == sorted(pairs)
+    # another image's list: the same shared group, byte for byte, built from other objects
+    assert pack_dynamic([[p, d] for p, d in marshal_copy(pairs)])["shared"] == packed["shared"]
+    assert dynamic_unchanged(packed, env)
+    (root / "shared" / "b").write_text("B")
+    assert dynamic_unchanged(packed, env)  # one run sees the host as it was when it started
     env.run_id = "r2"
-    assert not dynamic_unchanged(blob, env)
-    assert not dynamic_unchanged(marshal.loads(blob), env)
+    assert not dynamic_unchanged(packed, env)
+    assert not dynamic_unchanged(unpack_dynamic(packed), env)
+    assert dynamic_unchanged({"": packed[""]}, env)  # the unchanged group alone
+
+
+def marshal_copy(value: list) -> list:
+    import marshal
+
+    return marshal.loads(marshal.dumps(value))
+
+
+def test_discovered_inputs_in_a_shape_this_version_does_not_know_are_not_trusted(env: BuildEnv) -> None:
+    from occlum_rules.core.keys import dynamic_unchanged
+
+    assert not dynamic_unchanged(b"\x00\x01", env)  # type: ignore[arg-type]
+    assert not dynamic_unchanged([["in.txt"]], env)
+    assert dynamic_unchanged(None, env) and dynamic_unchanged([], env)
