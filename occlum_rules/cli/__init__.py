@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run-action": ("occlum_rules.cli.cmd_run_action",
                    "run one action inside its remote-execution input root (workers)"),
     "worker": ("occlum_rules.cli.cmd_worker", "run actions for a REAPI scheduler (BuildGrid bots)"),
+    "watch": ("occlum_rules.cli.cmd_watch", "watch the output trees so null builds skip the walk"),
 }
 
 

@@ -29,6 +29,7 @@ from occlum_rules import state_file
 from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv
+from occlum_rules.core.dynamic import pack_dynamic, unpack_dynamic
 from occlum_rules.core.outputs import remove_path
 
 
@@ -65,7 +66,8 @@ def remove_action_state(env: BuildEnv, action: Action) -> None:
     """Forget everything kept for ``action``: its record, the material ``explain`` compares
     with, its private state and the shared state of its kind and toolchains (a cache: the
     next build refills it). What ``doit clean`` calls besides removing the outputs."""
-    for path in (state_path(env, action.id), previous_path(env, action.id)):
+    for path in (state_path(env, action.id), previous_path(env, action.id),
+                 state_path(env, action.id).with_suffix(".watch")):
         path.unlink(missing_ok=True)
     for directory in (private_state_dir(env, action), shared_state_dir(env, action)):
         remove_path(str(directory))
@@ -116,12 +118,24 @@ def state_usage(engine_dir: str | os.PathLike) -> dict[str, int]:
 # inputs): megabytes. Stored as marshal in the shared state framing (a torn or damaged file
 # reads as "no state", so the action runs again): decoding it is several times faster than
 # JSON, and a null build reads every state.
+#
+# Version 2 keeps ``stamps`` as a marshal blob inside the record (decoded by
+# ``outputs.recorded_stamps`` only when a check walks: a null build the watcher vouches for
+# never looks at it), and ``dynamic`` (the discovered inputs) grouped by directory, each
+# group one canonical byte string (``keys.pack_dynamic``): ten images copying one shared
+# tree record equal groups for it, and ``keys.dynamic_unchanged`` checks each distinct group
+# once per run by its hash instead of decoding 20k pairs per image. Decoding those small
+# objects was most of a vouched null build. Version 1 records still read (an upgrade re-runs
+# nothing); an older occlum-rules reads a version 2 record as "no state" (re-runs, never
+# misreads).
 ACTION_STATE_KIND = "action-state"
-ACTION_STATE_VERSION = 1
+ACTION_STATE_VERSION = 2
 
 
 def load_state_file(path: str | os.PathLike) -> dict | None:
     payload = state_file.read_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION)
+    if isinstance(payload, state_file.Missing) and payload.reason == "from another version":
+        payload = state_file.read_state(path, ACTION_STATE_KIND, 1)
     if isinstance(payload, state_file.Missing):
         return None
     try:
@@ -132,7 +146,18 @@ def load_state_file(path: str | os.PathLike) -> dict | None:
 
 
 def write_action_state(path: Path, state: dict) -> None:
-    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(state, 4))
+    record = dict(state)
+    if not isinstance(record.get("stamps", b""), bytes):
+        record["stamps"] = marshal.dumps(record["stamps"], 4)
+    if isinstance(record.get("dynamic"), list):
+        record["dynamic"] = pack_dynamic(record["dynamic"])
+    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(record, 4))
+
+
+def recorded_dynamic(state: dict) -> list:
+    """The discovered inputs a record holds, [[path, digest], ...] (either version)."""
+    value = state.get("dynamic") or []
+    return unpack_dynamic(value) if isinstance(value, dict) else value
 
 
 _STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}

@@ -102,6 +102,16 @@ class _Shard:
             pass
 
 
+def _key(path: str | os.PathLike) -> str:
+    """One entry per file, not per spelling: copy_bom names the same source as
+    ``app01/../shared/x`` and ``app02/../shared/x``, and each spelling was hashed and kept
+    again (ten instances of one shared tree made the cache ten times its size, and every
+    null build decoded it). Lexical normalisation may join two real files under one key
+    (``link/..``); the stamp (inode first) still tells them apart, so that costs a re-hash,
+    never a wrong digest."""
+    return os.path.normpath(os.fspath(path))
+
+
 class DigestCache:
     """path -> (stamp, sha256); shared by everything in one process.
 
@@ -125,7 +135,7 @@ class DigestCache:
         return self._main
 
     def digest(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str:
-        key = str(os.fspath(path))
+        key = _key(path)
         if st is None:
             st = os.stat(key)
         stamp = stat_stamp(st)
@@ -142,7 +152,7 @@ class DigestCache:
 
     def known(self, path: str | os.PathLike, st: os.stat_result) -> str | None:
         """The cached digest of ``path`` if ``st`` is still the stamp it was hashed at."""
-        key = str(os.fspath(path))
+        key = _key(path)
         hit = self._shard(key).load().get(key)
         return hit[1] if hit is not None and hit[0] == stat_stamp(st) else None
 
@@ -150,7 +160,7 @@ class DigestCache:
                  st: os.stat_result | None = None) -> None:
         """Record a digest the caller just computed while writing (or copying) the file;
         ``st``: the stat the caller saw unchanged from the first byte read to the last."""
-        key = str(os.fspath(path))
+        key = _key(path)
         if st is None:
             try:
                 st = os.stat(key)

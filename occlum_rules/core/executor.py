@@ -40,9 +40,10 @@ from occlum_rules.core.cache_entry import (
 )
 from occlum_rules.core.journal import journal
 from occlum_rules.core.keys import action_key, dynamic_unchanged
-from occlum_rules.core.outputs import ensure_dirs, output_stamps, outputs_intact, prune_dirs
+from occlum_rules.core.outputs import ensure_dirs, prune_dirs
 from occlum_rules.core.runner import run_action
 from occlum_rules.core.store import CorruptBlob, LocalStore
+from occlum_rules.core.watch_client import outputs_intact, record_stamps, remember
 from occlum_rules.errors import UserError
 
 
@@ -101,12 +102,14 @@ def _execute(action: Action, env: BuildEnv) -> str:
             remote = remote_for(env)
             if remote is not None and remote.upload_enabled:
                 upload_remote(remote, store, key, stored)
+    # a run's stamps come from the walk that described its outputs (the watcher, when one
+    # runs, arms the trees first and checks them again)
+    stamps, armed = record_stamps(action, env, manifest["stamps"] if outcome == "run" else None)
     state = {"key": key, "manifest": {"outputs": [compact_output(o) for o in manifest["outputs"]]},
-             "dynamic": manifest.get("dynamic", []),
-             # a run's stamps come from the walk that described its outputs
-             "stamps": manifest["stamps"] if outcome == "run" else output_stamps(action, env),
+             "dynamic": manifest.get("dynamic", []), "stamps": stamps,
              "material": key_material(action, digests), "previous": previous}
     write_action_state(spath, state)
+    remember(env, action, armed)
     digest_cache(env).save()
     journal(env, action, outcome, time.monotonic() - started, key)
     return outcome

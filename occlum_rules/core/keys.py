@@ -6,6 +6,7 @@ when it was made); other files and trees are hashed through the build's digest c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as statmod
 from pathlib import Path
@@ -14,6 +15,7 @@ from occlum_rules.core.action import Action, compute_key
 from occlum_rules.core.action_state import read_state
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest, tree_entries
+from occlum_rules.core.dynamic import unpack_dynamic
 from occlum_rules.errors import UserError
 
 
@@ -68,12 +70,35 @@ def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
 _UNCHANGED: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
 
-def dynamic_unchanged(recorded: list | None, env: BuildEnv) -> bool:
-    """Do the inputs an action discovered last time still have the same content?"""
+# (directory, hash of its packed group) of recorded discovered inputs already found
+# unchanged in this build run: images copying one shared tree record equal groups for it.
+_UNCHANGED_GROUPS: dict[tuple[str, str], set[tuple[str, bytes]]] = {}
+
+
+def dynamic_unchanged(recorded: list | dict | None, env: BuildEnv) -> bool:
+    """Do the inputs an action discovered last time still have the same content?
+
+    ``recorded``: a list of [path, digest] (a cache entry, a version 1 record) or a
+    record's groups (``dynamic.pack_dynamic``)."""
+    if isinstance(recorded, dict):
+        groups = _UNCHANGED_GROUPS.setdefault((env.root, env.run_id), set())
+        for directory, packed in recorded.items():
+            group = (directory, hashlib.blake2b(packed, digest_size=20).digest())
+            if group in groups:
+                continue
+            if not dynamic_unchanged(unpack_dynamic({directory: packed}), env):
+                return False
+            groups.add(group)
+        return True
+    if recorded is not None and not isinstance(recorded, list):
+        return False  # a record this version does not understand: run again, never trust it
     cache = digest_cache(env)
     seen = _UNCHANGED.setdefault((env.root, env.run_id), set())
     for item in recorded or ():
-        path, digest = item
+        try:
+            path, digest = item
+        except (TypeError, ValueError):
+            return False
         if (path, digest) in seen:
             continue
         try:

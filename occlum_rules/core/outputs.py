@@ -3,6 +3,7 @@ nothing touched them since), and the directories the engine keeps or prunes arou
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import stat as statmod
@@ -74,10 +75,17 @@ def output_stamps(action: Action, env: BuildEnv) -> dict[str, tuple[int, int, in
     return stamps
 
 
+def recorded_stamps(state: dict) -> dict[str, tuple[int, int, int]] | None:
+    """The stamps an action record holds (a marshal blob since record version 2, decoded only
+    by the checks that walk)."""
+    value = state.get("stamps")
+    return marshal.loads(value) if isinstance(value, bytes) else value
+
+
 def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
     """Are the outputs exactly what the state says we left? (size, mtime, mode, set of paths)"""
     try:
-        return output_stamps(action, env) == state.get("stamps")
+        return output_stamps(action, env) == recorded_stamps(state)
     except OSError:
         return False
 

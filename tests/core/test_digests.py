@@ -35,3 +35,23 @@ def test_a_changed_file_is_hashed_again(tmp_path):
     first = cache.digest(f)
     f.write_bytes(b"two, longer")
     assert cache.digest(f) != first == hashlib.sha256(b"one").hexdigest()
+
+
+def test_two_spellings_of_one_file_share_one_entry(tmp_path):
+    """copy_bom reaches a shared source as ``app01/../shared/x`` and ``app02/../shared/x``:
+    one entry, hashed once; a changed file is still hashed again under any spelling."""
+    (tmp_path / "app01").mkdir()
+    (tmp_path / "app02").mkdir()
+    shared = tmp_path / "shared" / "x"
+    shared.parent.mkdir()
+    shared.write_bytes(b"one")
+    store = tmp_path / "digests.marshal"
+    cache = DigestCache(store)
+    first = cache.digest(tmp_path / "app01" / ".." / "shared" / "x")
+    cache.save()
+    assert first == hashlib.sha256(b"one").hexdigest()
+    assert list(DigestCache(store)._main.load()) == [str(shared)]
+    st = os.stat(shared)
+    assert cache.known(tmp_path / "app02" / ".." / "shared" / "x", st) == first
+    shared.write_bytes(b"two")
+    assert cache.digest(tmp_path / "app02" / ".." / "shared" / "x") == hashlib.sha256(b"two").hexdigest()

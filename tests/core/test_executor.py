@@ -19,7 +19,7 @@ from occlum_rules.core.action_state import (
 )
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.executor import execute, is_up_to_date
-from occlum_rules.core.outputs import output_stamps
+from occlum_rules.core.outputs import output_stamps, recorded_stamps
 from occlum_rules.core.store import LocalStore
 from occlum_rules.errors import UserError
 
@@ -198,10 +198,69 @@ def test_a_run_records_the_stamps_a_fresh_walk_would_see(env: BuildEnv, in_place
     tree = action("write_tree", "out/tree", kind="dir", in_place=in_place)
     assert execute(tree, env) == "run"
     state = read_state(env, tree.id)
-    assert state is not None and state["stamps"] == output_stamps(tree, env)
-    assert "out/tree/sub/b.txt" in state["stamps"]
+    assert state is not None and recorded_stamps(state) == output_stamps(tree, env)
+    assert "out/tree/sub/b.txt" in recorded_stamps(state)
     greeting = action("write_greeting")
     assert execute(greeting, env) == "run"
     state = read_state(env, greeting.id)
-    assert state is not None and state["stamps"] == output_stamps(greeting, env)
+    assert state is not None and recorded_stamps(state) == output_stamps(greeting, env)
     assert execute(tree, env) == execute(greeting, env) == "up_to_date"
+
+
+def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: BuildEnv) -> None:
+    """Record version 2 keeps stamps and discovered inputs as marshal blobs; a record an
+    older occlum-rules wrote (plain values) is still up to date, not re-run."""
+    import marshal
+
+    from occlum_rules import state_file
+    from occlum_rules.core.action_state import ACTION_STATE_KIND, recorded_dynamic
+
+    a = action("write_tree", output="out/tree", kind="dir", cacheable=False)
+    assert execute(a, env) == "run"
+    path = state_path(env, a.id)
+    raw = marshal.loads(state_file.read_state(path, ACTION_STATE_KIND, 2))
+    assert isinstance(raw["stamps"], bytes) and raw["dynamic"] == {}
+    old = dict(raw, stamps=marshal.loads(raw["stamps"]), dynamic=[])
+    state_file.write_state(path, ACTION_STATE_KIND, 1, marshal.dumps(old, 4))
+    state = load_state_file(path)
+    assert state is not None and recorded_stamps(state) == output_stamps(a, env)
+    assert recorded_dynamic(state) == []
+    assert is_up_to_date(a, env) and execute(a, env) == "up_to_date"
+    os.chmod(Path(env.root) / "out/tree/a.txt", 0o600)
+    assert not is_up_to_date(a, env)
+
+
+def test_recorded_discovered_inputs_are_checked_once_per_run_and_group(env: BuildEnv) -> None:
+    from occlum_rules.core.dynamic import pack_dynamic, unpack_dynamic
+    from occlum_rules.core.keys import dynamic_digests, dynamic_unchanged
+
+    root = Path(env.root)
+    (root / "shared").mkdir()
+    for name in ("a", "b"):
+        (root / "shared" / name).write_text(name)
+    pairs = dynamic_digests(["in.txt", "shared/a", "shared/b"], env)
+    packed = pack_dynamic(pairs)
+    assert set(packed) == {"", "shared"} and sorted(unpack_dynamic(packed)) == sorted(pairs)
+    # another image's list: the same shared group, byte for byte, built from other objects
+    assert pack_dynamic([[p, d] for p, d in marshal_copy(pairs)])["shared"] == packed["shared"]
+    assert dynamic_unchanged(packed, env)
+    (root / "shared" / "b").write_text("B")
+    assert dynamic_unchanged(packed, env)  # one run sees the host as it was when it started
+    env.run_id = "r2"
+    assert not dynamic_unchanged(packed, env)
+    assert not dynamic_unchanged(unpack_dynamic(packed), env)
+    assert dynamic_unchanged({"": packed[""]}, env)  # the unchanged group alone
+
+
+def marshal_copy(value: list) -> list:
+    import marshal
+
+    return marshal.loads(marshal.dumps(value))
+
+
+def test_discovered_inputs_in_a_shape_this_version_does_not_know_are_not_trusted(env: BuildEnv) -> None:
+    from occlum_rules.core.keys import dynamic_unchanged
+
+    assert not dynamic_unchanged(b"\x00\x01", env)  # type: ignore[arg-type]
+    assert not dynamic_unchanged([["in.txt"]], env)
+    assert dynamic_unchanged(None, env) and dynamic_unchanged([], env)

@@ -146,13 +146,14 @@ def false_up_to_date(ws: Path) -> list[str]:
     state records: exactly the "half-written output treated as done" failure."""
     problems: list[str] = []
     from occlum_rules.core.action_state import load_state_file, tree_entries_of
+    from occlum_rules.core.outputs import recorded_stamps
 
     for f in sorted((ws / "out/.occlum-rules/actions").glob("*.state")):
         try:
             state = load_state_file(f)
-            stamps = state["stamps"]
+            stamps = recorded_stamps(state)
             outs = state["manifest"]["outputs"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # an unreadable state only makes the action run again
         try:
             intact = all((st.st_size, st.st_mtime_ns, st.st_mode) == tuple(stamp)

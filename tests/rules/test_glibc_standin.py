@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from occlum_rules.core.action_state import load_state_file, state_path
+from occlum_rules.core.action_state import load_state_file, recorded_dynamic, state_path
 from tests.rules.test_occlum_stages import fake_install
 from tests.support.workspace import make_workspace, run_doit
 
@@ -98,7 +98,7 @@ def _dynamic_inputs(ws: Path) -> list[str]:
     env = SimpleNamespace(state_dir=str(ws / "out/.occlum-rules"))
     state = load_state_file(state_path(env, "//:image:image"))
     assert state is not None
-    return [path for path, _digest in state.get("dynamic", [])]
+    return [path for path, _digest in recorded_dynamic(state)]
 
 
 def _manifest(ws: Path) -> dict:
