@@ -46,6 +46,7 @@ def assemble(ctx: StageContext) -> None:
                 f"{len(result.removed)} removed")
     write_manifest(manifest_path, result.manifest)
     elf_deps.save_elf_cache(elf_cache)
+    elf_deps.forget_elf_cache()
 
 
 def _loader_config(params: dict) -> elf_deps.LoaderConfig | str:

@@ -53,7 +53,6 @@ def package(ctx: StageContext) -> None:
     try:
         occlum_json = json.loads((instance / "Occlum.json").read_text())
         measurements = json.loads((ctx.root / p["measurements"]).read_text())
-        image_manifest = json.loads((ctx.root / p["image_manifest"]).read_text())
         mode = (instance / ".sgx_mode").read_text().strip() or p["sgx_mode"]
     except (OSError, ValueError) as exc:
         raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
@@ -71,6 +70,10 @@ def package(ctx: StageContext) -> None:
                            level=p["level"], state_path=ctx.state_dir / "segments.state",
                            digest_of=ctx.digests.digest, raw_digest=True, deflater=compressor)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
+    try:  # a record per image file: read after the tarball, so not in memory while it is made
+        image_manifest = json.loads((ctx.root / p["image_manifest"]).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
     manifest = package_manifest(
         file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
         measurements=measurements, image_manifest=image_manifest,

@@ -161,6 +161,12 @@ def recorded_dynamic(state: dict) -> list:
 
 
 _STATES: dict[str, tuple[tuple[int, int, int], dict]] = {}
+# An image's decoded state costs ~1 KiB per file (stamps, discovered inputs), and a process
+# that kept every state it read held them all to its end: tens of MiB per GiB of image in a
+# full build's peak RSS. Small states stay; of the big ones only the last one decoded (a null
+# build then decodes an image's state twice: ~0.05 s per GiB of image).
+_BIG_STATE = 1 << 20  # file bytes
+_BIG_KEPT = 1
 
 
 def read_state(env: BuildEnv, action_id: str) -> dict | None:
@@ -183,7 +189,12 @@ def read_state(env: BuildEnv, action_id: str) -> dict | None:
     data = load_state_file(path)
     if data is None:
         return None
+    _STATES.pop(str(path), None)  # re-inserted last: the dict's order is the order of reading
     _STATES[str(path)] = (stamp, data)
+    if st.st_size > _BIG_STATE:
+        big = [p for p, (s, _) in _STATES.items() if s[1] > _BIG_STATE]
+        for old in big[:-_BIG_KEPT]:
+            del _STATES[old]
     return data
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from occlum_rules.core import heap
 from occlum_rules.core.action import Action, key_material
 from occlum_rules.core.action_state import (
     compact_output,
@@ -46,6 +47,8 @@ from occlum_rules.core.store import CorruptBlob, LocalStore
 from occlum_rules.core.watch_client import outputs_intact, record_stamps, remember
 from occlum_rules.errors import UserError
 
+heap.keep_big_buffers_mapped()
+
 
 def is_up_to_date(action: Action, env: BuildEnv) -> bool:
     """doit's `uptodate` hook: same key as last time and outputs untouched."""
@@ -69,6 +72,7 @@ def execute(action: Action, env: BuildEnv) -> str:
         return outcome
     finally:
         ensure_dirs(action, env)
+        heap.release()
 
 
 def _execute(action: Action, env: BuildEnv) -> str:

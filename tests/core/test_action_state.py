@@ -85,3 +85,34 @@ def test_clean_removes_every_actions_state(built):
     again = run_doit(ws, "build", cache=cache)
     assert again.returncode == 0, again.output
     assert os.path.isfile(ws / "out" / ".occlum-rules" / "doit.db")
+
+
+def test_read_state_keeps_one_big_state_decoded_and_rereads_the_others(tmp_path, monkeypatch):
+    """A full build must not hold every image's decoded state to its end (peak RSS, issue 18
+    item 6); an evicted state is decoded again, with the same content."""
+    from occlum_rules.core import action_state
+    from occlum_rules.core.build_env import BuildEnv
+
+    monkeypatch.setattr(action_state, "_STATES", {})
+    env = BuildEnv(root=str(tmp_path), out=str(tmp_path / "out"),
+                   state_dir=str(tmp_path / "state"), cache_dir=str(tmp_path / "cache"),
+                   run_id="t", source_date_epoch=0)
+    (tmp_path / "state" / "actions").mkdir(parents=True)
+    states = {}
+    for name in ("small", "big1", "big2"):
+        files = 10 if name == "small" else 40_000
+        states[name] = {"key": name, "stamps": {f"out/{name}/{i:06d}": (i, i, 0o100644)
+                                                for i in range(files)}}
+        action_state.write_action_state(action_state.state_path(env, name), states[name])
+    assert action_state.state_path(env, "big1").stat().st_size > action_state._BIG_STATE
+    assert action_state.state_path(env, "small").stat().st_size < action_state._BIG_STATE
+
+    small = action_state.read_state(env, "small")
+    first = action_state.read_state(env, "big1")
+    assert action_state.read_state(env, "big1") is first  # kept while it is the last big one
+    assert action_state.read_state(env, "big2") == states["big2"]
+    assert set(action_state._STATES) == {str(action_state.state_path(env, n))
+                                         for n in ("small", "big2")}
+    assert action_state.read_state(env, "small") is small
+    again = action_state.read_state(env, "big1")
+    assert again is not first and again == states["big1"]

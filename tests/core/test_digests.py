@@ -55,3 +55,25 @@ def test_two_spellings_of_one_file_share_one_entry(tmp_path):
     assert cache.known(tmp_path / "app02" / ".." / "shared" / "x", st) == first
     shared.write_bytes(b"two")
     assert cache.digest(tmp_path / "app02" / ".." / "shared" / "x") == hashlib.sha256(b"two").hexdigest()
+
+
+def test_entries_of_the_old_layout_are_misses_not_errors(tmp_path):
+    """A digests file written before entries were packed bytes (stamp tuple, hex digest) is
+    read as a miss: the file is hashed again and the entry rewritten in the new layout."""
+    import marshal
+
+    from occlum_rules.core.digests import stat_stamp
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"new content")
+    wrong = "0" * 64  # what the old entry claims: must not be believed in the new layout
+    store = tmp_path / "d.marshal"
+    store.write_bytes(marshal.dumps({str(f): (stat_stamp(os.stat(f)), wrong)}))
+    cache = DigestCache(store)
+    right = hashlib.sha256(b"new content").hexdigest()
+    assert cache.digest(f) == right
+    cache.save()
+    again = DigestCache(store)
+    assert again.known(f, os.stat(f)) == right
+    entry = marshal.loads(store.read_bytes())[str(f)]
+    assert type(entry) is bytes and entry.endswith(bytes.fromhex(right))

@@ -234,6 +234,13 @@ def save_elf_cache(path: str | os.PathLike) -> None:
         state_file.write_state(path, _CACHE_KIND, _CACHE_VERSION, marshal.dumps(entries))
 
 
+
+def forget_elf_cache() -> None:
+    """Drop the in-process entries once they are saved: one per file of the image (two stat
+    tuples each), held to the end of the build otherwise (peak RSS on big images)."""
+    _ELF_CACHE.clear()
+    _USED.clear()
+
 _STRUCTS: dict[tuple, ELFStructs] = {}
 
 
