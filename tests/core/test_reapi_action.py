@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from occlum_rules.core.action import Action
-from occlum_rules.core.action_state import read_state
+from occlum_rules.core.action_state import read_state, recorded_dynamic
 from occlum_rules.core.build_env import digest_cache
 from occlum_rules.core.doit_bridge import build_env, load_graph
 from occlum_rules.core.keys import input_digests
@@ -103,7 +103,7 @@ def test_commands_run_in_their_input_root_give_local_bytes(checkouts, tmp_path) 
             assert _bytes_of(work / rel) == _bytes_of(root / rel), (action.id, rel)
         # what it discovered is what the local run recorded
         discovered = json.loads((work / DISCOVERED_PATH).read_bytes())
-        assert discovered == read_state(env, action.id)["dynamic"], action.id
+        assert discovered == recorded_dynamic(read_state(env, action.id)), action.id
 
 
 def test_input_roots_do_not_depend_on_the_checkout_path(checkouts) -> None:
