@@ -65,6 +65,7 @@ class Action:
     # removed and not outputs (an instance's run/: the application's own data)
     prune_dirs: dict[str, list[str]] = field(default_factory=dict)  # dir -> the only names it
     # may hold after every outcome (an instance's build/lib after an SGX mode switch)
+    local_only: str = ""         # why a remote worker may not run it (not part of the key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -91,6 +91,8 @@ def remote_ineligible(action: Action) -> str | None:
     """Why ``action`` must run here, or None when a worker may run it."""
     if action.secrets:
         return "it uses a secret"
+    if action.local_only:
+        return action.local_only
     if not action.cacheable:
         return "its outputs are not cacheable"
     if action.in_place:

@@ -211,8 +211,10 @@ class Actions:
               secrets: dict[str, str] | None = None, in_place: bool = False,
               cacheable: bool = True, description: str = "",
               ensure_dirs: list[str] | None = None,
-              prune_dirs: dict[str, list[str]] | None = None) -> None:
-        """A Python stage function ``module:function(ctx: StageContext)``."""
+              prune_dirs: dict[str, list[str]] | None = None, local_only: str = "") -> None:
+        """A Python stage function ``module:function(ctx: StageContext)``. ``local_only``:
+        why it may not run on a remote worker (it reads more of the workspace than its
+        inputs name, say), or empty."""
         action_id = self._ctx.action_id(name)
         ins, producers, upstream = self._common(name, inputs, outputs)
         self._add(Action(
@@ -222,7 +224,8 @@ class Actions:
             secrets=dict(secrets or {}), in_place=in_place, cacheable=cacheable,
             producers=upstream, input_producers=producers, description=description or name,
             ensure_dirs=list(ensure_dirs or []),
-            prune_dirs={d: sorted(names) for d, names in (prune_dirs or {}).items()}))
+            prune_dirs={d: sorted(names) for d, names in (prune_dirs or {}).items()},
+            local_only=local_only))
         self._claim(outputs, action_id)
 
     def _claim(self, outputs: list[File], action_id: str) -> None:

@@ -26,7 +26,7 @@ from occlum_rules.core.reapi_action import (
 from occlum_rules.core.reapi_platform import action_properties
 from occlum_rules.core.reapi_stubs import load_stubs
 from tests.support.reapi_worker_run import materialize, run_command
-from tests.support.workspace import copy_examples, run_doit
+from tests.support.workspace import REPO, copy_examples, run_doit
 
 pb = load_stubs()
 
@@ -77,6 +77,20 @@ def test_eligibility_keeps_secrets_and_in_place_stages_local(checkouts) -> None:
     host = Action(id="//x:y:z", label="//x:y", name="z", kind="k", inputs=["/etc/hostname"],
                   outputs=["out/z"], output_types=["file"], func="m:f")
     assert remote_ineligible(host) == "it reads the host file /etc/hostname"
+    host.inputs = ["out/x"]
+    assert remote_ineligible(host) is None
+    host.local_only = "it reads more than its inputs"
+    assert remote_ineligible(host) == "it reads more than its inputs"
+
+
+def test_an_oci_image_stays_local() -> None:
+    """Its runtime check reads the whole built instance, which a worker would not have."""
+    ws, graph = load_graph(REPO)
+    images = [a for a in graph.actions if a.kind == "oci.image"]
+    assert images
+    for action in images:
+        assert remote_ineligible(action) in ("its runtime check reads the whole built instance",
+                                             "its outputs are not cacheable"), action.id
 
 
 def test_commands_run_in_their_input_root_give_local_bytes(checkouts, tmp_path) -> None:

@@ -11,10 +11,12 @@ PostgreSQL refuses to run as root, and CI runs the suite as root: there the serv
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -61,8 +63,14 @@ class Postgres:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        _run_as_owner([str(self.bindir / "pg_ctl"), "stop", "-m", "immediate", "-w",
-                       "-D", str(self.datadir)], check=False)
+        """pg_ctl's immediate stop; the postmaster killed outright when that fails, so no
+        server outlives its test module (a CI run must not leave one behind)."""
+        result = _run_as_owner([str(self.bindir / "pg_ctl"), "stop", "-m", "immediate", "-w",
+                                "-t", "30", "-D", str(self.datadir)], check=False)
+        pidfile = self.datadir / "postmaster.pid"
+        if result.returncode != 0 and pidfile.exists():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
 
 
 def _demote() -> list[str]:
@@ -111,8 +119,12 @@ def start_postgres(workdir: Path, bindir: Path) -> Postgres:
                                 "-o", options], check=False)
         if result.returncode == 0:
             server = Postgres(bindir, datadir, port, user)
-            _run_as_owner([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                           "-U", user, DATABASE])
+            try:
+                _run_as_owner([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                               "-U", user, DATABASE])
+            except BaseException:
+                server.stop()
+                raise
             return server
         last = (workdir / "postgres.log").read_text(errors="replace") \
             if (workdir / "postgres.log").exists() else result.stderr
