@@ -689,6 +689,24 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def configured_url(setting: object, where: str, environ: Mapping[str, str],
+                   env_name: str) -> tuple[str | None, str]:
+    """A service URL from WORKSPACE.yaml (``setting``, found at ``where``) unless the
+    environment variable ``env_name`` names one; (None, where) when neither does or the
+    variable says ``off``/``none``. Empty counts as unset: CI templates expand missing
+    variables to ""."""
+    env_url = environ.get(env_name, "").strip()
+    if env_url:
+        if env_url.lower() in ("off", "none"):
+            return None, env_name
+        setting, where = env_url, env_name
+    if setting is not None and not isinstance(setting, str):
+        raise UserError(f"expected a URL string, got {type(setting).__name__}", where=where)
+    if not setting or not setting.strip():
+        return None, where
+    return setting, where
+
+
 def _env_bool(environ: Mapping[str, str], name: str) -> bool | None:
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
@@ -737,17 +755,8 @@ def remote_from_config(
     # traceback would print the whole environment, credentials included.)
     if environ is None:
         environ = os.environ
-    url = remote_url
-    where = "WORKSPACE.yaml: cache.remote"
-    env_url = environ.get(ENV_URL, "").strip()
-    if env_url:  # empty counts as unset: CI templates expand missing variables to ""
-        url = env_url
-        where = ENV_URL
-        if url.lower() in ("off", "none"):
-            return None
-    if url is not None and not isinstance(url, str):
-        raise UserError(f"expected a URL string, got {type(url).__name__}", where=where)
-    if not url or not url.strip():
+    url, where = configured_url(remote_url, "WORKSPACE.yaml: cache.remote", environ, ENV_URL)
+    if url is None:
         return None
     env_upload = _env_bool(environ, ENV_UPLOAD)
     if env_upload is not None:

@@ -34,7 +34,7 @@ from occlum_rules.core.reapi_action import (
     remote_ineligible,
 )
 from occlum_rules.core.reapi_cache import ReapiCache, parse_target
-from occlum_rules.core.remote_cache import env_seconds
+from occlum_rules.core.remote_cache import configured_url, env_seconds
 from occlum_rules.core.store import LocalStore, manifest_blobs
 from occlum_rules.credentials import credentials_from_env, tls_files_from_env
 from occlum_rules.errors import UserError
@@ -160,15 +160,8 @@ def executor_from_config(url: str | None, instance_name: str | None,
     """The executor WORKSPACE.yaml's ``execution`` section and the environment ask for."""
     if environ is None:
         environ = os.environ
-    where = "WORKSPACE.yaml: execution.remote"
-    env_url = environ.get(ENV_URL, "").strip()
-    if env_url:
-        url, where = env_url, ENV_URL
-        if url.lower() in ("off", "none"):
-            return None
-    if url is not None and not isinstance(url, str):
-        raise UserError(f"expected a URL string, got {type(url).__name__}", where=where)
-    if not url or not url.strip():
+    url, where = configured_url(url, "WORKSPACE.yaml: execution.remote", environ, ENV_URL)
+    if url is None:
         return None
     if not url.strip().lower().startswith(("grpc://", "grpcs://")):
         raise UserError("remote execution speaks REAPI over gRPC; expected grpc://host:port or "
