@@ -86,15 +86,20 @@ class DoitRun:
         return int((self.report or {}).get(outcome, 0))
 
 
-def doit_env(cache: Path) -> dict[str, str]:
+def doit_env(cache: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with the store at ``cache``, and no remote cache or remote
+    execution unless ``extra`` names one."""
     env = dict(os.environ)
     env["OCCLUM_RULES_CACHE"] = str(cache)
-    for name in ("OCCLUM_RULES_RUN_ID", "OCCLUM_RULES_REMOTE_CACHE", "OCCLUM_RULES_DEBUG"):
+    for name in ("OCCLUM_RULES_RUN_ID", "OCCLUM_RULES_REMOTE_CACHE", "OCCLUM_RULES_DEBUG",
+                 "OCCLUM_RULES_REMOTE_EXECUTION", "OCCLUM_RULES_REMOTE_EXECUTION_INSTANCE"):
         env.pop(name, None)
+    env.update(extra or {})
     return env
 
 
-def run_doit(ws: Path, *args: str, cache: Path, timeout: float = 1800) -> DoitRun:
+def run_doit(ws: Path, *args: str, cache: Path, timeout: float = 1800,
+             env: dict[str, str] | None = None) -> DoitRun:
     """``python -m doit <args>`` in ``ws``, timed from the outside (process start included).
 
     The page cache is flushed first (``sync``), so a run is not charged for writing back the
@@ -104,8 +109,9 @@ def run_doit(ws: Path, *args: str, cache: Path, timeout: float = 1800) -> DoitRu
         report_path.unlink()
     os.sync()
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ws, env=doit_env(cache),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ws,
+                          env=doit_env(cache, env), capture_output=True, text=True,
+                          timeout=timeout)
     seconds = time.perf_counter() - t
     report = None
     try:

@@ -7,7 +7,8 @@
 Scenarios (see bench/README.md): 1 full build, 2 incremental, 3 null build, 4 SEFS pack
 throughput, 5 fresh clone + warm store, 6 signing, 7 doit -n 2 scaling, 8 packaging,
 9 OCI image (full vs one file changed), 10 cost growth (256 MiB / 1 GiB / 4 GiB builds:
-time per GiB, peak RSS), 11 store growth per incremental build.
+time per GiB, peak RSS), 11 store growth per incremental build, 12 remote execution on
+BuildGrid + 2 workers vs local (informational).
 Benchmarks print; they never assert timings.
 """
 
@@ -39,6 +40,7 @@ MODULES: list[tuple[str, str, str]] = [
     ("8", "package", "8 package"),
     ("9", "oci_image", ""),
     ("10,11", "growth", ""),
+    ("12", "remote_exec", ""),
 ]
 
 

@@ -224,6 +224,20 @@ def command_argv(arguments: Iterable[str]) -> list[str]:
     return argv
 
 
+# The guard is the command's process-group leader: the kernel sends it SIGTERM when the
+# worker thread that started it dies (even by SIGKILL), and it then kills the whole group, so
+# no compiler outlives its worker. dash exports PWD, which the Command did not ask for.
+_GUARD = 'trap "kill -KILL 0" TERM; "$@" & wait $!'
+
+
+def guarded_argv(argv: list[str], env: dict[str, str]) -> list[str]:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not os.path.exists("/bin/sh"):
+        return argv
+    script = _GUARD if "PWD" in env else "unset PWD; " + _GUARD
+    return [setpriv, "--pdeathsig", "TERM", "--", "/bin/sh", "-c", script, "sh", *argv]
+
+
 @dataclass
 class Job:
     """One running lease: its process, so cancelling or stopping can kill it."""
@@ -276,7 +290,7 @@ def run_action(cas: ReapiCache, pb: Any, action: Any, job: Job, work_root: Path)
                     raise LeaseFailed(UNAVAILABLE, "cancelled")
                 try:
                     job.process = subprocess.Popen(
-                        command_argv(command.arguments), cwd=cwd, env=env,
+                        guarded_argv(command_argv(command.arguments), env), cwd=cwd, env=env,
                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                         start_new_session=True)
                 except OSError as exc:
@@ -310,6 +324,9 @@ def run_action(cas: ReapiCache, pb: Any, action: Any, job: Job, work_root: Path)
 
 
 # ------------------------------------------------------------------ the bot
+
+
+QUICK_ANSWER = 0.2  # seconds: an UpdateBotSession answered faster did not long-poll
 
 
 @dataclass
@@ -468,6 +485,7 @@ class Bot:
             return
         self.log(f"bot session {self.session.name}: {self.options.jobs} job(s), "
                  f"{len(self.options.properties)} platform properties")
+        quick = 0
         while not self.stopping.is_set():
             self._sync()
             self._report_finished()
@@ -481,8 +499,14 @@ class Bot:
                 continue  # cancelled for a finished job (or a stop): the outbox goes next
             self.outbox.clear()
             self.session = answer
-            if time.monotonic() - started < 0.2 and not self._any_done():
-                self.stopping.wait(0.2)  # the server answered at once with nothing new
+            # A server that answers at once with nothing new is not long-polling (yet): ask
+            # again soon, since a lease may be waiting already, but back off if it keeps on.
+            if time.monotonic() - started < QUICK_ANSWER and not self._any_done() and \
+                    all(lease.id in self.running for lease in answer.leases):
+                quick += 1
+                self.stopping.wait(min(QUICK_ANSWER, 0.005 * 2 ** quick))
+            else:
+                quick = 0
         self._give_back()
 
     def _give_back(self) -> None:

@@ -10,7 +10,7 @@ not the build, and leaves nothing partial behind.
 from __future__ import annotations
 
 import hashlib
-import re
+import os
 import signal
 import subprocess
 import time
@@ -29,6 +29,7 @@ from tests.support.buildgrid import (  # noqa: F401 - fixtures
 from tests.support.reapi_worker import (  # noqa: F401 - a fixture
     Client,
     WorkerProcess,
+    lease_started,
     two_workers_fixture,
 )
 
@@ -131,14 +132,18 @@ def test_occlum_rules_argv0_runs_the_workers_own_install(
     assert __version__ in client.blob(response.result.stdout_digest).decode()
 
 
-def _lease_started(workers: list[WorkerProcess], deadline: float) -> tuple[WorkerProcess, str]:
-    while time.monotonic() < deadline:
-        for worker in workers:
-            found = re.search(r"lease (\S+): started", worker.log())
-            if found:
-                return worker, found.group(1)
-        time.sleep(0.05)
-    raise AssertionError("no worker started the lease: " + " | ".join(w.log() for w in workers))
+def _running_in(directory: Path) -> list[int]:
+    """Processes whose working directory is inside ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(f"{directory}/"):
+                found.append(int(entry.name))
+    return found
 
 
 def test_worker_killed_mid_action_costs_a_retry_not_the_build(
@@ -153,11 +158,16 @@ def test_worker_killed_mid_action_costs_a_retry_not_the_build(
 
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.execute, action, 120.0)
-        victim, lease = _lease_started(two_workers, time.monotonic() + 60)
+        victim, lease = lease_started(two_workers, time.monotonic() + 60)
         while not any(marker.iterdir()):  # the command itself is running
             time.sleep(0.05)
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait(timeout=10)
+        # its command (a `sleep 3` just started) dies with it, not 3 s later
+        deadline = time.monotonic() + 1.0
+        while _running_in(victim.work_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _running_in(victim.work_dir) == []
         assert client.cached_result(action) is None  # nothing stored while it is retried
         response = pending.result(timeout=120)
     (survivor,) = [w for w in two_workers if w is not victim]
@@ -279,7 +289,7 @@ def test_sigterm_mid_action_hands_the_lease_back(client: Client,
 
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(client.execute, action, 120.0)
-        stopped, lease = _lease_started(two_workers, time.monotonic() + 60)
+        stopped, lease = lease_started(two_workers, time.monotonic() + 60)
         while not any(marker.iterdir()):
             time.sleep(0.05)
         assert stopped.stop() == 0

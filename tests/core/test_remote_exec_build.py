@@ -5,51 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from occlum_rules.core.doit_bridge import load_graph
 from occlum_rules.core.reapi_action import remote_ineligible
 from occlum_rules.core.remote_exec import ENV_INSTANCE, ENV_URL
 from tests.core.test_remote_build import files_of
-from tests.rules.test_cargo_debian import DEBIAN_CARGO, MISSING
 from tests.support.buildgrid import BuildGrid, buildgrid_execution_fixture  # noqa: F401
+from tests.support.examples import buildable_examples
 from tests.support.postgres import postgres_fixture  # noqa: F401
+from tests.support.reapi_worker import lease_started, running_workers
 from tests.support.workspace import REPO, copy_examples, report, run_cli, run_doit
 
-# Every example this machine can build locally (the README's quick start installs what all of
-# them need); the ones needing Go, Debian's redis-server or Debian's Rust crates only where
-# those are installed, so a test run without them still covers the rest.
-EXAMPLES = ["hello_c", "multi_c", "hello_rust", "enclave_lib", "python_host"] + \
-    (["hello_go"] if shutil.which("go") else []) + \
-    (["redis_host"] if Path("/usr/bin/redis-server").is_file() else []) + \
-    (["seed_service"] if DEBIAN_CARGO.is_file() and not MISSING else [])
+EXAMPLES = buildable_examples()
 SIGNING_KEY = REPO / "occlum_rules" / "templates" / "dev-signing-key.pem"
-
-
-@contextlib.contextmanager
-def workers(server: BuildGrid, workspace: Path, tmp: Path, count: int = 2) -> Iterator[None]:
-    procs = []
-    try:
-        for i in range(count):
-            log = open(tmp / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed below
-            procs.append((subprocess.Popen(
-                [sys.executable, "-m", "occlum_rules", "worker", "--server", server.url,
-                 "--instance", server.instance, "--workspace", str(workspace), "--jobs", "1"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log), log))
-        yield
-    finally:
-        for proc, log in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 def _with_image_key(root: Path, key: bytes) -> None:
@@ -62,9 +34,9 @@ def _with_image_key(root: Path, key: bytes) -> None:
 
 def _remote_build(server: BuildGrid, root: Path, tmp: Path) -> tuple[dict, object]:
     env = {ENV_URL: server.url, ENV_INSTANCE: server.instance}
-    with workers(server, root, tmp):
+    with running_workers(server, tmp / "workers", workspace=root) as workers:
         result = run_doit(root, "-n", "2", cache=tmp / "store-remote", env=env)
-    logs = "".join((tmp / f"worker-{i}.log").read_text(errors="replace") for i in range(2))
+    logs = "".join(w.log() for w in workers)
     assert result.returncode == 0, result.output + logs
     assert "switched off" not in result.output and "not taken" not in result.output, \
         result.output + logs
@@ -123,3 +95,34 @@ def test_no_secret_and_no_action_holding_one_reaches_the_server(
                 sent.add(doc["id"])
     # (the module's server also holds the plain build's actions: the same ids are eligible)
     assert sent and sent <= eligible and not sent & secret
+
+
+def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(
+        buildgrid_execution: BuildGrid, tmp_path: Path) -> None:
+    """hello_rust's cargo build (seconds long) is the first action sent: the worker that takes
+    it is killed while it runs; BuildGrid hands the lease to the other worker, the build
+    finishes, and what it produced is the local build's, byte for byte."""
+    names = ["hello_rust"]
+    local, remote = (copy_examples(tmp_path / side, names) for side in ("local", "remote"))
+    for root in (local, remote):  # an action the module's server has not cached yet
+        main = root / "examples" / "hello_rust" / "src" / "main.rs"
+        main.write_text(main.read_text() + "// a worker is killed building this\n")
+    result = run_doit(local, cache=tmp_path / "store-local")
+    assert result.returncode == 0, result.output
+
+    env = {ENV_URL: buildgrid_execution.url, ENV_INSTANCE: buildgrid_execution.instance}
+    with running_workers(buildgrid_execution, tmp_path / "workers", workspace=remote) as workers, \
+            ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(run_doit, remote, cache=tmp_path / "store-remote", env=env)
+        victim, lease = lease_started(workers, time.monotonic() + 120)
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        result = pending.result(timeout=600)
+    (survivor,) = [w for w in workers if w is not victim]
+    assert result.returncode == 0, result.output + survivor.log()
+    assert f"lease {lease}: completed" not in victim.log()
+    assert f"lease {lease}: completed" in survivor.log(), survivor.log()
+    outcomes = {a["id"]: a["outcome"] for a in report(remote)["actions"]}
+    _, eligible, _ = _actions(remote)
+    assert {i for i, o in outcomes.items() if o == "run_remote"} == eligible
+    assert files_of(remote) == files_of(local)

@@ -15,34 +15,22 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
+from tests.support.examples import DEBIAN_CARGO, MISSING_CRATES
 from tests.support.workspace import REPO, copy_examples, outcomes, run_doit
 
-DEBIAN_CARGO = Path("/usr/bin/cargo")
-DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
 RUSTUP_CARGO = Path(os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo")) / "bin/cargo"
-SEED_TOML = REPO / "examples/seed_service/enclave/Cargo.toml"
-# the registry's directories are <crate>-<version>; the seed has no lock, any version will do
-SEED_CRATES = list(tomllib.loads(SEED_TOML.read_text())["dependencies"])
-MISSING = [c for c in SEED_CRATES
-           if not any(DEBIAN_REGISTRY.glob(f"{c}-[0-9]*/Cargo.toml"))]
 
 needs_debian = pytest.mark.skipif(
-    not DEBIAN_CARGO.is_file() or bool(MISSING),
+    not DEBIAN_CARGO.is_file() or bool(MISSING_CRATES),
     reason="needs Debian's Rust packages: apt-get install cargo rustc and the librust-*-dev "
            "packages of the README's quick start "
            f"(cargo: {'found' if DEBIAN_CARGO.is_file() else 'missing'}; "
-           f"registry lacks: {', '.join(MISSING[:4]) or 'nothing'})")
+           f"registry lacks: {', '.join(MISSING_CRATES[:4]) or 'nothing'})")
 
 SEED_LIB = "out/bin/examples/seed_service/neo_service_enclave/libneo_service_enclave.so"
 SEED_APP = "out/bin/examples/seed_service/seed_app/seed_app"
@@ -76,7 +64,7 @@ def expected_tag(message: str) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def debian_build(tmp_path_factory):
-    if not DEBIAN_CARGO.is_file() or MISSING:
+    if not DEBIAN_CARGO.is_file() or MISSING_CRATES:
         pytest.skip("Debian's cargo or librust-*-dev packages are not installed")
     base = tmp_path_factory.mktemp("debian-rust")
     ws = copy_examples(base / "ws", ["hello_rust", "enclave_lib", "seed_service"])

@@ -81,7 +81,8 @@ schedulers:
     assigners:
       - !priority-age-assigner
         count: 1
-        interval: 0.2
+        interval: 0.05
+        jitter-factor: 0.01
 """
 
 EXECUTION_SERVICE = """\

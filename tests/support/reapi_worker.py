@@ -8,8 +8,10 @@ processes, as a team would run them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,18 +72,39 @@ def start_worker(server: BuildGrid, directory: Path, *extra: str,
     return worker
 
 
-@pytest.fixture(name="two_workers")
-def two_workers_fixture(buildgrid_execution: BuildGrid,
-                        tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    """Two workers with one job each, stopped (SIGTERM) after the test."""
+def lease_started(workers: list[WorkerProcess], deadline: float) -> tuple[WorkerProcess, str]:
+    """The first worker whose log says it started a lease, and the lease's id."""
+    while time.monotonic() < deadline:
+        for worker in workers:
+            found = re.search(r"lease (\S+): started", worker.log())
+            if found:
+                return worker, found.group(1)
+        time.sleep(0.05)
+    raise AssertionError("no worker started a lease: " + " | ".join(w.log() for w in workers))
+
+
+@contextlib.contextmanager
+def running_workers(server: BuildGrid, directory: Path, count: int = 2,
+                    workspace: Path | None = None) -> Iterator[list[WorkerProcess]]:
+    """``count`` workers with one job each (offering ``workspace``'s toolchains), stopped
+    with SIGTERM on the way out: what a build through remote execution runs against."""
+    extra = ["--jobs", "1"] + (["--workspace", str(workspace)] if workspace else [])
     workers: list[WorkerProcess] = []
     try:
-        for n in range(2):
-            workers.append(start_worker(buildgrid_execution, tmp_path / f"worker{n}"))
+        for n in range(count):
+            workers.append(start_worker(server, directory / f"worker{n}", *extra))
         yield workers
     finally:
         for worker in workers:
             worker.stop()
+
+
+@pytest.fixture(name="two_workers")
+def two_workers_fixture(buildgrid_execution: BuildGrid,
+                        tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """Two workers with one job each, stopped (SIGTERM) after the test."""
+    with running_workers(buildgrid_execution, tmp_path) as workers:
+        yield workers
 
 
 @dataclass
