@@ -169,6 +169,32 @@ _BIG_STATE = 1 << 20  # file bytes
 _BIG_KEPT = 1
 
 
+# What a consumer's input digests and the build report need of a state (its key and the
+# digest of each output: a few lines even for an image), kept for every state read, big ones
+# included, so those callers never decode an image's record again after its own check did.
+_SUMMARIES: dict[str, tuple[tuple[int, int, int], dict]] = {}
+
+
+def _summary(data: dict) -> dict:
+    outputs = (data.get("manifest") or {}).get("outputs", [])
+    return {"key": data.get("key"), "digests": {o["path"]: o.get("digest") for o in outputs}}
+
+
+def read_state_summary(env: BuildEnv, action_id: str) -> dict | None:
+    """``{"key": …, "digests": {output path: digest}}`` of an action's state, from memory
+    while the file is unchanged."""
+    path = state_path(env, action_id)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    hit = _SUMMARIES.get(str(path))
+    if hit is not None and hit[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+        return hit[1]
+    data = read_state(env, action_id)
+    return None if data is None else _summary(data)
+
+
 def read_state(env: BuildEnv, action_id: str) -> dict | None:
     """An action's state, decoded once per process while the file is unchanged.
 
@@ -191,6 +217,7 @@ def read_state(env: BuildEnv, action_id: str) -> dict | None:
         return None
     _STATES.pop(str(path), None)  # re-inserted last: the dict's order is the order of reading
     _STATES[str(path)] = (stamp, data)
+    _SUMMARIES[str(path)] = (stamp, _summary(data))
     if st.st_size > _BIG_STATE:
         big = [p for p, (s, _) in _STATES.items() if s[1] > _BIG_STATE]
         for old in big[:-_BIG_KEPT]:

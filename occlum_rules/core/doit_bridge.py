@@ -23,7 +23,11 @@ from doit.reporter import ConsoleReporter
 
 from occlum_rules.atomic_write import write_atomic
 from occlum_rules.core.action import Action
-from occlum_rules.core.action_state import read_state, remove_action_state, remove_legacy_state
+from occlum_rules.core.action_state import (
+    read_state_summary,
+    remove_action_state,
+    remove_legacy_state,
+)
 from occlum_rules.core.analysis import Graph
 from occlum_rules.core.build_env import BuildEnv, digest_cache
 from occlum_rules.core.executor import execute, is_up_to_date
@@ -226,7 +230,7 @@ class BuildReporter(ConsoleReporter):
         records = read_journal(env)
         for task_name in self.skipped:
             if task_name not in records:
-                state = read_state(env, task_name) or {}
+                state = read_state_summary(env, task_name) or {}
                 a = actions[task_name]
                 records[task_name] = {"id": task_name, "label": a.label, "stage": a.kind,
                                       "outcome": "up_to_date", "seconds": 0.0,

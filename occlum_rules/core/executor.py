@@ -113,7 +113,7 @@ def _execute(action: Action, env: BuildEnv) -> str:
              "dynamic": manifest.get("dynamic", []), "stamps": stamps,
              "material": key_material(action, digests), "previous": previous}
     write_action_state(spath, state)
-    remember(env, action, armed)
+    remember(env, action, armed, stamps)
     digest_cache(env).save()
     journal(env, action, outcome, time.monotonic() - started, key)
     return outcome

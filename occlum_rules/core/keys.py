@@ -12,7 +12,7 @@ import stat as statmod
 from pathlib import Path
 
 from occlum_rules.core.action import Action, compute_key
-from occlum_rules.core.action_state import read_state
+from occlum_rules.core.action_state import read_state_summary
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest, tree_entries
 from occlum_rules.core.dynamic import unpack_dynamic
@@ -28,13 +28,10 @@ def input_digests(action: Action, env: BuildEnv) -> list[tuple[str, str]]:
         digest = None
         if producer is not None:
             if producer not in producer_states:
-                producer_states[producer] = read_state(env, producer)
+                producer_states[producer] = read_state_summary(env, producer)
             state = producer_states[producer]
             if state:
-                for out in state["manifest"]["outputs"]:
-                    if out["path"] == path:
-                        digest = out["digest"]
-                        break
+                digest = state["digests"].get(path)
         if digest is None:
             full = abs_path(env, path)
             try:

@@ -30,7 +30,7 @@ SOCKET = "watch.sock"
 MARKER_DIR = "watch"
 TIMEOUT = 10.0  # a daemon slower than this is treated as absent: the build walks instead
 SIDECAR_KIND = "watch-vouch"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: the stamps of the output files
 
 _counter = itertools.count()
 
@@ -93,19 +93,28 @@ def _record_stamp(env: BuildEnv, action: Action) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def remember(env: BuildEnv, action: Action, armed: dict | None) -> None:
-    """After the record is written: keep what the daemon vouches for, tied to that record."""
+def _file_stamps(action: Action, stamps: dict) -> dict:
+    return {rel: stamps.get(rel) for rel, kind in zip(action.outputs, action.output_types)
+            if kind != "dir"}
+
+
+def remember(env: BuildEnv, action: Action, armed: dict | None, stamps: dict) -> None:
+    """After the record is written: keep what the daemon vouches for, tied to that record.
+
+    ``stamps``: the record's. Those of the outputs that are files (a few, beside trees of
+    thousands) are copied here, so a vouched check need not decode the record's."""
     path = sidecar_path(env, action)
     stamp = _record_stamp(env, action)
     if armed is None or stamp is None:
         path.unlink(missing_ok=True)
         return
-    state_file.write_state(path, SIDECAR_KIND, SIDECAR_VERSION,
-                           marshal.dumps({"record": stamp, **armed}, 4))
+    state_file.write_state(path, SIDECAR_KIND, SIDECAR_VERSION, marshal.dumps(
+        {"record": stamp, "files": _file_stamps(action, stamps), **armed}, 4))
 
 
 def vouched(env: BuildEnv, action: Action, trees: list[str] | None = None) -> bool:
-    """Does the daemon say every output tree is what the record's stamps say?"""
+    """Does the daemon say every output tree is what the record's stamps say, and is every
+    output file still as the record left it?"""
     trees = _trees(action) if trees is None else trees
     if not trees:
         return False
@@ -119,6 +128,13 @@ def vouched(env: BuildEnv, action: Action, trees: list[str] | None = None) -> bo
         for rel, (_token, dev, ino) in side["trees"].items():
             st = os.lstat(abs_path(env, rel))
             if (st.st_dev, st.st_ino) != (dev, ino):
+                return False
+        files = side["files"]
+        if set(files) != set(_file_stamps(action, {})):
+            return False
+        for rel, recorded in files.items():
+            st = os.lstat(abs_path(env, rel))
+            if recorded != (st.st_size, st.st_mtime_ns, st.st_mode):
                 return False
         tokens = [side["trees"][rel][0] for rel in trees]
     except (OSError, EOFError, ValueError, TypeError, KeyError):
@@ -146,22 +162,15 @@ def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
     if not trees:
         return walked_intact(action, env, state)
     if vouched(env, action, trees):
-        files = [rel for rel, kind in zip(action.outputs, action.output_types) if kind != "dir"]
-        if not files:
-            return True  # the stamps (a tree's worth) need not even be decoded
-        recorded = recorded_stamps(state) or {}
-        try:
-            for rel in files:
-                st = os.lstat(abs_path(env, rel))
-                if recorded.get(rel) != (st.st_size, st.st_mtime_ns, st.st_mode):
-                    return False
-        except OSError:
-            return False
-        return True
+        return True  # the record's stamps (a tree's worth) need not even be decoded
     armed = arm(env, action)
-    intact = walked_intact(action, env, state)
-    if intact and armed is not None:
-        remember(env, action, armed)
+    recorded = recorded_stamps(state)
+    try:
+        intact = output_stamps(action, env) == recorded
+    except OSError:
+        return False
+    if intact and armed is not None and recorded is not None:
+        remember(env, action, armed, recorded)
     return intact
 
 

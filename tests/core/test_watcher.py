@@ -3,6 +3,7 @@ output tree is noticed with and without it, and any doubt falls back to the stam
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from occlum_rules.core.action import Action
+from occlum_rules.core.action import Action, StageContext
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.executor import execute, is_up_to_date
 from occlum_rules.core.watch_client import arm, status, vouched
-from tests.core.test_executor import action
+from tests.core.test_executor import action, write_tree
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 
@@ -61,6 +62,19 @@ def daemon(env: BuildEnv) -> Iterator[Daemon]:
     if d.proc.poll() is None:
         assert d.stop() == 0
     assert not os.path.exists(os.path.join(env.state_dir, "watch.sock"))
+
+
+def write_tree_and_file(ctx: StageContext) -> None:
+    """An image-like stage: a tree and a file beside it (as copy_bom's image and manifest)."""
+    write_tree(ctx)
+    ctx.outputs[1].write_text("beside the tree\n")
+
+
+def tree_and_file_action() -> Action:
+    a = action("write_tree_and_file", output="out/tree", kind="dir")
+    return dataclasses.replace(a, func="tests.core.test_watcher:write_tree_and_file",
+                               outputs=["out/tree", "out/beside.txt"],
+                               output_types=["dir", "file"])
 
 
 def tree_action(**extra: object) -> Action:
@@ -113,6 +127,28 @@ def test_a_change_is_noticed_with_the_watcher(env: BuildEnv, daemon: Daemon, how
     assert not is_up_to_date(a, env)
     assert execute(a, env) != "up_to_date"
     assert (Path(env.root) / "out/tree/sub/b.txt").read_text() == "hello "
+    assert is_up_to_date(a, env) and vouched(env, a)
+
+
+@pytest.mark.parametrize("how", ["modify", "delete", "mode"])
+def test_a_changed_output_file_beside_a_vouched_tree_is_noticed(env: BuildEnv, daemon: Daemon,
+                                                                 how: str) -> None:
+    """The daemon watches trees only; the files beside them are checked against the stamps
+    the voucher copied from the record."""
+    a = tree_and_file_action()
+    assert execute(a, env) == "run"
+    assert is_up_to_date(a, env) and vouched(env, a)
+    beside = Path(env.root) / "out/beside.txt"
+    if how == "modify":
+        beside.write_text("BESIDE the tree\n")  # same size
+        os.utime(beside, ns=(0, beside.stat().st_mtime_ns + 1))
+    elif how == "delete":
+        beside.unlink()
+    else:
+        os.chmod(beside, 0o600)
+    assert not vouched(env, a) and not is_up_to_date(a, env)
+    assert execute(a, env) != "up_to_date"
+    assert beside.read_text() == "beside the tree\n"
     assert is_up_to_date(a, env) and vouched(env, a)
 
 
