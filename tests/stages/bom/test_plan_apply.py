@@ -322,7 +322,8 @@ def test_default_loader_config_is_built_in(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_previous_manifest_spares_reading_elf_headers_of_unchanged_files(proj: Path, monkeypatch) -> None:
     """DT_NEEDED of a file whose sha256 the last manifest lists comes from that manifest;
-    a changed file is read again. The manifest equals one computed from disk."""
+    a changed ELF file is read again, a changed file whose copied bytes do not start with
+    the ELF magic is not parsed at all. The manifest equals one computed from disk."""
     from occlum_rules.stages.bom import apply as apply_mod
 
     need_tool("cc")
@@ -332,11 +333,13 @@ def test_previous_manifest_spares_reading_elf_headers_of_unchanged_files(proj: P
     root = proj / "image"
     first = apply_plan(plan, root).manifest
     write(proj / "src" / "a.txt", "changed\n")
+    subprocess.run(["cc", "-x", "c", "-", "-o", str(proj / "src" / "run.sh")],
+                   input="int main(void){return 1;}\n", text=True, check=True)
     opened: list[str] = []
     real = apply_mod.read_elf
     monkeypatch.setattr(apply_mod, "read_elf", lambda p: opened.append(p) or real(p))
     again = apply_plan(plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={}), root,
                        previous_manifest=first).manifest
-    assert opened == [str(root / "bin" / "a.txt")]
+    assert opened == [str(root / "bin" / "run.sh")]
     assert again == image_manifest(root)
     assert {e["path"]: e for e in again}["bin/run.sh"]["needed"]  # the ELF kept its DT_NEEDED
