@@ -501,8 +501,9 @@ class Bot:
             self.session = answer
             # A server that answers at once with nothing new is not long-polling (yet): ask
             # again soon, since a lease may be waiting already, but back off if it keeps on.
-            if time.monotonic() - started < QUICK_ANSWER and not self._any_done() and \
-                    all(lease.id in self.running for lease in answer.leases):
+            fresh = any(lease.state in (PENDING, ACTIVE) and lease.id not in self.running
+                        for lease in answer.leases)
+            if time.monotonic() - started < QUICK_ANSWER and not self._any_done() and not fresh:
                 quick += 1
                 self.stopping.wait(min(QUICK_ANSWER, 0.005 * 2 ** quick))
             else:
