@@ -166,17 +166,20 @@ def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
 
 
 def record_stamps(action: Action, env: BuildEnv,
-                  described: dict | None) -> tuple[dict, dict | None]:
+                  described: dict | bytes | None) -> tuple[dict | bytes, dict | None]:
     """The stamps an action's new record holds, and the daemon's tokens for its trees.
 
-    ``described``: the stamps of the walk that described the outputs of a run (taken before
-    the trees could be armed: after arming, a second walk must agree with them, else the
-    tokens are dropped and the next build walks). Call after every write of the action
-    (including storing the outputs in the local store, which links them)."""
+    ``described``: the stamps of the walk that described the outputs of a run (a dict, or
+    its marshal bytes as ``describe_outputs`` gives them; taken before the trees could be
+    armed: after arming, a second walk must agree with them, else the tokens are dropped
+    and the next build walks). Call after every write of the action (including storing the
+    outputs in the local store, which links them)."""
     armed = arm(env, action)
     if armed is None:
         return (described if described is not None else output_stamps(action, env)), None
     stamps = output_stamps(action, env)
+    if isinstance(described, bytes):  # encoded by describe_outputs
+        described = marshal.loads(described)
     if described is not None and stamps != described:
         return described, None  # something changed them after the run: let the walk decide
     return stamps, armed
