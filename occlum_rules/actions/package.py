@@ -5,15 +5,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
-from occlum_rules.atomic_write import write_atomic
+from occlum_rules.atomic_write import AtomicFile, write_atomic
 from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
 
 
 def _write(path: Path, data: bytes) -> None:
     write_atomic(path, data, mode=0o644)
+
+
+def _write_streamed(path: Path, chunks: Iterable[bytes]) -> str:
+    """Write ``chunks`` to ``path`` as :func:`_write` would their join; return its sha256.
+    A release manifest lists every file twice (160k records on a 4 GiB image): written as
+    it is made, its text is never whole in memory."""
+    sha = hashlib.sha256()
+    f = AtomicFile(path, mode=0o644)
+    try:
+        for chunk in chunks:
+            sha.update(chunk)
+            f.write(chunk)
+    except BaseException:
+        f.discard()
+        raise
+    f.commit()
+    return sha.hexdigest()
 
 
 def refusal(label: str, occlum_json: dict, measurements: dict, sgx_mode: str,
@@ -41,7 +59,8 @@ def package(ctx: StageContext) -> None:
     from occlum_rules.stages.deflate import deflater
     from occlum_rules.stages.package import (
         compressor_record,
-        manifest_bytes,
+        iter_bill_of_materials,
+        manifest_chunks,
         package_manifest,
         select_members,
         sha256sums,
@@ -70,19 +89,19 @@ def package(ctx: StageContext) -> None:
                            level=p["level"], state_path=ctx.state_dir / "segments.state",
                            digest_of=ctx.digests.digest, raw_digest=True, deflater=compressor)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
+    del members  # the result keeps them (its contents) until the manifest is written
     try:  # a record per image file: read after the tarball, so not in memory while it is made
-        image_manifest = json.loads((ctx.root / p["image_manifest"]).read_bytes())
+        image_bom = iter_bill_of_materials((ctx.root / p["image_manifest"]).read_bytes())
     except (OSError, ValueError) as exc:
         raise UserError(f"{ctx.label}: cannot read the instance ({exc})") from None
     manifest = package_manifest(
         file_name=tarball.name, top=p["top"], label=ctx.label, result=result,
-        measurements=measurements, image_manifest=image_manifest,
+        measurements=measurements, image_bom=image_bom, stream=True,
         source_date_epoch=ctx.source_date_epoch, level=p["level"],
         compressor=compressor_record(compressor.name, compressor.version, p["level"]))
-    data = manifest_bytes(manifest)
-    _write(manifest_file, data)
-    _write(sums, sha256sums([(tarball.name, result.sha256),
-                             (manifest_file.name, hashlib.sha256(data).hexdigest())]))
+    manifest_sha = _write_streamed(manifest_file, manifest_chunks(manifest))
+    del manifest, image_bom
+    _write(sums, sha256sums([(tarball.name, result.sha256), (manifest_file.name, manifest_sha)]))
     if p["debug"] and (measurements.get("debuggable") or mode == "SIM"):
         ctx.log(f"warning: packaged a {'debuggable' if measurements.get('debuggable') else 'SIM'}"
                 " enclave (debug = True): not for production")

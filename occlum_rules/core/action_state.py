@@ -22,6 +22,7 @@ import hashlib
 import json
 import marshal
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,47 @@ def write_action_state(path: Path, state: dict) -> None:
         record["stamps"] = marshal.dumps(record["stamps"], 4)
     if isinstance(record.get("dynamic"), list):
         record["dynamic"] = pack_dynamic(record["dynamic"])
-    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION, marshal.dumps(record, 4))
+    state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION,
+                           *marshal_parts(record))
+
+
+_BIG_BYTES = 1 << 16
+_LEN = struct.Struct("<i")
+
+
+def marshal_parts(value: object) -> list[bytes | memoryview]:
+    """``value`` in the marshal format (what ``marshal.loads`` reads back as an equal
+    value), as parts to write one after the other: a bytes value of 64 KiB or more is one
+    part by itself, never copied. An image's record holds its stamps and tree entries as
+    blobs of megabytes each, and ``marshal.dumps`` of the record was a second copy of them,
+    made at the top of the build's peak RSS. Dicts, lists and tuples are framed here;
+    everything else is ``marshal.dumps`` version 2 (no back-references), so each item's
+    bytes stand alone."""
+    parts: list[bytes | memoryview] = []
+    small = bytearray()
+
+    def emit(v: Any) -> None:
+        if type(v) is bytes and len(v) >= _BIG_BYTES:
+            small.extend(b"s" + _LEN.pack(len(v)))
+            parts.append(bytes(small))
+            small.clear()
+            parts.append(memoryview(v))
+        elif type(v) is dict:
+            small.extend(b"{")
+            for k, item in v.items():
+                emit(k)
+                emit(item)
+            small.extend(b"0")
+        elif type(v) in (list, tuple):
+            small.extend((b"[" if type(v) is list else b"(") + _LEN.pack(len(v)))
+            for item in v:
+                emit(item)
+        else:
+            small.extend(marshal.dumps(v, 2))
+
+    emit(value)
+    parts.append(bytes(small))
+    return parts
 
 
 def recorded_dynamic(state: dict) -> list:
@@ -223,6 +264,15 @@ def read_state(env: BuildEnv, action_id: str) -> dict | None:
         for old in big[:-_BIG_KEPT]:
             del _STATES[old]
     return data
+
+
+def forget_big_states() -> None:
+    """Drop the decoded big states kept by :func:`read_state`. Called before an action's
+    outputs are made: its checks and key are done, and an image's stage is about to need
+    that memory (an image's record, ~25 MiB on a 4 GiB image); the next check decodes the
+    record again."""
+    for path in [p for p, (s, _) in _STATES.items() if s[1] > _BIG_STATE]:
+        del _STATES[path]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

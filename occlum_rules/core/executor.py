@@ -15,6 +15,7 @@ state directories) and journal.
 
 from __future__ import annotations
 
+import marshal
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from occlum_rules.core import heap
 from occlum_rules.core.action import Action, key_material
 from occlum_rules.core.action_state import (
     compact_output,
+    forget_big_states,
     previous_material,
     read_state,
     remember_previous,
@@ -39,12 +41,13 @@ from occlum_rules.core.cache_entry import (
     store_outputs,
     upload_remote,
 )
+from occlum_rules.core.dynamic import pack_dynamic
 from occlum_rules.core.journal import journal
 from occlum_rules.core.keys import action_key, dynamic_unchanged
 from occlum_rules.core.outputs import ensure_dirs, prune_dirs
 from occlum_rules.core.runner import run_action
 from occlum_rules.core.store import CorruptBlob, LocalStore
-from occlum_rules.core.watch_client import outputs_intact, record_stamps, remember
+from occlum_rules.core.watch_client import file_stamps, outputs_intact, record_stamps, remember
 from occlum_rules.errors import UserError
 
 heap.keep_big_buffers_mapped()
@@ -89,6 +92,8 @@ def _execute(action: Action, env: BuildEnv) -> str:
     # From here on the outputs may change: forget that they were ever complete.
     if spath.exists():
         spath.unlink()
+    del state
+    forget_big_states()
     store = LocalStore(Path(env.cache_dir))
     outcome, manifest, damaged = (_from_cache(action, env, store, key) if action.cacheable
                                   else (None, None, False))
@@ -98,25 +103,45 @@ def _execute(action: Action, env: BuildEnv) -> str:
         if manifest is None:
             manifest = run_action(action, env)
         if action.cacheable:
-            stored = {"outputs": manifest["outputs"], "label": action.label,
-                      "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
-            if outcome == "run":
-                store_outputs(store, env, stored, replace=damaged)
-            store.put_action(key, stored)
-            remote = remote_for(env)
-            if remote is not None and remote.upload_enabled:
-                upload_remote(remote, store, key, stored)
+            _store_result(action, env, store, key, manifest, outcome == "run", damaged)
     # a run's stamps come from the walk that described its outputs (the watcher, when one
     # runs, arms the trees first and checks them again)
-    stamps, armed = record_stamps(action, env, manifest["stamps"] if outcome == "run" else None)
-    state = {"key": key, "manifest": {"outputs": [compact_output(o) for o in manifest["outputs"]]},
-             "dynamic": manifest.get("dynamic", []), "stamps": stamps,
-             "material": key_material(action, digests), "previous": previous}
+    described = manifest["stamps"] if outcome == "run" else None
+    outputs = [compact_output(o) for o in manifest["outputs"]]
+    dynamic = manifest.get("dynamic", [])
+    if isinstance(dynamic, list):
+        dynamic = pack_dynamic(dynamic)
+    # An image's manifest holds a dict per file and its discovered inputs a pair per host
+    # file: let them go before the record is encoded (which makes a few copies of it in
+    # bytes) rather than after.
+    del manifest
+    stamps, armed = record_stamps(action, env, described)
+    del described
+    files = file_stamps(action, stamps) if armed is not None else {}
+    encoded = stamps if isinstance(stamps, bytes) else marshal.dumps(stamps, 4)
+    state = {"key": key, "manifest": {"outputs": outputs}, "dynamic": dynamic,
+             "stamps": encoded, "material": key_material(action, digests),
+             "previous": previous}
+    del stamps, outputs, encoded
     write_action_state(spath, state)
-    remember(env, action, armed, stamps)
+    del state
+    remember(env, action, armed, files)
     digest_cache(env).save()
     journal(env, action, outcome, time.monotonic() - started, key)
     return outcome
+
+
+def _store_result(action: Action, env: BuildEnv, store: LocalStore, key: str,
+                  manifest: dict[str, Any], ran_here: bool, damaged: bool) -> None:
+    """Put a fresh result in the local store (and on the remote, when uploads are on)."""
+    stored = {"outputs": manifest["outputs"], "label": action.label,
+              "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
+    if ran_here:
+        store_outputs(store, env, stored, replace=damaged)
+    store.put_action(key, stored)
+    remote = remote_for(env)
+    if remote is not None and remote.upload_enabled:
+        upload_remote(remote, store, key, stored)
 
 
 def _run_remote(action: Action, env: BuildEnv, store: LocalStore,

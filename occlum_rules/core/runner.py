@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from occlum_rules.atomic_write import remove_leftovers
+from occlum_rules.core import heap
 from occlum_rules.core.action import Action, StageContext
 from occlum_rules.core.action_state import private_state_dir, shared_state_dir
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
@@ -81,6 +82,12 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     ctx.state_dir.rmdir()  # only if the stage kept nothing there
             discovered = sorted(set(ctx.discovered))
+            del ctx
+            # The stage's per-file structures are garbage now: give their pages back before
+            # its outputs are described (a dict per output file, the digest cache's new
+            # entries), which would otherwise come on top of them (the SEFS pack of a 4 GiB
+            # image).
+            heap.release()
         for rel, kind in zip(action.outputs, action.output_types):
             ok = os.path.isdir(where[rel]) if kind == "dir" else (
                 os.path.isfile(where[rel]) or os.path.islink(where[rel]))

@@ -195,10 +195,7 @@ class LocalStore:
         return data
 
     def put_action(self, key: str, manifest: dict) -> None:
-        path = self.ac_path(key)
-        record = {k: v for k, v in manifest.items() if k != "checksum"}
-        record["checksum"] = entry_checksum(record)
-        write_atomic(path, json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+        write_atomic(self.ac_path(key), *entry_parts(manifest))
 
     def action_bytes(self, key: str) -> bytes | None:
         try:
@@ -225,6 +222,29 @@ class LocalStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def entry_parts(manifest: dict) -> list[bytes | memoryview]:
+    """An action entry as stored (canonical JSON with its ``checksum`` field), in parts to
+    write one after the other.
+
+    The body is encoded once (an image's entry is tens of megabytes: a dict per file and a
+    pair per discovered input): its checksum is taken over those bytes and, when every
+    other key sorts after "checksum" (as in every entry the engine makes), the field is
+    written in front of them, which is exactly what encoding the whole record gives; the
+    body is never copied again."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    checksum = hashlib.sha256(text).hexdigest()
+    if body and min(body) > "checksum":
+        return [b'{"checksum":' + json.dumps(checksum).encode() + b",", memoryview(text)[1:]]
+    body["checksum"] = checksum
+    return [json.dumps(body, sort_keys=True, separators=(",", ":")).encode()]
+
+
+def entry_bytes(manifest: dict) -> bytes:
+    """:func:`entry_parts` joined."""
+    return b"".join(entry_parts(manifest))
 
 
 def entry_checksum(manifest: dict) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from occlum_rules import state_file
 from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path
-from occlum_rules.core.outputs import output_stamps, recorded_stamps
+from occlum_rules.core.outputs import output_stamps
 from occlum_rules.core.outputs import outputs_intact as walked_intact
 
 SOCKET = "watch.sock"
@@ -93,23 +93,26 @@ def _record_stamp(env: BuildEnv, action: Action) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _file_stamps(action: Action, stamps: dict) -> dict:
-    return {rel: stamps.get(rel) for rel, kind in zip(action.outputs, action.output_types)
+def file_stamps(action: Action, stamps: dict | bytes) -> dict:
+    """The stamps of the outputs that are files (a few, beside trees of thousands), from a
+    record's stamps (a dict, or its marshal bytes)."""
+    decoded: dict = marshal.loads(stamps) if isinstance(stamps, bytes) else stamps
+    return {rel: decoded.get(rel) for rel, kind in zip(action.outputs, action.output_types)
             if kind != "dir"}
 
 
-def remember(env: BuildEnv, action: Action, armed: dict | None, stamps: dict) -> None:
+def remember(env: BuildEnv, action: Action, armed: dict | None, files: dict) -> None:
     """After the record is written: keep what the daemon vouches for, tied to that record.
 
-    ``stamps``: the record's. Those of the outputs that are files (a few, beside trees of
-    thousands) are copied here, so a vouched check need not decode the record's."""
+    ``files``: the record's :func:`file_stamps`, copied here so that a vouched check need not
+    decode the record's stamps."""
     path = sidecar_path(env, action)
     stamp = _record_stamp(env, action)
     if armed is None or stamp is None:
         path.unlink(missing_ok=True)
         return
     state_file.write_state(path, SIDECAR_KIND, SIDECAR_VERSION, marshal.dumps(
-        {"record": stamp, "files": _file_stamps(action, stamps), **armed}, 4))
+        {"record": stamp, "files": files, **armed}, 4))
 
 
 def vouched(env: BuildEnv, action: Action, trees: list[str] | None = None) -> bool:
@@ -130,7 +133,7 @@ def vouched(env: BuildEnv, action: Action, trees: list[str] | None = None) -> bo
             if (st.st_dev, st.st_ino) != (dev, ino):
                 return False
         files = side["files"]
-        if set(files) != set(_file_stamps(action, {})):
+        if set(files) != set(file_stamps(action, {})):
             return False
         for rel, recorded in files.items():
             st = os.lstat(abs_path(env, rel))
@@ -164,28 +167,27 @@ def outputs_intact(action: Action, env: BuildEnv, state: dict) -> bool:
     if vouched(env, action, trees):
         return True  # the record's stamps (a tree's worth) need not even be decoded
     armed = arm(env, action)
-    recorded = recorded_stamps(state)
-    try:
-        intact = output_stamps(action, env) == recorded
-    except OSError:
-        return False
-    if intact and armed is not None and recorded is not None:
-        remember(env, action, armed, recorded)
+    intact = walked_intact(action, env, state)
+    if intact and armed is not None:
+        remember(env, action, armed, file_stamps(action, state.get("stamps") or {}))
     return intact
 
 
 def record_stamps(action: Action, env: BuildEnv,
-                  described: dict | None) -> tuple[dict, dict | None]:
+                  described: dict | bytes | None) -> tuple[dict | bytes, dict | None]:
     """The stamps an action's new record holds, and the daemon's tokens for its trees.
 
-    ``described``: the stamps of the walk that described the outputs of a run (taken before
-    the trees could be armed: after arming, a second walk must agree with them, else the
-    tokens are dropped and the next build walks). Call after every write of the action
-    (including storing the outputs in the local store, which links them)."""
+    ``described``: the stamps of the walk that described the outputs of a run (a dict, or
+    its marshal bytes as ``describe_outputs`` gives them; taken before the trees could be
+    armed: after arming, a second walk must agree with them, else the tokens are dropped
+    and the next build walks). Call after every write of the action (including storing the
+    outputs in the local store, which links them)."""
     armed = arm(env, action)
     if armed is None:
         return (described if described is not None else output_stamps(action, env)), None
     stamps = output_stamps(action, env)
+    if isinstance(described, bytes):  # encoded by describe_outputs
+        described = marshal.loads(described)
     if described is not None and stamps != described:
         return described, None  # something changed them after the run: let the walk decide
     return stamps, armed

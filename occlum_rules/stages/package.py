@@ -27,11 +27,12 @@ import posixpath
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from occlum_rules.errors import UserError
+from occlum_rules.stages.manifest_rows import ManifestRows
 from occlum_rules.stages.package_stream import Member, PackageResult
 
 DEFAULT_LEVEL = 6  # what `tar -z` (gzip's default) uses
@@ -61,7 +62,12 @@ def member_sort_key(name: str) -> tuple[bytes, ...]:
     return tuple(os.fsencode(part) for part in name.split("/"))
 
 
-_sort_key = member_sort_key
+def _sort_key(name: str) -> bytes:
+    """:func:`member_sort_key` as one ``bytes`` (the same order): a component holds no "/"
+    and no NUL, so NUL for "/" ranks a shorter component before any longer one it begins,
+    as the tuple does. Sorting 80k members made 80k tuples of bytes (~550 bytes each) at
+    once; this key is one object."""
+    return os.fsencode(name).replace(b"/", b"\0")
 
 
 def _member(instance_dir: Path, name: str) -> Member:
@@ -122,20 +128,45 @@ def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
 
 def bill_of_materials(image_manifest: list[dict]) -> list[dict]:
     """Every file of the image (from the BOM's image manifest), as the release lists it."""
-    bom = []
-    for entry in sorted(image_manifest, key=lambda e: _sort_key(e.get("path", ""))):
-        if not entry.get("path"):
-            continue  # the image root
-        item = {"path": "/" + entry["path"], "type": entry["type"],
-                "mode": f"{int(entry.get('mode', 0)) & 0o7777:04o}"}
-        if entry["type"] == "file":
-            item.update(size=entry.get("size"), sha256=entry.get("sha256"))
-            if entry.get("needed") is not None:
-                item["needed"] = list(entry["needed"])
-        elif entry["type"] == "symlink":
-            item["target"] = entry.get("target")
-        bom.append(item)
-    return bom
+    ordered = sorted(image_manifest, key=lambda e: _sort_key(e.get("path", "")))
+    return [item for item in map(_bom_item, ordered) if item is not None]
+
+
+def _bom_item(entry: dict) -> dict | None:
+    """One image manifest record as the release lists it; None for the image root."""
+    if not entry.get("path"):
+        return None
+    item = {"path": "/" + entry["path"], "type": entry["type"],
+            "mode": f"{int(entry.get('mode', 0)) & 0o7777:04o}"}
+    if entry["type"] == "file":
+        item.update(size=entry.get("size"), sha256=entry.get("sha256"))
+        if entry.get("needed") is not None:
+            item["needed"] = list(entry["needed"])
+    elif entry["type"] == "symlink":
+        item["target"] = entry.get("target")
+    return item
+
+
+def iter_bill_of_materials(manifest_text: bytes) -> Iterator[dict]:
+    """:func:`bill_of_materials` of an image manifest file's bytes, made one record at a time.
+
+    A 4 GiB image's manifest decoded whole is ~80k dicts (~50 MiB), and the list the release
+    writes is as many again; here only the file's bytes, where each record starts and their
+    order are held, and each record is decoded again when it is written. The file is one
+    record per line (what the BOM stage writes); one in any other JSON layout is decoded
+    whole. Raises ValueError (or UserError for a bad record) here, not while iterating.
+    """
+    rows = ManifestRows.parse(manifest_text)
+    if rows is None:
+        decoded = json.loads(manifest_text)
+        if not isinstance(decoded, list):
+            raise ValueError("the image manifest is not a JSON array")
+        return iter(bill_of_materials(decoded))
+    keys = [_sort_key(row.get("path", "")) for row in rows]
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # stable, as sorted() is
+    del keys
+    items = (_bom_item(rows[i]) for i in order)
+    return (item for item in items if item is not None)
 
 
 def compressor_record(name: str, version: str, level: int) -> dict:
@@ -161,13 +192,20 @@ def compressor_name(record: dict | None) -> str:
 
 
 def package_manifest(*, file_name: str, top: str, label: str, result: PackageResult,
-                     measurements: dict, image_manifest: list[dict], source_date_epoch: int,
-                     level: int, compressor: dict) -> dict:
+                     measurements: dict, image_manifest: list[dict] | None = None,
+                     source_date_epoch: int, level: int, compressor: dict,
+                     image_bom: Iterable[dict] | None = None, stream: bool = False) -> dict:
     """The release manifest: identity of the enclave, of the package, and what is inside.
 
     ``tar_sha256`` (of the uncompressed tar stream) lets a rebuild made with another
-    compressor, whose gzip bytes differ, still be checked byte for byte.
+    compressor, whose gzip bytes differ, still be checked byte for byte. ``image_bom``: the
+    image's bill of materials already made (e.g. :func:`iter_bill_of_materials`), instead of
+    ``image_manifest``'s. ``stream``: ``contents`` is an iterator over the members' records
+    (for :func:`manifest_chunks`, which writes a record per line as it goes) rather than a
+    list.
     """
+    if image_bom is None:
+        image_bom = bill_of_materials(image_manifest or [])
     if result.raw_sha256 is None:
         raise ValueError("the package was written without the tar stream's digest")
     version = measurements.get("occlum_version")
@@ -192,8 +230,8 @@ def package_manifest(*, file_name: str, top: str, label: str, result: PackageRes
             "init_fs_mac": measurements["init_fs_mac"],
             "config_mac": measurements["config_mac"],
         },
-        "contents": result.contents,
-        "image_bom": bill_of_materials(image_manifest),
+        "contents": result.iter_contents() if stream else result.contents,
+        "image_bom": image_bom,
     }
 
 
@@ -204,16 +242,44 @@ def manifest_bytes(manifest: dict) -> bytes:
     """Indented JSON, except that each record of a top-level list sits on one line: a
     release lists every file twice, and the pure-Python indenting encoder spent more time
     on 40k records than a rebuild of the package from cached segments."""
-    parts = []
-    for key in sorted(manifest):
+    return b"".join(manifest_chunks(manifest))
+
+
+_CHUNK_ROWS = 512  # records per piece :func:`manifest_chunks` yields
+
+
+def manifest_chunks(manifest: dict) -> Iterator[bytes]:
+    """:func:`manifest_bytes` in pieces, in order: a top-level value may be an iterator of
+    records (a 4 GiB image's two lists hold 80k records each), consumed as the text is
+    written, so neither the records nor the text are ever whole in memory. An iterator's
+    records are dicts; an empty one is written as the empty list."""
+    yield b"{\n"
+    for n, key in enumerate(sorted(manifest)):
+        head = (",\n" if n else "") + f"  {json.dumps(key)}: "
         value = manifest[key]
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            rows = ",\n".join("    " + _ROW.encode(v) for v in value)
-            parts.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+        if isinstance(value, list) and not (value and all(isinstance(v, dict) for v in value)):
+            rows = None
+        elif isinstance(value, (list, Iterator)):
+            rows = iter(value)
         else:
+            rows = None
+        first = next(rows, None) if rows is not None else None
+        if first is None:
+            if rows is not None:
+                value = []  # an iterator that yielded nothing
             text = json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n  ")
-            parts.append(f"  {json.dumps(key)}: {text}")
-    return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
+            yield (head + text).encode()
+            continue
+        assert rows is not None
+        piece = [head + "[\n    " + _ROW.encode(first)]
+        for row in rows:
+            piece.append(",\n    " + _ROW.encode(row))
+            if len(piece) >= _CHUNK_ROWS:
+                yield "".join(piece).encode()
+                piece = []
+        piece.append("\n  ]")
+        yield "".join(piece).encode()
+    yield b"\n}\n"
 
 
 def sha256sums(entries: list[tuple[str, str]]) -> bytes:

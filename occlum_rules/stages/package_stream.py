@@ -33,7 +33,7 @@ import struct
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,12 @@ STATE_KIND = "package-segments"  # in the shared state framing (occlum_rules/sta
 _GZIP_XFL = {9: 2, 1: 4}  # what gzip (and Python's gzip module) writes for best/fastest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
-    """One entry of the package, relative to the instance directory (no top directory)."""
+    """One entry of the package, relative to the instance directory (no top directory).
+
+    Slotted: a package holds one per file of the SEFS image until its manifest is written
+    (80k on a 4 GiB image), and a per-instance ``__dict__`` was a third of each."""
 
     name: str
     kind: str  # "file" | "dir" | "symlink"
@@ -71,14 +74,49 @@ class Member:
         return self.source
 
 
+class _Digests:
+    """sha256 of members by index, packed: 32 bytes a member instead of a dict entry with a
+    hex string (~220 bytes), for the 80k members of a 4 GiB image. Reads like the
+    ``dict[int, str]`` it replaces (``get``, ``in``, item assignment)."""
+
+    __slots__ = ("_raw", "_known")
+
+    def __init__(self, count: int):
+        self._raw = bytearray(32 * count)
+        self._known = bytearray(count)
+
+    def __contains__(self, i: int) -> bool:
+        return bool(self._known[i])
+
+    def __setitem__(self, i: int, digest: str) -> None:
+        self._raw[32 * i:32 * i + 32] = bytes.fromhex(digest)
+        self._known[i] = 1
+
+    def get(self, i: int) -> str | None:
+        return self._raw[32 * i:32 * i + 32].hex() if self._known[i] else None
+
+
 @dataclass
 class PackageResult:
     sha256: str
     size: int
     raw_sha256: str | None = None  # of the uncompressed tar, when asked for (an OCI diff_id)
-    contents: list[dict] = field(default_factory=list)
     deflated: int = 0  # segments compressed in this run
     reused: int = 0  # segments copied from the previous package
+    top: str = ""
+    members: list[Member] = field(default_factory=list, repr=False)
+    digests: _Digests = field(default_factory=lambda: _Digests(0), repr=False)
+
+    def iter_contents(self) -> Iterator[dict]:
+        """The record of every member, in package order, made as it is consumed: a release
+        manifest streams them to its file instead of holding one dict per member."""
+        for i, m in enumerate(self.members):
+            yield _record(m, self.top, self.digests.get(i))
+
+    @property
+    def contents(self) -> list[dict]:
+        """Every member's record (what the manifest's ``contents`` lists)."""
+        return list(self.iter_contents())
 
 
 def entry_name(top: str, name: str) -> str:
@@ -151,7 +189,7 @@ def _member_id(m: Member, digest: str | None) -> str:
     return f"{m.kind}\0{m.name}\0{m.mode:o}\0{m.size}\0{m.target or ''}\0{digest or ''}"
 
 
-def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: dict[int, str]) -> str:
+def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: _Digests) -> str:
     h = hashlib.sha256(salt.encode())
     for i in range(seg.first, seg.last + 1):
         h.update(_member_id(members[i], digests.get(i)).encode("utf-8", "surrogateescape") + b"\n")
@@ -265,7 +303,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     previous = _load_state(state_path, out, salt)
     if state_path is not None:
         discard_state(state_path)  # from here on it no longer describes `out`
-    digests: dict[int, str] = {}
+    digests = _Digests(len(members))
     if previous:
         for i, m in enumerate(members):
             if m.kind == "file":
@@ -277,7 +315,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     hashing = _BackgroundSha()
     raw_hashing = _BackgroundSha() if raw_digest else None
     placed: list[tuple[_Segment, list[int]]] = []
-    result = PackageResult(sha256="", size=0)
+    result = PackageResult(sha256="", size=0, top=top, members=members, digests=digests)
     try:
         raw = target.file
         with ThreadPoolExecutor(workers) as pool, \
@@ -354,12 +392,11 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
         for seg, _ in placed:  # a big member's digest is known only after its last piece
             seg.key = seg.key or _segment_key(salt, seg, members, digests)
         _save_state(state_path, out, salt, {seg.key: where for seg, where in placed})
-    result.contents = [_record(m, top, digests.get(i)) for i, m in enumerate(members)]
     return result
 
 
 def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
-                   digests: dict[int, str], shas: dict) -> bytes:
+                   digests: _Digests, shas: dict) -> bytes:
     """The tar bytes of one segment; file members are hashed on the way when their digest
     is not known yet (``shas`` carries a big member's hash across its segments)."""
     parts: list[bytes] = []

@@ -77,3 +77,17 @@ def test_entries_of_the_old_layout_are_misses_not_errors(tmp_path):
     assert again.known(f, os.stat(f)) == right
     entry = marshal.loads(store.read_bytes())[str(f)]
     assert type(entry) is bytes and entry.endswith(bytes.fromhex(right))
+
+
+def test_encoded_stamps_decode_to_the_dict_they_stand_for():
+    import marshal
+
+    from occlum_rules.core.outputs import StampBlob
+
+    blob, plain = StampBlob(), {}
+    for path, stamp in [("out/a", (1, 2**62, 0o100644)), ("out/\udcff/é", (0, -1, 0)),
+                        ("out/a", (5, 5, 5)), ("", (2**31, 2**31 - 1, 0o40755))]:
+        blob[path] = stamp
+        plain[path] = stamp
+    assert marshal.loads(blob.encoded()) == plain
+    assert marshal.loads(StampBlob().encoded()) == {}

@@ -264,3 +264,50 @@ def test_discovered_inputs_in_a_shape_this_version_does_not_know_are_not_trusted
     assert not dynamic_unchanged(b"\x00\x01", env)  # type: ignore[arg-type]
     assert not dynamic_unchanged([["in.txt"]], env)
     assert dynamic_unchanged(None, env) and dynamic_unchanged([], env)
+
+
+
+
+@pytest.mark.parametrize("change", ["removed file", "removed and added", "none"])
+def test_the_walk_compares_paths_as_it_meets_them(env: BuildEnv, change: str) -> None:
+    """The up-to-date check compares each path with the record as the walk finds it; a
+    missing path (even with another added, so the count is equal) is still a change."""
+    a = action("write_tree", output="out/tree", kind="dir", cacheable=False)
+    execute(a, env)
+    tree = Path(env.root) / "out/tree"
+    if change != "none":
+        (tree / "sub" / "b.txt").unlink()
+    if change == "removed and added":
+        (tree / "sub" / "c.txt").write_text("hello ")
+    assert is_up_to_date(a, env) == (change == "none")
+
+
+def test_overlapping_outputs_are_compared_as_whole_sets(env: BuildEnv) -> None:
+    a = Action(id="//t:nested", label="//t:t", name="nested", kind="test.stage",
+               inputs=["in.txt"], outputs=["out/tree", "out/tree/a.txt"],
+               output_types=["dir", "file"], func="tests.core.test_executor:write_tree",
+               params={"text": "x"}, cacheable=False, in_place=True)
+    execute(a, env)
+    state = read_state(env, a.id)
+    assert state is not None and recorded_stamps(state) == output_stamps(a, env)
+    assert is_up_to_date(a, env)
+    (Path(env.root) / "out/tree/sub/b.txt").unlink()
+    assert not is_up_to_date(a, env)
+
+
+def test_an_action_entry_is_encoded_once_as_the_whole_record_would_be() -> None:
+    import hashlib
+    import json
+
+    from occlum_rules.core.store import entry_bytes, entry_checksum
+
+    for manifest in ({"outputs": [{"path": "a", "digest": "x"}], "label": "//x", "kind": "k",
+                      "dynamic": []},
+                     {"a": 1, "outputs": []}, {}, {"checksum": "stale", "z": "é"}):
+        record = {k: v for k, v in manifest.items() if k != "checksum"}
+        record["checksum"] = entry_checksum(manifest)
+        expected = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        assert entry_bytes(manifest) == expected
+        body = {k: v for k, v in manifest.items() if k != "checksum"}
+        assert record["checksum"] == hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -169,8 +169,12 @@ class ElfInfo:
     soname: str | None
 
 
-_ELF_CACHE: dict[tuple[int, int, int, int, int], ElfInfo | None] = {}
-_USED: set[tuple[int, int, int, int, int]] = set()
+# Keyed by the packed stat stamp (40 bytes): a BOM copying a tree reads a header of every
+# file, and a tuple of five ints per entry (in the dict and the set of used keys) was
+# ~230 bytes a file, held while the image is planned and copied. The file keeps tuples.
+_KEY = struct.Struct("<QQqqq")  # dev, inode, size, mtime_ns, ctime_ns
+_ELF_CACHE: dict[bytes, ElfInfo | None] = {}
+_USED: set[bytes] = set()
 _CACHE_KIND = "elf-headers"
 _CACHE_VERSION = 2  # 2: the shared state framing
 
@@ -181,7 +185,7 @@ def read_elf(path: str) -> ElfInfo | None:
         st = os.stat(path)
     except OSError:
         return None
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = _KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     _USED.add(key)
     if key in _ELF_CACHE:
         return _ELF_CACHE[key]
@@ -214,10 +218,11 @@ def load_elf_cache(path: str | os.PathLike) -> None:
         return
     try:
         data = marshal.loads(payload)
-        for key, value in data.items():
+        for stamp, value in data.items():
+            key = _KEY.pack(*stamp)
             if key not in _ELF_CACHE:
                 _ELF_CACHE[key] = None if value is None else ElfInfo(*value)
-    except (EOFError, ValueError, TypeError, AttributeError):
+    except (EOFError, ValueError, TypeError, AttributeError, struct.error):
         return
 
 
@@ -228,7 +233,7 @@ def save_elf_cache(path: str | os.PathLike) -> None:
     for key in _USED:
         if key in _ELF_CACHE:
             v = _ELF_CACHE[key]
-            entries[key] = None if v is None else (v.etype, v.elfclass, v.machine, v.interp,
+            entries[_KEY.unpack(key)] = None if v is None else (v.etype, v.elfclass, v.machine, v.interp,
                                                    v.needed, v.rpath, v.runpath, v.soname)
     with contextlib.suppress(OSError):  # a cache: failing to keep it only costs time
         state_file.write_state(path, _CACHE_KIND, _CACHE_VERSION, marshal.dumps(entries))

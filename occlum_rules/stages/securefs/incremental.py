@@ -44,6 +44,7 @@ import operator
 import os
 import sys
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -312,7 +313,7 @@ def changed_manifest_rows(new_text: bytes, old_text: bytes) -> list[tuple[int, d
     return out
 
 
-def manifest_lines_are_rows(text: bytes, rows: list) -> bool:
+def manifest_lines_are_rows(text: bytes, rows: Sequence) -> bool:
     """True when ``text`` (which decodes to ``rows``) holds exactly one row per line."""
     lines = text.split(b"\n")
     if len(lines) != len(rows) + 3 or lines[0] != b"[" or lines[-2:] != [b"]", b""]:

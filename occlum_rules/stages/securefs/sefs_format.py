@@ -8,7 +8,7 @@ An image is a directory of protected files: ``metadata`` (superblock, free bitma
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 BLOCK_SIZE = 128
 BLOCKS_PER_GROUP = 1024
@@ -111,7 +111,7 @@ def inode_record(
     )
 
 
-def metadata_content(records: dict[int, bytes]) -> bytes:
+def metadata_content(records: Mapping[int, bytes]) -> bytes:
     """The ``metadata`` file's logical bytes for inode records keyed by id."""
     count = len(records)
     groups = groups_for(count)

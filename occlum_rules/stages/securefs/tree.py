@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Sequence
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.securefs.sefs_format import (
@@ -141,7 +142,7 @@ def _norm_path(item, i: int) -> tuple[str, str]:
     return path, kind_name
 
 
-def tree_from_manifest(manifest: list[dict]) -> list[Node]:
+def tree_from_manifest(manifest: Sequence[dict]) -> list[Node]:
     """Inodes from a precomputed image manifest (no disk access).
 
     Each item: ``{path, type: file|dir|symlink, mode, size, sha256, target}``; paths are
