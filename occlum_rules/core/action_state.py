@@ -22,7 +22,6 @@ import hashlib
 import json
 import marshal
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv
 from occlum_rules.core.dynamic import pack_dynamic, unpack_dynamic
 from occlum_rules.core.outputs import remove_path
+from occlum_rules.marshal_frames import marshal_parts
 
 
 def id_name(action_id: str) -> str:
@@ -154,45 +154,6 @@ def write_action_state(path: Path, state: dict) -> None:
         record["dynamic"] = pack_dynamic(record["dynamic"])
     state_file.write_state(path, ACTION_STATE_KIND, ACTION_STATE_VERSION,
                            *marshal_parts(record))
-
-
-_BIG_BYTES = 1 << 16
-_LEN = struct.Struct("<i")
-
-
-def marshal_parts(value: object) -> list[bytes | memoryview]:
-    """``value`` in the marshal format (what ``marshal.loads`` reads back as an equal
-    value), as parts to write one after the other: a bytes value of 64 KiB or more is one
-    part by itself, never copied. An image's record holds its stamps and tree entries as
-    blobs of megabytes each, and ``marshal.dumps`` of the record was a second copy of them,
-    made at the top of the build's peak RSS. Dicts, lists and tuples are framed here;
-    everything else is ``marshal.dumps`` version 2 (no back-references), so each item's
-    bytes stand alone."""
-    parts: list[bytes | memoryview] = []
-    small = bytearray()
-
-    def emit(v: Any) -> None:
-        if type(v) is bytes and len(v) >= _BIG_BYTES:
-            small.extend(b"s" + _LEN.pack(len(v)))
-            parts.append(bytes(small))
-            small.clear()
-            parts.append(memoryview(v))
-        elif type(v) is dict:
-            small.extend(b"{")
-            for k, item in v.items():
-                emit(k)
-                emit(item)
-            small.extend(b"0")
-        elif type(v) in (list, tuple):
-            small.extend((b"[" if type(v) is list else b"(") + _LEN.pack(len(v)))
-            for item in v:
-                emit(item)
-        else:
-            small.extend(marshal.dumps(v, 2))
-
-    emit(value)
-    parts.append(bytes(small))
-    return parts
 
 
 def recorded_dynamic(state: dict) -> list:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from occlum_rules.atomic_write import AtomicFile
+from occlum_rules.marshal_frames import DictEncoder
 
 CHUNK = 1 << 20
 
@@ -139,20 +140,15 @@ _PIECE = 1 << 20
 def _write_entries(path: Path, entries: dict[str, bytes]) -> None:
     """Write ``entries`` as ``marshal.dumps`` would (a dict that ``marshal.loads`` reads),
     a megabyte at a time: the outputs' shard of a 4 GiB image's build holds 160k entries,
-    and its whole encoding (~25 MiB) beside the dict was the top of the build's peak RSS.
-    Items are marshal version 2 (no back-references), so each one stands alone in the
-    dict's frame."""
+    and its whole encoding (~25 MiB) beside the dict was the top of the build's peak RSS."""
     f = AtomicFile(path)
     try:
-        piece = bytearray(b"{")
+        encoder = DictEncoder()
         for key, value in entries.items():
-            piece += marshal.dumps(key, 2)
-            piece += marshal.dumps(value, 2)
-            if len(piece) >= _PIECE:
-                f.write(piece)
-                del piece[:]
-        piece += b"0"
-        f.write(piece)
+            encoder[key] = value
+            if encoder.pending() >= _PIECE:
+                f.write(encoder.take())
+        f.write(encoder.encoded())
     except BaseException:
         f.discard()
         raise

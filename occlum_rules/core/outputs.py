@@ -15,29 +15,15 @@ from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest, tree_entries
 from occlum_rules.errors import UserError
+from occlum_rules.marshal_frames import DictEncoder
 
 
-class StampBlob:
+class StampBlob(DictEncoder):
     """Output stamps encoded as they are taken: the marshal bytes of the dict
     ``{path: (size, mtime, mode)}`` (what an action record keeps, and what
     :func:`recorded_stamps` decodes), without the dict. An image's dict is ~300 bytes a
     file (80k files on a 4 GiB image), held while its record is made; its encoding is a
-    third of that. Items are marshal version 2 (no back-references), so each one's bytes
-    stand alone inside the dict's frame."""
-
-    def __init__(self) -> None:
-        self._parts = bytearray(b"{")
-
-    def __setitem__(self, path: str, stamp: tuple[int, int, int]) -> None:
-        self._parts += marshal.dumps(path, 2)
-        self._parts += marshal.dumps(stamp, 2)
-
-    def encoded(self) -> bytes:
-        """The bytes (once: the items taken so far are dropped)."""
-        self._parts += b"0"
-        data = bytes(self._parts)
-        self._parts = bytearray(b"{")
-        return data
+    third of that."""
 
 
 def describe_outputs(action: Action, env: BuildEnv) -> dict[str, Any]:
