@@ -162,6 +162,17 @@ def _run_remote(action: Action, env: BuildEnv, store: LocalStore,
     return manifest
 
 
+def _sources_differ(cached: Any, env: BuildEnv) -> bool:
+    """A well-formed entry whose discovered inputs have other contents here (a malformed one
+    is left to :func:`manifest_problem`)."""
+    dynamic = cached.get("dynamic", []) if isinstance(cached, dict) else None
+    if not isinstance(dynamic, list) or not all(
+            isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
+            for d in dynamic):
+        return False
+    return not dynamic_unchanged(dynamic, env)
+
+
 def _from_cache(action: Action, env: BuildEnv, store: LocalStore,
                 key: str) -> tuple[str | None, dict[str, Any] | None, bool]:
     """(outcome, manifest, damaged): a verified result restored from the local store or the
@@ -174,14 +185,16 @@ def _from_cache(action: Action, env: BuildEnv, store: LocalStore,
     if store.corrupt_found:
         print(f"warning: {action.label}: cache entry {key[:12]}… is corrupted; it was "
               "removed; rebuilding", file=sys.stderr)
+    # Discovered host inputs first: an image whose sources changed finds the entry of its
+    # last build under the same key, and checking that entry's 20k paths is wasted on it.
+    if cached is not None and _sources_differ(cached, env):
+        cached = None  # discovered host inputs differ here: the cached result does not apply
     problem = manifest_problem(action, cached) if cached is not None else None
     if problem:
         print(f"warning: {action.label}: cache entry {key[:12]}… refused ({problem}); "
               "it was removed; rebuilding", file=sys.stderr)
         store.ac_path(key).unlink(missing_ok=True)
         cached = None
-    if cached is not None and not dynamic_unchanged(cached.get("dynamic"), env):
-        cached = None  # discovered host inputs differ here: the cached result does not apply
     if cached is not None:
         try:
             restore_outputs(action, env, store, cached)

@@ -15,7 +15,8 @@ from tests.support.workspace import copy_examples, run_cli, run_doit
 # action. doit's own database and lock, the digest cache (file stamps -> sha256, shared by
 # every action and keyed by path, like a journal of what was hashed), the toolchain probe
 # and the state directories themselves (empty).
-SHARED = {"doit.db", "lock", "digests.marshal", "digests.marshal.outputs", "toolchains.json",
+SHARED = {"doit.db", "lock", "digests.marshal", "digests.marshal.outputs", "digests.marshal.log",
+          "digests.marshal.outputs.log", "toolchains.json",
           "state", "actions", "runs",
           "scratch"}
 

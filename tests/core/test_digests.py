@@ -19,7 +19,8 @@ def test_digests_are_remembered_per_shard_and_reloaded(tmp_path):
     assert cache.digest(src) == hashlib.sha256(b"int x;").hexdigest()
     assert cache.digest(out) == hashlib.sha256(b"\x7fELF").hexdigest()
     cache.save()
-    assert store.exists() and store.with_name("digests.marshal.outputs").exists()
+    assert store.with_name("digests.marshal.log").exists()
+    assert store.with_name("digests.marshal.outputs.log").exists()
 
     again = DigestCache(store, split_prefix=os.path.join(str(tmp_path / "out"), ""))
     assert again.digest(src) == hashlib.sha256(b"int x;").hexdigest()
@@ -75,7 +76,7 @@ def test_entries_of_the_old_layout_are_misses_not_errors(tmp_path):
     cache.save()
     again = DigestCache(store)
     assert again.known(f, os.stat(f)) == right
-    entry = marshal.loads(store.read_bytes())[str(f)]
+    entry = again._main.load()[str(f)]
     assert type(entry) is bytes and entry.endswith(bytes.fromhex(right))
 
 
@@ -91,3 +92,94 @@ def test_encoded_stamps_decode_to_the_dict_they_stand_for():
         plain[path] = stamp
     assert marshal.loads(blob.encoded()) == plain
     assert marshal.loads(StampBlob().encoded()) == {}
+
+
+def _files(tmp_path, n: int, prefix: str = "f") -> list:
+    out = []
+    for i in range(n):
+        f = tmp_path / f"{prefix}{i}"
+        f.write_bytes(f"{prefix} {i}".encode())
+        out.append(f)
+    return out
+
+
+def test_a_save_appends_what_was_learnt_and_leaves_the_base_alone(tmp_path):
+    """An incremental build learns a few digests per action: a save appends those to the
+    journal instead of rewriting the whole shard."""
+    store = tmp_path / "d.marshal"
+    files = _files(tmp_path, 50)
+    cache = DigestCache(store)
+    for f in files:
+        cache.digest(f)
+    cache.save()
+    cache._main._fold()  # a base as a big build leaves it
+    base = store.read_bytes()
+    assert not store.with_name("d.marshal.log").exists()
+
+    later = DigestCache(store)
+    assert later.digest(files[0]) == hashlib.sha256(b"f 0").hexdigest()
+    later.save()  # nothing learnt: nothing written
+    assert not store.with_name("d.marshal.log").exists()
+    files[1].write_bytes(b"changed")
+    later.digest(files[1])
+    later.save()
+    log = store.with_name("d.marshal.log").read_bytes()
+    assert store.read_bytes() == base and 0 < len(log) < len(base) / 10
+    third = DigestCache(store)
+    st = os.stat(files[1])
+    assert third.known(files[1], st) == hashlib.sha256(b"changed").hexdigest()
+    assert len(third._main.load()) == 50
+
+
+def test_a_torn_journal_keeps_its_whole_frames_and_the_next_save_folds_it(tmp_path):
+    store = tmp_path / "d.marshal"
+    first, second = _files(tmp_path, 2)
+    cache = DigestCache(store)
+    cache.digest(first)
+    cache.save()
+    cache.digest(second)
+    cache.save()
+    log = store.with_name("d.marshal.log")
+    whole = log.read_bytes()
+    log.write_bytes(whole[:-3])  # a build killed while it appended the second frame
+
+    again = DigestCache(store)
+    assert again.known(first, os.stat(first)) is not None
+    assert again.known(second, os.stat(second)) is None  # lost: costs a re-hash, no more
+    again.digest(second)
+    again.save()  # never appends behind a torn frame
+    assert not log.exists() and store.exists()
+    fresh = DigestCache(store)
+    assert fresh.known(second, os.stat(second)) == hashlib.sha256(b"f 1").hexdigest()
+
+
+def test_a_journal_bigger_than_its_base_is_folded(tmp_path, monkeypatch):
+    from occlum_rules.core import digests
+
+    monkeypatch.setattr(digests, "_FOLD_AT", 200)
+    store = tmp_path / "d.marshal"
+    log = store.with_name("d.marshal.log")
+    cache = DigestCache(store)
+    folds = 0
+    for f in _files(tmp_path, 30):
+        cache.digest(f)
+        cache.save()
+        folds += not log.exists()
+    assert 0 < folds < 15  # folded now and then, not at every save
+    assert len(DigestCache(store)._main.load()) == 30
+
+
+def test_two_builds_appending_to_one_journal_keep_each_others_entries(tmp_path):
+    """doit -n 2 runs actions in two processes, each with its own cache of the same files."""
+    store = tmp_path / "d.marshal"
+    ours, theirs = _files(tmp_path, 20, "a"), _files(tmp_path, 20, "b")
+    a, b = DigestCache(store), DigestCache(store)
+    for x, y in zip(ours, theirs):
+        a.digest(x)
+        b.digest(y)
+        a.save()
+        b.save()
+    a._main._fold()  # a fold sees the other process's appends and keeps them
+    merged = DigestCache(store)
+    for f in ours + theirs:
+        assert merged.known(f, os.stat(f)) == hashlib.sha256(f.read_bytes()).hexdigest()
