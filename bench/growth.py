@@ -13,12 +13,14 @@
     the outputs whose content is new (the package included): a content-addressed store must
     not take a second copy of an unchanged blob.
 
-Peak RSS. Each ``python -m doit build`` is started by this module and reaped with
-``os.wait4``, whose rusage is that one child's: on Linux its ``ru_maxrss`` is the largest
-resident set of the build process *or* of any descendant it waited for (compilers of the
-stand-in LibOS, ...), not a sum. A sampler reads ``VmRSS`` of every process in the build's
-tree every 0.1 s and keeps the largest sum, which catches concurrent children (it can miss a
-peak shorter than its period). The row reports the larger of the two.
+Peak RSS. Each ``doit build`` runs in a fresh interpreter that writes its own ``VmHWM``
+(the high-water mark of its resident set, kept by the kernel per address space and so exact)
+to a file as it exits; a sampler reads ``VmRSS`` and ``VmHWM`` of every process in the
+build's tree every 0.1 s, for the children (compilers of the stand-in LibOS, ...) and for the
+largest sum of a moment, which catches concurrent children (it can miss a peak shorter than
+its period). The row reports the largest of these. Not ``os.wait4``'s ``ru_maxrss``: a child
+inherits the high-water mark of the process it was forked from, so inside the whole suite
+every build "peaked" at the bench runner's own 556 MiB (Dec 7 2026).
 
 Disk. A size needs its sources, ``out/`` (the image copy, the SEFS image, the instance, the
 package), the action state under ``out/`` and the store (a copy of every output, and a second
@@ -86,12 +88,13 @@ def _label(total: int) -> str:
 # ----------------------------------------------------------------------------- peak RSS
 
 
-def _proc_tree_rss(root: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon) in bytes, summed over ``root`` and its descendants, from one pass over
-    /proc. RssAnon is the part no file backs (heap, buffers); the rest of VmRSS is mapped
-    files (the interpreter, libraries, and any file a stage maps, e.g. the store's mmap)."""
+def _proc_tree_rss(root: int) -> tuple[int, int, int]:
+    """(VmRSS, RssAnon, largest VmHWM of one process) in bytes, the first two summed over
+    ``root`` and its descendants, from one pass over /proc. RssAnon is the part no file backs
+    (heap, buffers); the rest of VmRSS is mapped files (the interpreter, libraries, and any
+    file a stage maps, e.g. the store's mmap)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, tuple[int, int]] = {}
+    rss: dict[int, tuple[int, int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -101,7 +104,7 @@ def _proc_tree_rss(root: int) -> tuple[int, int]:
                 status = f.read()
         except OSError:
             continue
-        ppid = kb = anon = 0
+        ppid = kb = anon = hwm = 0
         for line in status.splitlines():
             if line.startswith(b"PPid:"):
                 ppid = int(line.split()[1])
@@ -109,17 +112,20 @@ def _proc_tree_rss(root: int) -> tuple[int, int]:
                 kb = int(line.split()[1])
             elif line.startswith(b"RssAnon:"):
                 anon = int(line.split()[1])
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1])
         children.setdefault(ppid, []).append(pid)
-        rss[pid] = (kb * 1024, anon * 1024)
-    total = total_anon = 0
+        rss[pid] = (kb * 1024, anon * 1024, hwm * 1024)
+    total = total_anon = top = 0
     stack = [root]
     while stack:
         pid = stack.pop()
-        kb, anon = rss.get(pid, (0, 0))
+        kb, anon, hwm = rss.get(pid, (0, 0, 0))
         total += kb
         total_anon += anon
+        top = max(top, hwm)
         stack += children.get(pid, [])
-    return total, total_anon
+    return total, total_anon, top
 
 
 @dataclass
@@ -129,7 +135,7 @@ class MeasuredRun:
     returncode: int
     seconds: float
     report: dict | None
-    maxrss: int  # bytes: ru_maxrss of os.wait4 (largest single process of the tree)
+    maxrss: int  # bytes: the largest VmHWM of one process of the tree (doit's own, exact)
     tree_peak: int  # bytes: largest sampled sum of VmRSS over the process tree
     anon_peak: int  # bytes: largest sampled sum of RssAnon over the process tree
     output: str = ""
@@ -149,23 +155,26 @@ class MeasuredRun:
 
 def run_doit_measured(ws: Path, *args: str, cache: Path) -> MeasuredRun:
     """``python -m doit <args>`` like :func:`harness.run_doit` (sync first, timed from outside),
-    reaped with ``os.wait4`` for its own rusage, with a /proc sampler beside it."""
+    in an interpreter that reports its own VmHWM at exit, with a /proc sampler beside it."""
     report_path = ws / "out" / "build-report.json"
     report_path.unlink(missing_ok=True)
     log = ws.parent / f".doit-{os.getpid()}.log"
+    hwm_file = ws.parent / f".doit-{os.getpid()}.vmhwm"
+    hwm_file.unlink(missing_ok=True)
     os.sync()
-    peak = [0, 0]
+    peak = [0, 0, 0]
     done = threading.Event()
     with open(log, "wb") as out:
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=ws,
-                                env=h.doit_env(cache), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-c", _REPORT_VMHWM, *args], cwd=ws,
+                                env=h.doit_env(cache, {"BENCH_VMHWM_FILE": str(hwm_file)}),
+                                stdout=out, stderr=subprocess.STDOUT)
 
         def sample() -> None:
             while not done.is_set():
                 try:
-                    rss, anon = _proc_tree_rss(proc.pid)
-                    peak[0], peak[1] = max(peak[0], rss), max(peak[1], anon)
+                    rss, anon, hwm = _proc_tree_rss(proc.pid)
+                    peak[0], peak[1], peak[2] = max(peak[0], rss), max(peak[1], anon), max(peak[2], hwm)
                 except OSError:
                     pass
                 done.wait(SAMPLE_PERIOD)
@@ -184,8 +193,28 @@ def run_doit_measured(ws: Path, *args: str, cache: Path) -> MeasuredRun:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):
         pass
-    return MeasuredRun(proc.returncode, seconds, report, usage.ru_maxrss * 1024, peak[0], peak[1],
+    del usage  # its ru_maxrss holds this process's own high-water mark (see the module doc)
+    try:
+        own = int(hwm_file.read_text()) * 1024
+        hwm_file.unlink()
+    except (OSError, ValueError):
+        own = 0
+    return MeasuredRun(proc.returncode, seconds, report, max(own, peak[2]), peak[0], peak[1],
                        output)
+
+
+# ``python -m doit <args>`` that writes its VmHWM (kB) to $BENCH_VMHWM_FILE as it exits
+_REPORT_VMHWM = """
+import atexit, os, runpy, sys
+def _report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            with open(os.environ["BENCH_VMHWM_FILE"], "w") as f:
+                f.write(line.split()[1])
+atexit.register(_report)
+sys.argv[0] = "doit"
+runpy.run_module("doit", run_name="__main__", alter_sys=True)
+"""
 
 
 # ----------------------------------------------------------------------------- disk, store
@@ -380,7 +409,7 @@ def _size_records(r: SizeResult) -> list[dict]:
              "bench/rss_where.py on the step that peaks")
     out.append(h.rec(S10, f"{lab}: peak RSS of the build", _mib(peak), "MiB",
                      f"< {RSS_GOAL_MIB} MiB", peak < RSS_GOAL_MIB * 2**20,
-                     "; ".join(f"{n}: wait4 ru_maxrss {_mib(m.maxrss)} MiB (largest single "
+                     "; ".join(f"{n}: VmHWM {_mib(m.maxrss)} MiB (largest single "
                                f"process of the build's tree), sampled tree sum "
                                f"{_mib(m.tree_peak)} MiB of which anonymous (not file-backed) "
                                f"{_mib(m.anon_peak)} MiB" for n, m in runs) + where))
@@ -542,7 +571,7 @@ def stage_rss(total: int, files: int) -> list[dict]:
             m = run_doit_measured(ws, target, cache=base / "cache")
             records.append(h.rec(scen, f"{name}: peak RSS", _mib(m.peak) if m.ok else None, "MiB",
                                  "informational", None,
-                                 f"doit {target}: {m.seconds:.1f} s; ru_maxrss {_mib(m.maxrss)} "
+                                 f"doit {target}: {m.seconds:.1f} s; VmHWM {_mib(m.maxrss)} "
                                  f"MiB, tree sum {_mib(m.tree_peak)} MiB, anonymous "
                                  f"{_mib(m.anon_peak)} MiB" if m.ok else m.failure()))
     finally:
