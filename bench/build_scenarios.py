@@ -73,16 +73,23 @@ class FullBuilds:
 
 
 def _full_builds(scenario: str, ws: Path, base: Path, runs: int, what: str,
-                 nbytes: int) -> FullBuilds:
-    """``runs`` builds from nothing, each with an empty out/ and an empty cache."""
+                 nbytes: int, paired_sources: list[Path] | None = None) -> FullBuilds:
+    """``runs`` builds from nothing, each with an empty out/ and an empty cache.
+
+    ``paired_sources``: also time copy_bom's floor (a kernel copy of these files) just
+    before each build, after the same removal of the last build's outputs: creating 20k
+    files on this machine's disk costs 0.1 to 3 s per 5000 from one minute to the next (Dec
+    7 2026), so a floor taken minutes away from the build says little about it."""
     records: list[dict] = []
-    times, reports = [], []
+    times, reports, paired = [], [], []
     cache = None
     for i in range(runs):
         h.rmtree(ws / "out")
         if cache is not None:
             h.rmtree(cache)
         cache = base / f"cache-{scenario[:1]}-{i}"
+        if paired_sources:
+            paired.append(floors.copy_floor(paired_sources, base / "paired-floor", 1).seconds)
         r = h.run_doit(ws, "build", cache=cache)
         if not r.ok:
             records.append(h.rec(scenario, "wall time (doit build)", None, "s", "informational",
@@ -97,6 +104,16 @@ def _full_builds(scenario: str, ws: Path, base: Path, runs: int, what: str,
                          f"median of {runs}: {', '.join(f'{t:.1f}' for t in times)} s; {what}; "
                          f"{actions} actions; {nbytes / med / 1e6:.0f} MB/s of image"))
     records += _stage_records(scenario, reports, med)
+    if paired:
+        stage = [h.stage_seconds(r)["copy_bom"] for r in reports]
+        ratios = [s_ / f for s_, f in zip(stage, paired) if f]
+        records.append(h.rec(
+            S1F, "stage copy_bom / its floor taken just before the same build",
+            round(h.median(ratios), 2) if ratios else None, "x", "informational", None,
+            "median of the per-build ratios; copy_bom "
+            + ", ".join(f"{s_:.1f}" for s_ in stage) + " s vs its floor "
+            + ", ".join(f"{f:.1f}" for f in paired) + " s (os.copy_file_range of the same "
+            "files into a fresh directory, after the same removal of the last build and a sync)"))
     return FullBuilds(records, cache, med, _stage_medians(reports))
 
 
@@ -251,7 +268,8 @@ def synthetic(quick: bool, profile: bool = False) -> list[dict]:
         what = (f"{stats.bytes / 1e6:.0f} MB in {stats.files} generated files + {len(elves)} host "
                 f"ELF files with their libraries" + ("" if with_package else
                                                      "; no occlum_package rule, so no package stage"))
-        full = _full_builds(S1, ws, base, size["runs"], what, stats.bytes)
+        paired = floors.regular_files(pkg / "data") + [Path(e) for e in elves]
+        full = _full_builds(S1, ws, base, size["runs"], what, stats.bytes, paired)
         records += full.records
         cache, full_med = full.cache, full.median
         if cache is None or full_med is None:
