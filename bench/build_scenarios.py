@@ -142,8 +142,8 @@ def _incremental(ws: Path, cache: Path, full_med: float, runs: int, profile: boo
     # (b) the same change built only up to the signed instance, to show the package's share.
     for what, args in (("doit build", ("build",)), ("doit //big:instance", ("//big:instance",))):
         times, reports = [], []
-        # the second variant is informational: two runs are enough and keep the suite short
-        for _ in range(runs if args == ("build",) else min(runs, 2)):
+        # the second variant is informational: one run keeps the suite short
+        for _ in range(runs if args == ("build",) else 1):
             _rewrite_hot(hot, rng)
             r = h.run_doit(ws, *args, cache=cache)
             if not r.ok:
@@ -301,7 +301,7 @@ def python_image(quick: bool) -> list[dict]:
         nbytes = sum(p.stat().st_size for p in Path(lib).rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts
                      and not {"site-packages", "dist-packages"} & set(p.parts))
-        full = _full_builds(S1P, ws, base, 2 if quick else 3,
+        full = _full_builds(S1P, ws, base, 2,
                             f"{interp} + {lib} (no __pycache__)", nbytes)
         records, cache, med = full.records, full.cache, full.median
         if med is not None and cache is not None:
