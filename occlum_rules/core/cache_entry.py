@@ -89,6 +89,13 @@ def _entries_problem(entries: Any) -> str | None:
     return None
 
 
+def malformed_dynamic(dynamic: Any) -> bool:
+    """Is this not a cache entry's list of discovered inputs ([path, sha256] pairs)?"""
+    return not isinstance(dynamic, list) or not all(
+        isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
+        for d in dynamic)
+
+
 def manifest_problem(action: Action, manifest: Any) -> str | None:
     """Why a cached manifest cannot be this action's result (None: it fits).
 
@@ -99,10 +106,7 @@ def manifest_problem(action: Action, manifest: Any) -> str | None:
     outs = manifest.get("outputs") if isinstance(manifest, dict) else None
     if not isinstance(outs, list) or len(outs) != len(action.outputs):
         return "the outputs do not match the action's"
-    dynamic = manifest.get("dynamic", [])
-    if not isinstance(dynamic, list) or not all(
-            isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
-            for d in dynamic):
+    if malformed_dynamic(manifest.get("dynamic", [])):
         return "malformed discovered inputs"
     for out, rel, kind in zip(outs, action.outputs, action.output_types):
         if not isinstance(out, dict) or out.get("path") != rel:

@@ -113,10 +113,6 @@ class _Shard:
         self.log_seen: tuple | None = None  # (inode, size) of the journal as we left it
         self.log_whole = True  # the journal ends at a whole frame
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self.fresh)
-
     def file_stamp(self) -> tuple | None:
         if self.path is None:
             return None
@@ -160,20 +156,19 @@ class _Shard:
         if not self.fresh or self.path is None or self.entries is None:
             return
         try:
-            log_size = (self._log_stamp() or (0, 0))[1]
+            log = self._log_stamp()
             base_size = (self.seen or (0, 0, 0, 0))[1]
-            if self.log_whole and log_size <= max(_FOLD_AT, base_size):
-                self._append()
+            if self.log_whole and (log or (0, 0))[1] <= max(_FOLD_AT, base_size):
+                self._append(log)
             else:
                 self._fold()
             self.fresh = []
         except OSError:
             pass
 
-    def _append(self) -> None:
-        assert self.log is not None
-        before = self._log_stamp()
-        assert self.entries is not None
+    def _append(self, before: tuple | None) -> None:
+        """``before``: the journal's (inode, size) just now."""
+        assert self.log is not None and self.entries is not None
         os.makedirs(self.log.parent, exist_ok=True)
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:

@@ -36,6 +36,7 @@ from occlum_rules.core.action_state import (
 from occlum_rules.core.build_env import BuildEnv, digest_cache, executor_for, remote_for
 from occlum_rules.core.cache_entry import (
     fetch_remote,
+    malformed_dynamic,
     manifest_problem,
     restore_outputs,
     store_outputs,
@@ -166,11 +167,7 @@ def _sources_differ(cached: Any, env: BuildEnv) -> bool:
     """A well-formed entry whose discovered inputs have other contents here (a malformed one
     is left to :func:`manifest_problem`)."""
     dynamic = cached.get("dynamic", []) if isinstance(cached, dict) else None
-    if not isinstance(dynamic, list) or not all(
-            isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
-            for d in dynamic):
-        return False
-    return not dynamic_unchanged(dynamic, env)
+    return not malformed_dynamic(dynamic) and not dynamic_unchanged(dynamic, env)
 
 
 def _from_cache(action: Action, env: BuildEnv, store: LocalStore,
