@@ -181,7 +181,9 @@ def run_doit_measured(ws: Path, *args: str, cache: Path) -> MeasuredRun:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        # reaped here for its status only: its ru_maxrss would count the high-water mark
+        # the child inherited from this process (see the module doc)
+        _pid, status, _usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t
         done.set()
         sampler.join()
@@ -193,7 +195,6 @@ def run_doit_measured(ws: Path, *args: str, cache: Path) -> MeasuredRun:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError):
         pass
-    del usage  # its ru_maxrss holds this process's own high-water mark (see the module doc)
     try:
         own = int(hwm_file.read_text()) * 1024
         hwm_file.unlink()

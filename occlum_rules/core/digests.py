@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from occlum_rules.atomic_write import AtomicFile
-from occlum_rules.marshal_frames import DictEncoder
+from occlum_rules.marshal_frames import DICT_OPEN, DictEncoder
 
 CHUNK = 1 << 20
 
@@ -206,14 +206,11 @@ def _frames(entries: dict[str, bytes], keys: list[str]) -> Iterator[bytes]:
     """The journal frames for ``keys`` of ``entries``, each a marshal dict of about a
     megabyte at most."""
     encoder = DictEncoder()
-    count = 0
     for key in keys:
         encoder[key] = entries[key]
-        count += 1
         if encoder.pending() >= _PIECE:
             yield _frame(encoder.encoded())
-            count = 0
-    if count:
+    if encoder.pending() > len(DICT_OPEN):  # items since the last frame
         yield _frame(encoder.encoded())
 
 
