@@ -22,7 +22,7 @@ def _finish_layer(ctx: StageContext, members: list, *, reuse: bool = False) -> N
 
     blob, descriptor = ctx.outputs
     layer = write_layer(members, blob, mtime=ctx.source_date_epoch,
-                        level=ctx.params["level"], digest_of=ctx.digests.digest,
+                        level=ctx.params["level"], known=ctx.digests,
                         state_path=ctx.state_dir / "segments.state" if reuse else None)
     ctx.digests.remember(blob, layer.digest.split(":")[1])
     _write_json(descriptor, {**layer.to_json(), "created_by": ctx.params["created_by"]})

@@ -87,7 +87,7 @@ def package(ctx: StageContext) -> None:
     members = select_members(instance, mode)
     result = write_package(members, p["top"], tarball, mtime=ctx.source_date_epoch,
                            level=p["level"], state_path=ctx.state_dir / "segments.state",
-                           digest_of=ctx.digests.digest, raw_digest=True, deflater=compressor)
+                           known=ctx.digests, raw_digest=True, deflater=compressor)
     ctx.digests.remember(tarball, result.sha256)  # hashed while written: not again for the cache
     del members  # the result keeps them (its contents) until the manifest is written
     try:  # a record per image file: read after the tarball, so not in memory while it is made

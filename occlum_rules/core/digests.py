@@ -310,9 +310,15 @@ class DigestCache:
             shard.learn(key, _entry(st, value))
         return value
 
-    def known(self, path: str | os.PathLike, st: os.stat_result) -> str | None:
-        """The cached digest of ``path`` if ``st`` is still the stamp it was hashed at."""
+    def known(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
+        """The cached digest of ``path`` if ``st`` (the file's stat now, when not given) is
+        still the stamp it was hashed at; never reads the file."""
         key = _key(path)
+        if st is None:
+            try:
+                st = os.stat(key)
+            except OSError:
+                return None
         return _hit(self._shard(key).load().get(key), st)
 
     def remember(self, path: str | os.PathLike, digest: str,

@@ -42,13 +42,13 @@ class Deflater:
         """A raw deflate compressor (no zlib or gzip wrapper) with an empty dictionary."""
         return self.module.compressobj(level, self.module.DEFLATED, -15)
 
-    def segment(self, data: bytes | memoryview, level: int) -> bytes:
+    def segment(self, data: bytes | bytearray | memoryview, level: int) -> bytes:
         """``data`` as deflate blocks ending byte-aligned and not final (a full flush), so
         independently made segments concatenate into one stream."""
         c = self.raw(level)
         return c.compress(data) + c.flush(self.module.Z_FULL_FLUSH)
 
-    def crc32(self, data: bytes) -> int:
+    def crc32(self, data: bytes | bytearray | memoryview) -> int:
         """The gzip CRC-32 (the same function everywhere; zlib-ng's is several times faster
         than the system zlib's, which is why it is asked of the implementation)."""
         return self.module.crc32(data)

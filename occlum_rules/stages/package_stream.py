@@ -33,10 +33,11 @@ import struct
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core.digests import content_stamp, sha256_file
@@ -51,6 +52,18 @@ GROUP_SPREAD = 32
 STATE_VERSION = 2  # 2: the stamp of the previous package leaves out its ctime (store links move it)
 STATE_KIND = "package-segments"  # in the shared state framing (occlum_rules/state_file.py)
 _GZIP_XFL = {9: 2, 1: 4}  # what gzip (and Python's gzip module) writes for best/fastest
+
+
+class DigestLookup(Protocol):
+    """What the build knows of its files' sha256 (``core.digests.DigestCache``)."""
+
+    def digest(self, path: str) -> str:
+        """From the cache when the file is unchanged since it was hashed, else hashed now."""
+        ...
+
+    def known(self, path: str) -> str | None:
+        """From the cache only; None when the file changed since (never reads it)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +155,37 @@ def tar_info(member: Member, top: str, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+_TYPES = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
+_OCTAL_11 = 8 ** 11  # the largest size or mtime a 12-byte octal field holds, plus one
+# magic, then the empty owner names, device numbers and prefix, then the block's padding
+_GNU_TAIL = tarfile.GNU_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_CHKSUM = slice(148, 155)  # six octal digits and a NUL; the field's eighth byte stays " "
+
+
 def _header(member: Member, top: str, mtime: int) -> bytes:
-    return tar_info(member, top, mtime).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    """The member's GNU tar header, the bytes tarfile makes of :func:`tar_info`.
 
-
-def _padding(size: int) -> bytes:
-    return bytes(-size % tarfile.BLOCKSIZE)
+    Made here for what a package holds (owner 0, no owner names, plain sizes): tarfile's
+    general path costs ~50 µs a member, a second of an image of 20k files. A name or
+    target longer than a header field, or a number that needs GNU's base-256, goes
+    through tarfile (long-name headers)."""
+    name = entry_name(top, member.name)
+    kind = _TYPES.get(member.kind, tarfile.REGTYPE)
+    if kind == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    raw_name = name.encode("utf-8", "surrogateescape")
+    link = (member.target or "").encode("utf-8", "surrogateescape") \
+        if kind == tarfile.SYMTYPE else b""
+    size = member.size if kind == tarfile.REGTYPE else 0
+    if (len(raw_name) > tarfile.LENGTH_NAME or len(link) > tarfile.LENGTH_LINK
+            or not (0 <= size < _OCTAL_11 and 0 <= mtime < _OCTAL_11)):
+        return tar_info(member, top, mtime).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    block = bytearray(b"".join((
+        raw_name.ljust(tarfile.LENGTH_NAME, b"\0"), b"%07o\0" % (member.mode & 0o7777),
+        b"0000000\0" * 2, b"%011o\0" % size, b"%011o\0" % mtime, b" " * 8, kind,
+        link.ljust(tarfile.LENGTH_LINK, b"\0"), _GNU_TAIL)))
+    block[_CHKSUM] = b"%06o\0" % sum(block)  # summed with the checksum field as spaces
+    return bytes(block)
 
 
 @dataclass
@@ -198,7 +236,7 @@ def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: _Dige
     return h.hexdigest()
 
 
-def _deflate(deflater: Deflater, data: bytes, level: int) -> tuple[bytes, int, int]:
+def _deflate(deflater: Deflater, data: bytearray, level: int) -> tuple[bytes, int, int]:
     return deflater.segment(data, level), deflater.crc32(data), len(data)
 
 
@@ -266,29 +304,34 @@ def _save_state(state_path: Path, out: Path, salt: str, segments: dict) -> None:
 
 # --------------------------------------------------------------------------- writer
 
-def _read_range(m: Member, start: int, length: int) -> bytes:
+def _read_into(m: Member, start: int, view: memoryview) -> None:
+    """Bytes ``start..`` of the member's content straight into the segment's buffer (one
+    copy, from the kernel: a gigabyte of members joined from pieces cost a second more)."""
+    got = 0
     try:
-        with open(m.content_path, "rb") as f:
-            f.seek(start)
-            data = f.read(length)
+        with open(m.content_path, "rb", buffering=0) as f:
+            if start:
+                f.seek(start)
+            while got < len(view) and (n := f.readinto(view[got:])):
+                got += n
     except OSError as exc:
         raise UserError(f"{m.source}: cannot read it for the package ({exc.strerror})") from None
-    if len(data) != length:
+    if got != len(view):
         raise UserError(f"{m.source}: changed while packaging (size now differs)")
-    return data
 
 
 def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                   level: int = 6, state_path: Path | None = None,
-                  digest_of: Callable[[str], str] | None = None,
+                  known: DigestLookup | None = None,
                   workers: int | None = None, raw_digest: bool = False,
                   deflater: Deflater = ZLIB) -> PackageResult:
     """Write the ``.tar.gz`` to ``out`` (via a temporary file) and describe every member.
 
     With ``state_path``, segments whose members are unchanged since the package at ``out``
     was written by the same ``deflater`` at the same level are copied from it.
-    ``digest_of(path)`` gives a file's sha256 without reading it where the caller knows it
-    (the build's stat-keyed digest cache). ``top`` "" puts members at the archive root.
+    ``known`` gives a file's sha256 without reading it where the build knows it (its
+    stat-keyed digest cache); the others are hashed as they are packed. ``top`` "" puts
+    members at the archive root.
     ``raw_digest`` also hashes the uncompressed tar (``raw_sha256``: a release's
     tar_sha256, an OCI layer's diff_id). A copied segment's bytes then come from inflating
     the copy itself, not from re-reading its members, so the digest describes exactly the
@@ -304,10 +347,16 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
     if state_path is not None:
         discard_state(state_path)  # from here on it no longer describes `out`
     digests = _Digests(len(members))
-    if previous:
+    if previous:  # segment keys cover the members' digests: all of them, now
+        digest_now = known.digest if known is not None else sha256_file
         for i, m in enumerate(members):
             if m.kind == "file":
-                digests[i] = (digest_of or sha256_file)(m.content_path)
+                digests[i] = digest_now(m.content_path)
+    elif known is not None:
+        for i, m in enumerate(members):
+            if m.kind == "file" and (digest := known.known(m.content_path)) is not None:
+                digests[i] = digest
+    if previous:
         for seg in segments:
             seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
@@ -339,7 +388,8 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                     packed, seg_crc, length = job if isinstance(job, tuple) else job.result()
                     if raw_hashing is not None:
                         try:
-                            plain = plain if isinstance(plain, bytes) else plain.result()
+                            if not isinstance(plain, (bytes, bytearray)):
+                                plain = plain.result()
                         except ValueError:
                             plain = b""
                         if len(plain) != length:
@@ -396,34 +446,40 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
 
 
 def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
-                   digests: _Digests, shas: dict) -> bytes:
+                   digests: _Digests, shas: dict) -> bytearray:
     """The tar bytes of one segment; file members are hashed on the way when their digest
     is not known yet (``shas`` carries a big member's hash across its segments)."""
-    parts: list[bytes] = []
+    # (header, member index, first byte, bytes of content, padding after)
+    layout: list[tuple[bytes, int, int, int, int]] = []
     if seg.piece:
-        i, m = seg.first, members[seg.first]
-        if seg.start == 0:
-            parts.append(_header(m, top, mtime))
-        data = _read_range(m, seg.start, seg.end - seg.start)
-        parts.append(data)
-        if i not in digests:
-            sha = shas.setdefault(i, hashlib.sha256())
-            sha.update(data)
-            if seg.end == m.size:
-                digests[i] = shas.pop(i).hexdigest()
-        if seg.end == m.size:
-            parts.append(_padding(m.size))
-        return b"".join(parts)
-    for i in range(seg.first, seg.last + 1):
+        m = members[seg.first]
+        layout.append((_header(m, top, mtime) if seg.start == 0 else b"", seg.first, seg.start,
+                       seg.end - seg.start, -m.size % tarfile.BLOCKSIZE if seg.end == m.size else 0))
+    else:
+        for i in range(seg.first, seg.last + 1):
+            m = members[i]
+            size = m.size if m.kind == "file" else 0
+            layout.append((_header(m, top, mtime), i, 0, size, -size % tarfile.BLOCKSIZE))
+    buf = bytearray(sum(len(head) + length + pad for head, _, _, length, pad in layout))
+    view = memoryview(buf)
+    pos = 0
+    for head, i, start, length, pad in layout:
+        view[pos:pos + len(head)] = head
+        pos += len(head)
         m = members[i]
-        parts.append(_header(m, top, mtime))
         if m.kind == "file":
-            data = _read_range(m, 0, m.size)
+            content = view[pos:pos + length]
+            _read_into(m, start, content)
             if i not in digests:
-                digests[i] = hashlib.sha256(data).hexdigest()
-            parts.append(data)
-            parts.append(_padding(m.size))
-    return b"".join(parts)
+                if not seg.piece:
+                    digests[i] = hashlib.sha256(content).hexdigest()
+                else:
+                    sha = shas.setdefault(i, hashlib.sha256())
+                    sha.update(content)
+                    if seg.end == m.size:
+                        digests[i] = shas.pop(i).hexdigest()
+        pos += length + pad  # the padding: zeros already
+    return buf
 
 
 def _record(m: Member, top: str, digest: str | None) -> dict:

@@ -172,6 +172,19 @@ def test_unreadable_member_is_one_clear_error(tmp_path):
     assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / ".x.tar.gz.tmp").exists()
 
 
+class _Known:
+    """A build's digest cache that knows some files' sha256 (perhaps wrongly: stale)."""
+
+    def __init__(self, digests: dict[str, str]):
+        self.digests = digests
+
+    def known(self, path: str) -> str | None:
+        return self.digests.get(path)
+
+    def digest(self, path: str) -> str:
+        return self.digests.get(path) or ps.sha256_file(path)
+
+
 def test_raw_digest_covers_copied_segments_as_stored(tmp_path):
     """A copied segment's uncompressed bytes come from the package itself: a member changed
     behind a stale digest (same stamp) is copied stale, and the digest says what the package
@@ -184,7 +197,39 @@ def test_raw_digest_covers_copied_segments_as_stored(tmp_path):
     stale = {str(victim): hashlib.sha256(victim.read_bytes()).hexdigest()}
     victim.write_bytes(b"127.0.0.2   localhost\n")  # same size
     again = ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, raw_digest=True,
-                             state_path=state,
-                             digest_of=lambda p: stale.get(p) or ps.sha256_file(p))
+                             state_path=state, known=_Known(stale))
     assert again.deflated == 0
     assert again.raw_sha256 == hashlib.sha256(gzip.decompress(out.read_bytes())).hexdigest()
+
+
+@pytest.mark.parametrize("name_bytes", [1, 99, 100, 101, 150])
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+def test_headers_are_the_ones_tarfile_makes(name_bytes, kind):
+    """The package makes its own headers; tarfile's are the reference, also where a field
+    overflows (a directory's added "/", long names and targets, base-256 sizes)."""
+    names = ["n" * name_bytes, ("é" * name_bytes)[:max(1, name_bytes // 2)],
+             "bad-\udcff-" + "x" * max(0, name_bytes - 6)]
+    for name in names:
+        for mode in (0o644, 0o4755, 0o100755):
+            for size in (0, 1, 8 ** 11 - 1, 8 ** 11):
+                member = ps.Member(name, kind, mode, size if kind == "file" else 0,
+                                   target=("t" * name_bytes) if kind == "symlink" else None)
+                for top, mtime in (("", 0), ("app", SDE), ("app", 8 ** 11 - 1)):
+                    expected = ps.tar_info(member, top, mtime).tobuf(
+                        tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+                    assert ps._header(member, top, mtime) == expected, (name, mode, size, top)
+
+
+def test_a_full_package_takes_the_digests_the_build_knows(tmp_path):
+    """Members the build's digest cache knows are not hashed again (their record says what
+    the cache says); the others are hashed while they are packed."""
+    inst = _instance(tmp_path)
+    members = select_members(inst, "HW")
+    files = [m for m in members if m.kind == "file"]
+    told = {files[0].source: "ab" * 32}
+    result = ps.write_package(members, "app", tmp_path / "app.tar.gz", mtime=SDE,
+                              known=_Known(told))
+    records = {r["path"]: r.get("sha256") for r in result.iter_contents()}
+    assert records[f"app/{files[0].name}"] == "ab" * 32
+    for m in files[1:]:
+        assert records[f"app/{m.name}"] == hashlib.sha256(Path(m.source).read_bytes()).hexdigest()

@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from occlum_rules.errors import UserError
 from occlum_rules.stages.oci.media import OCI_LAYER_GZIP
 from occlum_rules.stages.package import member_sort_key, normalized_mode, walk_members
-from occlum_rules.stages.package_stream import Member, write_package
+from occlum_rules.stages.package_stream import DigestLookup, Member, write_package
 
 
 @dataclass
@@ -102,12 +102,12 @@ def entries_of(members: Iterable[Member]) -> list[list]:
 
 
 def write_layer(members: list[Member], out: Path, *, mtime: int, level: int = 6,
-                digest_of: Callable[[str], str] | None = None,
+                known: DigestLookup | None = None,
                 state_path: Path | None = None) -> Layer:
     """Write the layer blob to ``out`` (atomically) and describe it. With ``state_path``
     (an in-place action's state), unchanged segments of the previous blob at ``out`` are
     copied rather than deflated again: the bytes are the same either way."""
-    result = write_package(members, "", out, mtime=mtime, level=level, digest_of=digest_of,
+    result = write_package(members, "", out, mtime=mtime, level=level, known=known,
                            raw_digest=True, state_path=state_path)
     assert result.raw_sha256 is not None
     return Layer(digest=f"sha256:{result.sha256}", diff_id=f"sha256:{result.raw_sha256}",
