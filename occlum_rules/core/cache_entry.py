@@ -165,18 +165,18 @@ def restore_outputs(action: Action, env: BuildEnv, store: LocalStore, manifest: 
 def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: bool = False) -> None:
     cache = digest_cache(env)
 
-    def put(path: Path, digest: str) -> None:
+    def put(path: str, digest: str) -> None:
         store.put_file(path, digest, replace, known=lambda st: cache.known(path, st) == digest,
                        linked=lambda st: cache.remember(path, digest, st))
 
     for out in manifest["outputs"]:
         if out["type"] == "file":
-            put(Path(abs_path(env, out["path"])), out["sha256"])
-        elif out["type"] == "dir":
-            base = Path(abs_path(env, out["path"]))
+            put(abs_path(env, out["path"]), out["sha256"])
+        elif out["type"] == "dir":  # plain joins: 20k Path objects were 0.2 s of a rebuild
+            base = abs_path(env, out["path"])
             for e in out["entries"]:
                 if e["type"] == "file":
-                    put(base / e["path"], e["sha256"])
+                    put(os.path.join(base, e["path"]), e["sha256"])
 
 
 def fetch_remote(remote, store: LocalStore, key: str, action: Action | None = None) -> dict | None:

@@ -84,7 +84,7 @@ class LocalStore:
     def has_blob(self, digest: str) -> bool:
         return self.cas_path(digest).is_file()
 
-    def put_file(self, src: Path, digest: str, replace: bool = False,
+    def put_file(self, src: str | os.PathLike[str], digest: str, replace: bool = False,
                  known: Callable[[os.stat_result], bool] | None = None,
                  linked: Callable[[os.stat_result], None] | None = None) -> bool:
         """Store ``src`` under ``digest``; returns False when it was already there.
@@ -121,7 +121,8 @@ class LocalStore:
                 raise CorruptBlob(f"{src} changed while it was being stored")
         return True
 
-    def _link(self, src: Path, digest: str, before: os.stat_result) -> os.stat_result | None:
+    def _link(self, src: str | os.PathLike[str], digest: str,
+              before: os.stat_result) -> os.stat_result | None:
         """Hard-link ``src`` as the blob; its stat after, or None where links cannot be made."""
         blob = self._blob(digest)
         try:

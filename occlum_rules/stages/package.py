@@ -70,9 +70,7 @@ def _sort_key(name: str) -> bytes:
     return os.fsencode(name).replace(b"/", b"\0")
 
 
-def _member(instance_dir: Path, name: str) -> Member:
-    path = instance_dir / name
-    st = os.lstat(path)
+def _member(path: str, name: str, st: os.stat_result) -> Member:
     if stat.S_ISLNK(st.st_mode):
         return Member(name, "symlink", 0o777, target=os.readlink(path))
     if stat.S_ISDIR(st.st_mode):
@@ -85,13 +83,18 @@ def _member(instance_dir: Path, name: str) -> Member:
 
 def walk_members(instance_dir: Path, name: str) -> Iterator[Member]:
     """The entry and, for a real directory (not a link to one), everything below it."""
-    member = _member(instance_dir, name)
+    path = os.path.join(Path(instance_dir), name)
+    return _walk(path, name, os.lstat(path))
+
+
+def _walk(path: str, name: str, st: os.stat_result) -> Iterator[Member]:
+    member = _member(path, name, st)
     yield member
-    if member.kind == "dir":
-        with os.scandir(instance_dir / name) as it:
-            children = sorted(e.name for e in it)
-        for child in children:
-            yield from walk_members(instance_dir, f"{name}/{child}")
+    if member.kind == "dir":  # the directory's own lstat of each entry, not one more each
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            yield from _walk(e.path, f"{name}/{e.name}", e.stat(follow_symlinks=False))
 
 
 def select_members(instance_dir: Path, sgx_mode: str) -> list[Member]:
