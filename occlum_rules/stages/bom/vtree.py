@@ -63,6 +63,9 @@ def split(rel: str) -> list[str]:
     return [p for p in rel.split("/") if p]
 
 
+_NOT_PLAIN = object()
+
+
 class VTree:
     def __init__(self, root: VDir | None = None):
         self.root = root or VDir()
@@ -106,10 +109,29 @@ class VTree:
 
     def node(self, rel: str | list[str], follow_last: bool = True) -> VNode | None:
         parts = split(rel) if isinstance(rel, str) else rel
+        found = self._plain_node(parts)
+        if found is not _NOT_PLAIN:
+            return found  # type: ignore[return-value]
         try:
             return self._walk(parts, follow_last)[1]
         except LookupError:
             return None
+
+    def _plain_node(self, parts: list[str]) -> VNode | None | object:
+        """The node at ``parts`` by dictionary lookups alone, or ``_NOT_PLAIN`` where the
+        path names a link, "." or "..": planning looks up every file of the image (20k
+        in a big one), and the general walk's bookkeeping was most of that."""
+        cur: VNode = self.root
+        for name in parts:
+            if not isinstance(cur, VDir):
+                return None
+            child = cur.children.get(name)
+            if child is None:
+                return _NOT_PLAIN if name in ("", ".", "..") else None
+            if isinstance(child, VLink):
+                return _NOT_PLAIN
+            cur = child
+        return cur
 
     def resolve(self, rel: str | list[str], follow_last: bool = True) -> list[str] | None:
         parts = split(rel) if isinstance(rel, str) else rel
