@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 from occlum_rules.core.action import StageContext
 from occlum_rules.errors import UserError
@@ -37,7 +38,8 @@ def assemble(ctx: StageContext) -> None:
         raise
     for warning in plan.warnings:
         ctx.log(f"warning: {warning}")
-    ctx.add_inputs(p for p in plan.host_inputs if not _inside(p, ctx.root / params["out_dir"]))
+    outside = _outside(ctx.root / params["out_dir"])
+    ctx.add_inputs(p for p in plan.host_inputs if outside(p))
     image.mkdir(parents=True, exist_ok=True)
     result = apply_plan(plan, image, sync=True, digests=ctx.digests,
                         previous_manifest=_previous_manifest(manifest_path))
@@ -60,8 +62,10 @@ def _loader_config(params: dict) -> elf_deps.LoaderConfig | str:
     return elf_deps.parse_loader_config(elf_deps.DEFAULT_LOADER_CONFIG_TEXT, None)
 
 
-def _inside(path: str, directory) -> bool:
-    return os.path.abspath(path).startswith(os.fspath(directory) + os.sep)
+def _outside(directory: os.PathLike[str]) -> Callable[[str], bool]:
+    """Whether a host path lies outside ``directory`` (the build's outputs are not inputs)."""
+    prefix = os.fspath(directory) + os.sep
+    return lambda path: not os.path.abspath(path).startswith(prefix)
 
 
 def _previous_manifest(path) -> list[dict] | None:
