@@ -116,6 +116,13 @@ def test_missing_parts_are_a_clear_error(tmp_path):
         select_members(inst, "HW")
 
 
+def test_a_special_file_in_the_instance_is_named(tmp_path):
+    inst = make_instance(tmp_path / "i")
+    os.mkfifo(inst / "build/mount/__ROOT/fifo")
+    with pytest.raises(UserError, match=r"__ROOT/fifo: not a regular file, directory or symlink"):
+        select_members(inst, "HW")
+
+
 def test_same_bytes_whatever_the_order_modes_mtimes_and_path(tmp_path):
     a = make_instance(tmp_path / "a", order_seed=1, mtime=1_000_000)
     b = make_instance(tmp_path / "elsewhere/deeper/b", order_seed=2, mtime=1_600_000_000,
