@@ -163,7 +163,7 @@ def _incremental(ws: Path, cache: Path, full_med: float, runs: int, profile: boo
             ran = reports[-1].get("actions_run", 0)
             note = (f"median {med:.2f} s of {len(times)} (doit's own count {inner:.2f} s, the rest is "
                     f"process start + BUILD loading) vs full {full_med:.1f} s; {ran} actions re-ran; "
-                    "biggest stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
+                    "biggest stages in the last of them: " + ", ".join(f"{k} {v:.2f}s" for k, v in top))
             goal = "<= 1% of (1)" if args == ("build",) else "informational"
             records.append(h.rec(S2, f"{what}: wall time vs full build", round(ratio * 100, 3), "%",
                                  goal, (ratio <= 0.01) if args == ("build",) else None, note))
