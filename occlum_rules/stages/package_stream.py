@@ -352,13 +352,12 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
         for i, m in enumerate(members):
             if m.kind == "file":
                 digests[i] = digest_now(m.content_path)
+        for seg in segments:
+            seg.key = _segment_key(salt, seg, members, digests)
     elif known is not None:
         for i, m in enumerate(members):
             if m.kind == "file" and (digest := known.known(m.content_path)) is not None:
                 digests[i] = digest
-    if previous:
-        for seg in segments:
-            seg.key = _segment_key(salt, seg, members, digests)
     workers = workers or os.cpu_count() or 1
     target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
     hashing = _BackgroundSha()

@@ -141,15 +141,9 @@ class VTree:
             return None
 
     def _dir_at(self, parts: list[str]) -> VDir | None:
-        cur: VNode = self.root
-        for p in parts:
-            if not isinstance(cur, VDir):
-                return None
-            child = cur.children.get(p)
-            if child is None:
-                return None
-            cur = child
-        return cur if isinstance(cur, VDir) else None
+        """The directory at already resolved ``parts`` (no link is followed)."""
+        found = self._plain_node(parts)
+        return found if isinstance(found, VDir) else None
 
     # ------------------------------------------------------------------ operations
     def mkdir_p(self, rel: str, origin: str = EXPLICIT) -> None:
