@@ -22,6 +22,7 @@ from doit.exceptions import TaskFailed
 from doit.reporter import ConsoleReporter
 
 from occlum_rules.atomic_write import write_atomic
+from occlum_rules.core import heap
 from occlum_rules.core.action import Action
 from occlum_rules.core.action_state import (
     read_state_summary,
@@ -270,6 +271,7 @@ def load(dodo_globals: dict[str, Any], start: Path | None = None) -> None:
         if _doit_command(sys.argv) in _RUN_COMMANDS:
             _take_lock(ws)
             remove_legacy_state(ws.state_dir)
+            heap.freeze_survivors()
         tasks = make_tasks(ws, graph, env)
         for note in graph.toolchains.notes:
             print(note, file=sys.stderr)

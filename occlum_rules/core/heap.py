@@ -40,8 +40,24 @@ def keep_big_buffers_mapped() -> None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
 
 
+_freeze = False
+
+
+def freeze_survivors() -> None:
+    """In a build process (one graph, then exit): what survives a collection after an
+    action outlives it (the task graph, the digest cache), so it is frozen and the next
+    collection does not traverse it again; twelve full collections over it were 0.2 s of
+    an incremental image build. A frozen object is still freed with its last reference;
+    only a cycle among frozen objects would stay, which a short process can afford and a
+    long-lived one (the REAPI worker, a test run) should not: they leave this off."""
+    global _freeze
+    _freeze = True
+
+
 def release() -> None:
     """After an action: its buffers are freed; return the pages to the kernel."""
     gc.collect()
+    if _freeze:
+        gc.freeze()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
