@@ -30,6 +30,12 @@ class DictEncoder:
         self._pending += marshal.dumps(key, 2)
         self._pending += marshal.dumps(value, 2)
 
+    def extend(self, encoded: bytes) -> None:
+        """Add the items of another encoder's :meth:`encoded` dict, as they are."""
+        if not (encoded.startswith(DICT_OPEN) and encoded.endswith(DICT_CLOSE)):
+            raise ValueError("not an encoded marshal dict")
+        self._pending += memoryview(encoded)[len(DICT_OPEN):-len(DICT_CLOSE)]
+
     def pending(self) -> int:
         """Bytes encoded and not yet taken."""
         return len(self._pending)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from occlum_rules.core.outputs import CHECK_DESCRIBED
+
+# Every build the suite runs (in this process and in the doit processes it starts) walks the
+# output trees that stages describe themselves, and fails on any difference.
+os.environ[CHECK_DESCRIBED] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VECTORS = (REPO_ROOT.parent / "shared" / "vectors").resolve()

@@ -8,8 +8,10 @@ import os
 from collections.abc import Callable
 
 from occlum_rules.core.action import StageContext
+from occlum_rules.core.outputs import StampBlob
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom import apply_plan, elf_deps, plan_bom, write_manifest
+from occlum_rules.stages.bom.apply import tree_entries_of_image
 
 
 def assemble(ctx: StageContext) -> None:
@@ -41,12 +43,16 @@ def assemble(ctx: StageContext) -> None:
     outside = _outside(ctx.root / params["out_dir"])
     ctx.add_inputs(p for p in plan.host_inputs if outside(p))
     image.mkdir(parents=True, exist_ok=True)
+    stamps = StampBlob() if ctx.stamp_cut is not None else None
     result = apply_plan(plan, image, sync=True, digests=ctx.digests,
-                        previous_manifest=_previous_manifest(manifest_path))
+                        previous_manifest=_previous_manifest(manifest_path),
+                        stamps=stamps, stamp_cut=ctx.stamp_cut or 0)
     if result.written or result.removed:
         ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
                 f"{len(result.removed)} removed")
     write_manifest(manifest_path, result.manifest)
+    if stamps is not None:  # apply met every path of image/: the engine need not walk it
+        ctx.describe_tree(image, tree_entries_of_image(result.manifest), stamps.encoded())
     elf_deps.save_elf_cache(elf_cache)
     elf_deps.forget_elf_cache()
 

@@ -145,6 +145,24 @@ class StageContext:
     state_dir: Path         # private to this action, kept between runs (exists while it runs)
     shared_state_dir: Path  # shared by actions of this kind and toolchains (create it if used)
     discovered: list[str] = field(default_factory=list)
+    # In-place actions only: the stage may describe an output tree it made (see describe_tree)
+    stamp_cut: int | None = None
+    described: dict[str, tuple[list[dict], bytes]] = field(default_factory=dict)
+
+    def describe_tree(self, path: str | os.PathLike[str], entries: list[dict],
+                      stamps: bytes) -> None:
+        """Hand the engine an output tree's description, which the stage already has from
+        making it, so the engine does not walk and look up the tree again (on an image of
+        20k files, 0.2 s of a one-file rebuild). ``entries``: what
+        ``core.digests.tree_entries`` returns for the tree; ``stamps``: the marshal bytes
+        of every path's (size, mtime, mode) as the tree is left, keyed by the path less
+        ``stamp_cut`` characters (what ``core.outputs.StampBlob`` encodes). Only an in-place
+        action's stage gets a ``stamp_cut``: a tree made elsewhere and moved is walked. With
+        OCCLUM_RULES_CHECK_DESCRIBED=1 (the test suite sets it) the engine walks anyway and
+        fails the action on any difference."""
+        if self.stamp_cut is None:
+            raise ValueError(f"{self.label}: only an in-place action describes its trees")
+        self.described[os.fspath(path)] = (entries, stamps)
 
     def add_inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         """Declare inputs found while running (host files a BOM copies, libraries it pulls

@@ -26,20 +26,34 @@ class StampBlob(DictEncoder):
     third of that."""
 
 
-def describe_outputs(action: Action, env: BuildEnv) -> dict[str, Any]:
+CHECK_DESCRIBED = "OCCLUM_RULES_CHECK_DESCRIBED"
+
+
+def describe_outputs(action: Action, env: BuildEnv,
+                     described: dict[str, tuple[list[dict], bytes]] | None = None) -> dict[str, Any]:
     """Build the output manifest (what the cache stores and what up-to-date checks compare),
     and, under ``stamps``, what :func:`output_stamps` would say of the same outputs, from
-    the same stats (encoded: see :class:`StampBlob`)."""
+    the same stats (encoded: see :class:`StampBlob`).
+
+    ``described``: trees the stage described itself (``StageContext.describe_tree``), by
+    absolute path; they are taken as they are, not walked."""
     cache = digest_cache(env)
     outputs: list[dict[str, Any]] = []
     stamps = StampBlob()
     cut = len(env.root) + 1
+    described = described or {}
     for rel, kind in zip(action.outputs, action.output_types):
         full = abs_path(env, rel)
         if kind == "dir":
             if not os.path.isdir(full):
                 raise UserError(f"{action.label}: declared output directory '{rel}' was not created")
-            entries = tree_entries(Path(full), cache, stamps=stamps, stamp_cut=cut)
+            if full in described:
+                entries, tree_stamps = described.pop(full)
+                if os.environ.get(CHECK_DESCRIBED) == "1":
+                    _check_described(action, rel, full, entries, tree_stamps, cache, cut)
+                stamps.extend(tree_stamps)
+            else:
+                entries = tree_entries(Path(full), cache, stamps=stamps, stamp_cut=cut)
             outputs.append({"path": rel, "type": "dir", "entries": entries,
                             "digest": "tree:" + tree_digest(entries)})
             continue
@@ -56,6 +70,27 @@ def describe_outputs(action: Action, env: BuildEnv) -> dict[str, Any]:
             outputs.append({"path": rel, "type": "file", "mode": statmod.S_IMODE(st.st_mode),
                             "size": st.st_size, "sha256": digest, "digest": digest})
     return {"outputs": outputs, "stamps": stamps.encoded()}
+
+
+def _check_described(action: Action, rel: str, full: str, entries: list[dict],
+                     tree_stamps: bytes, cache, cut: int) -> None:
+    """Fail the action when a stage's description of a tree is not what walking it says."""
+    walked_stamps: dict[str, tuple[int, int, int]] = {}
+    walked = tree_entries(Path(full), cache, stamps=walked_stamps, stamp_cut=cut)
+    given = marshal.loads(tree_stamps)
+    problem = None
+    if walked != entries:
+        problem = next((f"entry {i}: described {a}, walked {b}" for i, (a, b)
+                        in enumerate(zip(entries, walked)) if a != b),
+                       f"{len(entries)} entries described, {len(walked)} walked")
+    elif walked_stamps != given:
+        path = sorted(set(walked_stamps) ^ set(given)) or sorted(
+            p for p in walked_stamps if walked_stamps[p] != given[p])
+        problem = f"stamps differ at {path[0]}: described {given.get(path[0])}, " \
+                  f"walked {walked_stamps.get(path[0])}"
+    if problem:
+        raise UserError(f"{action.label}: internal error: the stage's description of '{rel}' "
+                        f"is not the tree ({problem}; checked because {CHECK_DESCRIBED}=1)")
 
 
 def _walk_stamps(action: Action, env: BuildEnv) -> Iterator[tuple[str, tuple[int, int, int]]]:

@@ -57,6 +57,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
         for rel in action.outputs:
             os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
     discovered: list[str] = []
+    described: dict[str, tuple[list[dict], bytes]] = {}
     try:
         if action.argv is not None:
             rel_where = {k: os.path.relpath(v, root) for k, v in where.items()}
@@ -74,7 +75,8 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 secrets={k: Path(abs_path(env, v)) for k, v in action.secrets.items()},
                 source_date_epoch=env.source_date_epoch,
                 digests=digest_cache(env), state_dir=private_state_dir(env, action),
-                shared_state_dir=shared_state_dir(env, action))
+                shared_state_dir=shared_state_dir(env, action),
+                stamp_cut=len(env.root) + 1 if action.in_place else None)
             ctx.state_dir.mkdir(parents=True, exist_ok=True)
             try:
                 func(ctx)
@@ -82,6 +84,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     ctx.state_dir.rmdir()  # only if the stage kept nothing there
             discovered = sorted(set(ctx.discovered))
+            described = ctx.described
             del ctx
             # The stage's per-file structures are garbage now: give their pages back before
             # its outputs are described (a dict per output file, the digest cache's new
@@ -102,7 +105,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 # a finished output (a file or a whole tree) made in scratch, moved into
                 # place: a rename of what a tool wrote, not a file write of ours
                 os.replace(where[rel], final)
-        manifest = describe_outputs(action, env)
+        manifest = describe_outputs(action, env, described)
         manifest["dynamic"] = dynamic_digests(discovered, env)
         return manifest
     finally:

@@ -18,8 +18,9 @@ from occlum_rules.core.action_state import (
     state_path,
 )
 from occlum_rules.core.build_env import BuildEnv
+from occlum_rules.core.digests import tree_entries
 from occlum_rules.core.executor import execute, is_up_to_date
-from occlum_rules.core.outputs import output_stamps, recorded_stamps
+from occlum_rules.core.outputs import CHECK_DESCRIBED, StampBlob, output_stamps, recorded_stamps
 from occlum_rules.core.store import LocalStore
 from occlum_rules.errors import UserError
 
@@ -41,6 +42,21 @@ def write_tree(ctx: StageContext) -> None:
     (tree / "sub").mkdir(parents=True, exist_ok=True)
     (tree / "a.txt").write_text("alpha\n")
     (tree / "sub" / "b.txt").write_text(ctx.params["text"])
+
+
+def write_and_describe_tree(ctx: StageContext) -> None:
+    """Writes a tree and hands the engine its description; ``params["lie"]`` leaves a file
+    out of it (what a stage bug would do)."""
+    write_tree(ctx)
+    tree = ctx.outputs[0]
+    entries = tree_entries(tree, ctx.digests)
+    stamps = StampBlob()
+    for entry in entries:
+        if entry["path"] != ctx.params.get("lie"):
+            st = os.lstat(tree / entry["path"])
+            stamps[str(tree / entry["path"])[ctx.stamp_cut:]] = (st.st_size, st.st_mtime_ns,
+                                                                 st.st_mode)
+    ctx.describe_tree(tree, entries, stamps.encoded())
 
 
 def count_runs(ctx: StageContext) -> None:
@@ -205,6 +221,37 @@ def test_a_run_records_the_stamps_a_fresh_walk_would_see(env: BuildEnv, in_place
     state = read_state(env, greeting.id)
     assert state is not None and recorded_stamps(state) == output_stamps(greeting, env)
     assert execute(tree, env) == execute(greeting, env) == "up_to_date"
+
+
+def test_an_in_place_stage_describes_its_own_tree(env: BuildEnv, monkeypatch) -> None:
+    """The engine takes the description as it is (no walk), and records what a walk says."""
+    tree = action("write_and_describe_tree", "out/tree", kind="dir", in_place=True,
+                  params={"text": "b\n"})
+    monkeypatch.setenv(CHECK_DESCRIBED, "0")
+    assert execute(tree, env) == "run"
+    state = read_state(env, tree.id)
+    assert state is not None and recorded_stamps(state) == output_stamps(tree, env)
+    assert execute(tree, env) == "up_to_date"
+    lying = action("write_and_describe_tree", "out/tree2", kind="dir", in_place=True,
+                   params={"text": "b\n", "lie": "sub/b.txt"})
+    assert execute(lying, env) == "run"  # taken on trust: so stages are checked in the tests
+    assert "out/tree2/sub/b.txt" not in recorded_stamps(read_state(env, lying.id))
+
+
+def test_the_check_fails_a_stage_whose_description_is_not_its_tree(env: BuildEnv,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setenv(CHECK_DESCRIBED, "1")
+    lying = action("write_and_describe_tree", "out/tree", kind="dir", in_place=True,
+                   params={"text": "b\n", "lie": "sub/b.txt"})
+    with pytest.raises(UserError, match="internal error.*stamps differ at out/tree/sub/b.txt"):
+        execute(lying, env)
+    assert read_state(env, lying.id) is None  # nothing recorded: the next build runs it again
+
+
+def test_only_an_in_place_stage_may_describe_a_tree(env: BuildEnv) -> None:
+    tree = action("write_and_describe_tree", "out/tree", kind="dir", params={"text": "b\n"})
+    with pytest.raises(ValueError, match="only an in-place action describes its trees"):
+        execute(tree, env)
 
 
 def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: BuildEnv) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
-from occlum_rules.core.digests import sha256_file, stat_stamp
+from occlum_rules.core.digests import StampSink, sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 
 from .elf_deps import read_elf
@@ -165,10 +165,17 @@ def _write_file(src: str, dst_dir: str, name: str, mode: int, new: bool) -> Copi
     return Copied(h.hexdigest(), size, elf, st if stat_stamp(st) == stat_stamp(before) else None)
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_mode)
+
+
 class _Applier:
     def __init__(self, root: str, sync: bool, result: ApplyResult, digests=None,
-                 needed_by_digest: dict[str, list[str] | None] | None = None):
+                 needed_by_digest: dict[str, list[str] | None] | None = None,
+                 stamps: StampSink | None = None, stamp_cut: int = 0):
         self.root = root
+        self.stamps = stamps
+        self.stamp_cut = stamp_cut
         self.needed_by_digest = needed_by_digest
         self.sync = sync
         self.result = result
@@ -198,6 +205,11 @@ class _Applier:
     def entry(self, rel: str, **kw) -> None:
         self.result.manifest.append({"path": rel, **kw})
 
+    def stamp(self, full: str, st: os.stat_result | None) -> None:
+        """The path's stamp as it is left (``st`` None: stat it now)."""
+        if self.stamps is not None:
+            self.stamps[full[self.stamp_cut:]] = _stamp(st or os.lstat(full))
+
     def sync_dir(self, path: str, vdir: VDir) -> None:
         st = os.stat(path)
         if not st.st_mode & stat.S_IWUSR or not st.st_mode & stat.S_IXUSR:
@@ -222,13 +234,14 @@ class _Applier:
                 self.sync_dir(full, child)
             elif isinstance(child, VLink):
                 if st_child is not None and stat.S_ISLNK(st_child.st_mode) and os.readlink(full) == child.target:
-                    pass
+                    self.stamp(full, st_child)
                 else:
                     if st_child is not None and stat.S_ISDIR(st_child.st_mode):
                         _remove(full)
                     replace_with_symlink(child.target, full)
                     self.result.written.append(self.rel(full))
-                self.entry(self.rel(full), type="symlink", mode=0o777, target=child.target)
+                    self.stamp(full, None)
+                self.entry(self.rel(full), type="symlink", mode=0o777, target=str(child.target))
             else:
                 self.sync_file(path, name, child, st_child)
         if self.sync:
@@ -245,7 +258,9 @@ class _Applier:
         if node.origin == EXISTING and os.path.abspath(node.src) == os.path.abspath(full):
             digest = self.hash_file(full)
             self.result.unchanged.append(rel)
-            size = os.stat(full).st_size
+            st = os.lstat(full)
+            size = st.st_size
+            self.stamp(full, st)
         else:
             try:
                 src_st = os.stat(node.src)
@@ -256,8 +271,10 @@ class _Applier:
                 if same:
                     if stat.S_IMODE(st.st_mode) != node.mode:
                         os.chmod(full, node.mode)
+                        st = None  # its mode: stat it again
                     self.result.unchanged.append(rel)
-                    size = st.st_size
+                    size = src_st.st_size
+                    self.stamp(full, st)
                 else:
                     digest = None
             if digest is None:
@@ -266,11 +283,13 @@ class _Applier:
                     st = None
                 copied = _write_file(node.src, path, name, node.mode, new=st is None)
                 digest, size, elf = copied.sha256, copied.size, copied.elf
+                written = os.lstat(full) if self.digests is not None or self.stamps is not None else None
                 if self.digests is not None:
-                    self.digests.remember(full, digest)
+                    self.digests.remember(full, digest, written)
                     if copied.source_st is not None:  # an input: not read again to key it
                         self.digests.remember(node.src, digest, copied.source_st)
                 self.result.written.append(rel)
+                self.stamp(full, written)
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
         known = self.needed_by_digest
         if known is not None and digest in known:
@@ -280,6 +299,23 @@ class _Applier:
         if needed is not None:
             item["needed"] = needed
         self.entry(rel, **item)
+
+
+def tree_entries_of_image(manifest: list[dict]) -> list[dict]:
+    """What ``core.digests.tree_entries`` says of the image :func:`apply_plan` made, from
+    its manifest: the same dicts, reshaped in place (no DT_NEEDED, no mode on a link, no
+    root entry) and put in the walk's order (siblings by name, each directory before what
+    it holds). Only for a manifest that is already written: it is one no longer."""
+    entries = []
+    for item in manifest:
+        if not item["path"]:
+            continue
+        item.pop("needed", None)
+        if item["type"] == "symlink":
+            del item["mode"]
+        entries.append(item)
+    entries.sort(key=lambda e: e["path"].split("/"))
+    return entries
 
 
 def _needed(path: str) -> list[str] | None:
@@ -324,13 +360,18 @@ def _refuse_to_sync_over_inputs(plan: Plan, root: str) -> None:
 
 
 def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,
-               digests=None, previous_manifest: list[dict] | None = None) -> ApplyResult:
+               digests=None, previous_manifest: list[dict] | None = None,
+               stamps: StampSink | None = None, stamp_cut: int = 0) -> ApplyResult:
     """Bring ``root`` to the planned state and return what changed plus the image manifest.
 
     ``digests`` is an optional stat-keyed digest cache (``digest(path)``, ``remember(path,
     digest)``), such as the build engine's; without it files are compared byte for byte.
     ``previous_manifest`` (the last run's) lends the DT_NEEDED of files whose sha256 it
     lists, so unchanged files are not opened to read their ELF headers again.
+    ``stamps`` receives every path's (size, mtime, mode) as apply leaves it, under its path
+    less ``stamp_cut`` characters, as ``core.digests.tree_entries`` gives them: with
+    :func:`tree_entries_of_image`, the build engine's description of the image without a
+    second walk of it.
     """
     root_s = os.fspath(root)
     if sync:
@@ -342,11 +383,16 @@ def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,
             raise UserError("image root exists and is not a directory", where=root_s,
                             exit_code=EXIT_MKDIR_OR_COPY_DIR)
         Path(root_s).mkdir(parents=True, exist_ok=True)
-        applier = _Applier(root_s, sync, result, digests, _needed_by_digest(previous_manifest))
+        applier = _Applier(root_s, sync, result, digests, _needed_by_digest(previous_manifest),
+                           stamps, stamp_cut)
         applier.sync_dir(root_s, tree.root)
         for path, mode in reversed(applier.dir_modes):
-            if stat.S_IMODE(os.stat(path).st_mode) != mode:
+            st = os.lstat(path)
+            if stat.S_IMODE(st.st_mode) != mode:
                 os.chmod(path, mode)
+                st = os.lstat(path)
+            if path != root_s:  # a tree's description leaves out its root
+                applier.stamp(path, st)
     except OSError as exc:
         raise UserError(f"cannot write the image: {exc}", where=root_s, exit_code=EXIT_COPY_FILE) from None
     result.manifest.sort(key=lambda e: e["path"].encode())

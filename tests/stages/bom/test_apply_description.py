@@ -1,0 +1,106 @@
+"""apply_plan's own description of the image (what the engine takes instead of walking it)
+is what walking it says, after a first build and after each kind of change."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from occlum_rules.core.digests import DigestCache, tree_entries
+from occlum_rules.stages.bom import apply_plan, plan_bom
+from occlum_rules.stages.bom.apply import tree_entries_of_image
+
+from .test_plan_apply import HOST_CONFIG, write
+
+BOM = """
+targets:
+  - target: /
+    mkdirs: [bin/empty, etc]
+    createlinks:
+      - {src: /proc/self/mounts, linkname: etc/mtab}
+      - {src: run.sh, linkname: bin/run}
+    copy:
+      - from: src
+        dirs: [a, a-c]
+      - dirs: [src/tree]
+"""
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    write(tmp_path / "src" / "a" / "b.txt", "b\n")  # "a/b" sorts after "a-c" as bytes
+    write(tmp_path / "src" / "a-c" / "d.txt", "d\n")
+    write(tmp_path / "src" / "tree" / "x.txt", "x\n")
+    write(tmp_path / "src" / "tree" / "run.sh", "#!/bin/sh\n", 0o755)
+    write(tmp_path / "src" / "tree" / "ünï.bin", "u\n")
+    (tmp_path / "src" / "tree" / "link").symlink_to("x.txt")
+    write(tmp_path / "bom.yaml", BOM)
+    return tmp_path
+
+
+def _described(proj: Path, cache: DigestCache) -> tuple[list[dict], dict]:
+    root = proj / "image"
+    stamps: dict = {}
+    cut = len(str(proj)) + 1
+    result = apply_plan(plan_bom(proj / "bom.yaml", loader_config=HOST_CONFIG, env={}), root,
+                        digests=cache, stamps=stamps, stamp_cut=cut)
+    return tree_entries_of_image(result.manifest), stamps
+
+
+def _walked(proj: Path, cache: DigestCache) -> tuple[list[dict], dict]:
+    stamps: dict = {}
+    entries = tree_entries(proj / "image", cache, stamps=stamps, stamp_cut=len(str(proj)) + 1)
+    return entries, stamps
+
+
+def _edit_source(proj: Path) -> None:
+    write(proj / "src" / "tree" / "x.txt", "x, longer now\n")
+
+
+def _chmod_output(proj: Path) -> None:
+    os.chmod(proj / "image" / "tree" / "x.txt", 0o600)
+    os.chmod(proj / "image" / "bin" / "empty", 0o700)
+
+
+def _replace_outputs(proj: Path) -> None:
+    image = proj / "image"
+    (image / "tree" / "x.txt").unlink()
+    (image / "tree" / "x.txt").mkdir()  # a directory where a file belongs
+    shutil.rmtree(image / "a")
+    (image / "a").write_text("a file where a directory belongs\n")
+    (image / "etc" / "mtab").unlink()
+    (image / "etc" / "mtab").symlink_to("elsewhere")
+    (image / "extra").mkdir()
+    (image / "extra" / "stale.txt").write_text("not in the plan\n")
+    os.mkfifo(image / "bin" / "fifo")
+
+
+def _remove_source(proj: Path) -> None:
+    (proj / "src" / "tree" / "ünï.bin").unlink()
+
+
+@pytest.mark.parametrize("change", [None, _edit_source, _chmod_output, _replace_outputs,
+                                    _remove_source])
+def test_the_description_is_the_walk(proj: Path, change) -> None:
+    cache = DigestCache(None)
+    entries, stamps = _described(proj, cache)
+    assert (entries, stamps) == _walked(proj, cache)
+    if change is not None:
+        change(proj)
+        entries, stamps = _described(proj, cache)
+        assert (entries, stamps) == _walked(proj, cache)
+    marshal.dumps(entries, 4)  # what an action record keeps: plain values only
+    assert {e["type"] for e in entries} == {"file", "dir", "symlink"}
+
+
+def test_a_chmod_alone_is_seen_in_the_stamps(proj: Path) -> None:
+    cache = DigestCache(None)
+    _, before = _described(proj, cache)
+    _chmod_output(proj)
+    _, after = _described(proj, cache)  # apply puts the modes back: the stamps say so
+    assert after == _walked(proj, cache)[1]
+    assert after["image/bin/empty"][2] == before["image/bin/empty"][2]
