@@ -94,6 +94,7 @@ def _execute(action: Action, env: BuildEnv) -> str:
     if state and up_to_date(action, env, state, key):
         journal(env, action, "up_to_date", time.monotonic() - started, key)
         return "up_to_date"
+    stale = _stale_entry(state, key, env)
     previous = (state or {}).get("material") or previous_material(env, action.id)
     remember_previous(env, action.id, previous)
     # From here on the outputs may change: forget that they were ever complete.
@@ -102,15 +103,16 @@ def _execute(action: Action, env: BuildEnv) -> str:
     del state
     forget_big_states()
     store = LocalStore(Path(env.cache_dir))
-    outcome, manifest, damaged = (_from_cache(action, env, store, key) if action.cacheable
-                                  else (None, None, False))
+    outcome, manifest, damaged = (_from_cache(action, env, store, key, stale)
+                                  if action.cacheable else (None, None, False))
+    entry = manifest.get("checksum") if outcome == "cache_hit_local" and manifest else None
     if outcome is None or manifest is None:
         manifest = _run_remote(action, env, store, digests) if action.cacheable else None
         outcome = "run" if manifest is None else "run_remote"
         if manifest is None:
             manifest = run_action(action, env)
         if action.cacheable:
-            _store_result(action, env, store, key, manifest, outcome == "run", damaged)
+            entry = _store_result(action, env, store, key, manifest, outcome == "run", damaged)
     # a run's stamps come from the walk that described its outputs (the watcher, when one
     # runs, arms the trees first and checks them again)
     described = manifest["stamps"] if outcome == "run" else None
@@ -128,7 +130,7 @@ def _execute(action: Action, env: BuildEnv) -> str:
     encoded = stamps if isinstance(stamps, bytes) else marshal.dumps(stamps, 4)
     state = {"key": key, "manifest": {"outputs": outputs}, "dynamic": dynamic,
              "stamps": encoded, "material": key_material(action, digests),
-             "previous": previous}
+             "previous": previous, "entry": entry}
     del stamps, outputs, encoded
     write_action_state(spath, state)
     del state
@@ -138,17 +140,28 @@ def _execute(action: Action, env: BuildEnv) -> str:
     return outcome
 
 
+def _stale_entry(state: dict | None, key: str, env: BuildEnv) -> str | None:
+    """The checksum of the cache entry the last run left under this same key, when the
+    inputs it discovered have changed since: that entry cannot apply, and reading it to
+    learn so (an image's entry is megabytes of JSON) is skipped."""
+    if not state or state.get("key") != key or not isinstance(state.get("entry"), str):
+        return None
+    return None if dynamic_unchanged(state.get("dynamic"), env) else state["entry"]
+
+
 def _store_result(action: Action, env: BuildEnv, store: LocalStore, key: str,
-                  manifest: dict[str, Any], ran_here: bool, damaged: bool) -> None:
-    """Put a fresh result in the local store (and on the remote, when uploads are on)."""
+                  manifest: dict[str, Any], ran_here: bool, damaged: bool) -> str:
+    """Put a fresh result in the local store (and on the remote, when uploads are on);
+    returns its entry's checksum."""
     stored = {"outputs": manifest["outputs"], "label": action.label,
               "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
     if ran_here:
         store_outputs(store, env, stored, replace=damaged)
-    store.put_action(key, stored)
+    checksum = store.put_action(key, stored)
     remote = remote_for(env)
     if remote is not None and remote.upload_enabled:
         upload_remote(remote, store, key, stored)
+    return checksum
 
 
 def _run_remote(action: Action, env: BuildEnv, store: LocalStore,
@@ -176,15 +189,17 @@ def _sources_differ(cached: Any, env: BuildEnv) -> bool:
     return not malformed_dynamic(dynamic) and not dynamic_unchanged(dynamic, env)
 
 
-def _from_cache(action: Action, env: BuildEnv, store: LocalStore,
-                key: str) -> tuple[str | None, dict[str, Any] | None, bool]:
+def _from_cache(action: Action, env: BuildEnv, store: LocalStore, key: str,
+                stale: str | None = None) -> tuple[str | None, dict[str, Any] | None, bool]:
     """(outcome, manifest, damaged): a verified result restored from the local store or the
     remote, else (None, None, damaged). ``damaged``: a cached result failed to restore, so
-    its other blobs are suspect too (the fresh result replaces them)."""
+    its other blobs are suspect too (the fresh result replaces them). ``stale``: the
+    checksum of a local entry known not to apply (:func:`_stale_entry`)."""
     outcome: str | None = None
     manifest: dict[str, Any] | None = None
     damaged = False
-    cached = store.get_action(key)
+    known_stale = stale is not None and store.entry_checksum_of(key) == stale
+    cached = None if known_stale else store.get_action(key)
     if store.corrupt_found:
         print(f"warning: {action.label}: cache entry {key[:12]}… is corrupted; it was "
               "removed; rebuilding", file=sys.stderr)

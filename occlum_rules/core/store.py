@@ -175,10 +175,12 @@ class LocalStore:
     def get_action(self, key: str) -> dict | None:
         path = self.ac_path(key)
         try:
-            data = json.loads(path.read_bytes())
+            raw = path.read_bytes()
+            data = json.loads(raw)
             if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
                 raise ValueError("not an output manifest")
-            if data.get("checksum") != entry_checksum(data):
+            if data.get("checksum") != _written_checksum(raw) and \
+                    data.get("checksum") != entry_checksum(data):
                 raise ValueError("checksum mismatch")  # e.g. one flipped bit in a mode
         except FileNotFoundError:
             return None
@@ -195,8 +197,23 @@ class LocalStore:
             pass
         return data
 
-    def put_action(self, key: str, manifest: dict) -> None:
-        write_atomic(self.ac_path(key), *entry_parts(manifest))
+    def put_action(self, key: str, manifest: dict) -> str:
+        """Store the entry; returns its checksum (what :meth:`entry_checksum_of` reads)."""
+        checksum, parts = _entry(manifest)
+        write_atomic(self.ac_path(key), *parts)
+        return checksum
+
+    def entry_checksum_of(self, key: str) -> str | None:
+        """The checksum the entry under ``key`` starts with, read without the rest of it:
+        enough to know it is an entry already met (an image's entry is megabytes of JSON)."""
+        try:
+            with open(self.ac_path(key), "rb") as f:
+                head = f.read(_CHECKSUM_END + 1)
+        except OSError:
+            return None
+        if not head.startswith(_CHECKSUM_OPEN) or head[_CHECKSUM_END:] != b",":
+            return None
+        return head[len(_CHECKSUM_OPEN):_CHECKSUM_END - 1].decode("ascii", "replace")
 
     def action_bytes(self, key: str) -> bytes | None:
         try:
@@ -226,8 +243,13 @@ class LocalStore:
 
 
 def entry_parts(manifest: dict) -> list[bytes | memoryview]:
-    """An action entry as stored (canonical JSON with its ``checksum`` field), in parts to
-    write one after the other.
+    """An action entry as stored, in parts to write one after the other (:func:`_entry`)."""
+    return _entry(manifest)[1]
+
+
+def _entry(manifest: dict) -> tuple[str, list[bytes | memoryview]]:
+    """An action entry's checksum, and the entry as stored (canonical JSON with its
+    ``checksum`` field) in parts.
 
     The body is encoded once (an image's entry is tens of megabytes: a dict per file and a
     pair per discovered input): its checksum is taken over those bytes and, when every
@@ -238,14 +260,29 @@ def entry_parts(manifest: dict) -> list[bytes | memoryview]:
     text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     checksum = hashlib.sha256(text).hexdigest()
     if body and min(body) > "checksum":
-        return [b'{"checksum":' + json.dumps(checksum).encode() + b",", memoryview(text)[1:]]
+        return checksum, [b'{"checksum":' + json.dumps(checksum).encode() + b",",
+                          memoryview(text)[1:]]
     body["checksum"] = checksum
-    return [json.dumps(body, sort_keys=True, separators=(",", ":")).encode()]
+    return checksum, [json.dumps(body, sort_keys=True, separators=(",", ":")).encode()]
 
 
 def entry_bytes(manifest: dict) -> bytes:
     """:func:`entry_parts` joined."""
     return b"".join(entry_parts(manifest))
+
+
+_CHECKSUM_OPEN = b'{"checksum":"'
+_CHECKSUM_END = len(_CHECKSUM_OPEN) + 64 + 1  # after the closing quote
+
+
+def _written_checksum(raw: bytes) -> str | None:
+    """The checksum of an entry laid out as :func:`entry_parts` writes it (its field first),
+    from its bytes: the body's own text, hashed as it was written, is not encoded again."""
+    if not raw.startswith(_CHECKSUM_OPEN) or raw[_CHECKSUM_END:_CHECKSUM_END + 1] != b",":
+        return None
+    h = hashlib.sha256(b"{")
+    h.update(memoryview(raw)[_CHECKSUM_END + 1:])
+    return h.hexdigest()
 
 
 def entry_checksum(manifest: dict) -> str:

@@ -3,6 +3,7 @@ written last, output stamps, and the private state directory a stage gets."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -57,6 +58,14 @@ def write_and_describe_tree(ctx: StageContext) -> None:
             stamps[str(tree / entry["path"])[ctx.stamp_cut:]] = (st.st_size, st.st_mtime_ns,
                                                                  st.st_mode)
     ctx.describe_tree(tree, entries, stamps.encoded())
+
+
+def copy_discovered(ctx: StageContext) -> None:
+    """Copies a file it finds on its own (a discovered input, not a declared one)."""
+    source = ctx.root / "found.txt"
+    ctx.add_inputs([source])
+    ctx.outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    ctx.outputs[0].write_bytes(source.read_bytes())
 
 
 def count_runs(ctx: StageContext) -> None:
@@ -252,6 +261,37 @@ def test_only_an_in_place_stage_may_describe_a_tree(env: BuildEnv) -> None:
     tree = action("write_and_describe_tree", "out/tree", kind="dir", params={"text": "b\n"})
     with pytest.raises(ValueError, match="only an in-place action describes its trees"):
         execute(tree, env)
+
+
+def test_the_entry_the_last_run_left_is_not_read_again_once_its_sources_changed(
+        env: BuildEnv, monkeypatch) -> None:
+    """Same key, other discovered inputs: the entry under the key is the last run's, which
+    cannot apply; only its checksum is read. Any other entry there is read and used."""
+    found = Path(env.root) / "found.txt"
+    copy = action("copy_discovered")
+    store = LocalStore(Path(env.cache_dir))
+    read: list[str] = []
+    get_action = LocalStore.get_action
+    monkeypatch.setattr(LocalStore, "get_action",
+                        lambda self, key: read.append(key) or get_action(self, key))
+    builds = iter(range(100))
+
+    def build(text: str) -> str:
+        """One build (its own run: discovered inputs are checked afresh) after an edit."""
+        found.write_text(text)
+        read.clear()
+        return execute(copy, dataclasses.replace(env, run_id=f"build-{next(builds)}"))
+
+    assert build("one\n") == "run"
+    key = read_state(env, copy.id)["key"]
+    one = store.ac_path(key).read_bytes()
+    assert build("two\n") == "run" and read == []
+    assert build("two\n") == "up_to_date"
+    assert build("one\n") == "run" and read == []  # the entry under the key: the "two" run's
+    assert (Path(env.root) / "out/greeting.txt").read_text() == "one\n"
+    assert build("two\n") == "run"
+    store.ac_path(key).write_bytes(one)  # another checkout stored its "one" result meanwhile
+    assert build("one\n") == "cache_hit_local" and read == [key]
 
 
 def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: BuildEnv) -> None:

@@ -87,3 +87,29 @@ def test_an_unvouched_file_is_copied_not_linked(tmp_path):
     assert store.put_file(f, digest)
     assert not os.path.samefile(store.cas_path(digest), f)
     assert store.cas_path(digest).read_bytes() == f.read_bytes()
+
+
+def test_an_entry_is_checked_against_the_bytes_it_was_written_as(tmp_path):
+    store = LocalStore(tmp_path)
+    manifest = {"outputs": [{"path": "out/a", "type": "file", "sha256": "0" * 64}],
+                "label": "//a:a", "dynamic": [["src/ä.h", "1" * 64]]}
+    checksum = store.put_action("k1", manifest)
+    assert store.entry_checksum_of("k1") == checksum
+    assert store.get_action("k1") == {**manifest, "checksum": checksum}
+    raw = bytearray(store.ac_path("k1").read_bytes())
+    for at in (len(raw) // 2, len(raw) - 3):  # in a path, near the end
+        damaged = bytearray(raw)
+        damaged[at] ^= 0x01
+        store.ac_path("k1").write_bytes(damaged)
+        assert store.get_action("k1") is None and not store.ac_path("k1").exists()
+    assert store.corrupt_found == 2
+    assert store.entry_checksum_of("k1") is None
+
+
+def test_an_entry_laid_out_otherwise_is_checked_by_its_content(tmp_path):
+    """A key sorting before "checksum" puts the field inside: checked by encoding it again."""
+    store = LocalStore(tmp_path)
+    checksum = store.put_action("k2", {"a": 1, "outputs": []})
+    assert store.ac_path("k2").read_bytes().startswith(b'{"a":1,"checksum":')
+    assert store.entry_checksum_of("k2") is None  # not read from the head: not there
+    assert store.get_action("k2") == {"a": 1, "checksum": checksum, "outputs": []}
