@@ -271,7 +271,16 @@ def _key(path: str | os.PathLike) -> str:
     null build decoded it). Lexical normalisation may join two real files under one key
     (``link/..``); the stamp (inode first) still tells them apart, so that costs a re-hash,
     never a wrong digest."""
-    return os.path.normpath(os.fspath(path))
+    return normal_path(os.fspath(path))
+
+
+def normal_path(path: str) -> str:
+    """``os.path.normpath``, without its work for an absolute path that is already normal
+    (no empty, "." or ".." component, no trailing slash): nearly every path the engine
+    looks up, 80k of them in a one-file rebuild of an image."""
+    if path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/"):
+        return path
+    return os.path.normpath(path)
 
 
 class DigestCache:

@@ -14,7 +14,7 @@ from pathlib import Path
 from occlum_rules.core.action import Action, compute_key
 from occlum_rules.core.action_state import read_state_summary
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
-from occlum_rules.core.digests import tree_digest, tree_entries
+from occlum_rules.core.digests import normal_path, tree_digest, tree_entries
 from occlum_rules.core.dynamic import unpack_dynamic
 from occlum_rules.errors import UserError
 
@@ -51,7 +51,7 @@ def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
     result = []
     prefix = os.path.join(os.path.normpath(env.root), "")
     for p in paths:
-        full = os.path.normpath(abs_path(env, p))  # one digest-cache entry per file, not per spelling
+        full = normal_path(abs_path(env, p))  # one digest-cache entry per file, not per spelling
         if full.startswith(prefix):
             key_path = full[len(prefix):]
         else:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 
-from occlum_rules.core.digests import DigestCache
+from occlum_rules.core.digests import DigestCache, normal_path
 
 
 def test_digests_are_remembered_per_shard_and_reloaded(tmp_path):
@@ -183,3 +184,11 @@ def test_two_builds_appending_to_one_journal_keep_each_others_entries(tmp_path):
     merged = DigestCache(store)
     for f in ours + theirs:
         assert merged.known(f, os.stat(f)) == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_normal_path_is_normpath() -> None:
+    parts = ["", "/", "//", "a", ".", "..", ".hidden", "..x", "x.", "b/", "/./", "/../"]
+    for combo in itertools.product(parts, repeat=4):
+        path = "".join(combo)
+        if path:
+            assert normal_path(path) == os.path.normpath(path), path
