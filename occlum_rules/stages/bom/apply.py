@@ -339,24 +339,39 @@ def _needed_by_digest(manifest: list[dict] | None) -> dict[str, list[str] | None
 def _refuse_to_sync_over_inputs(plan: Plan, root: str) -> None:
     """--sync deletes what the plan does not produce: never let that hit the plan's own inputs.
 
-    Directories are resolved once each; a file is resolved on its own only when it is a
-    link (a BOM copying a whole tree has thousands of inputs in a few directories)."""
+    Directories are resolved once each, and each is listed once to learn which of its
+    names are links (the entries' types come with the listing); a file is resolved on its
+    own only when it is a link. A BOM copying a whole tree has thousands of inputs in a few
+    directories, and a system call per input was a tenth of a one-file rebuild."""
     real_root = os.path.realpath(root)
     inside = real_root.rstrip("/") + "/"
-    real_dirs: dict[str, str] = {}
+    dirs: dict[str, tuple[str, set[str] | None]] = {}
     for path in plan.host_inputs:
         head, name = os.path.split(os.path.abspath(path))
-        real_dir = real_dirs.get(head)
-        if real_dir is None:
-            real_dir = real_dirs[head] = os.path.realpath(head)
-        try:
-            link = stat.S_ISLNK(os.lstat(path).st_mode)
-        except OSError:
-            link = True  # let realpath decide what it names
+        known = dirs.get(head)
+        if known is None:
+            known = dirs[head] = (os.path.realpath(head), _links_in(head))
+        real_dir, links = known
+        if links is not None:
+            link = name in links
+        else:
+            try:
+                link = stat.S_ISLNK(os.lstat(path).st_mode)
+            except OSError:
+                link = True  # let realpath decide what it names
         real = os.path.realpath(path) if link or name in ("", ".", "..") else os.path.join(real_dir, name)
         if real == real_root or real.startswith(inside):
             raise UserError(f"refusing to sync the image: it contains input file {path}, which "
                             "--sync would delete", where=root, exit_code=EXIT_MKDIR_OR_COPY_DIR)
+
+
+def _links_in(directory: str) -> set[str] | None:
+    """The names of the links in ``directory``; None when it cannot be listed."""
+    try:
+        with os.scandir(directory) as it:
+            return {entry.name for entry in it if entry.is_symlink()}
+    except OSError:
+        return None
 
 
 def apply_plan(plan: Plan, root: str | os.PathLike[str], sync: bool = True,

@@ -104,3 +104,4 @@ def test_a_chmod_alone_is_seen_in_the_stamps(proj: Path) -> None:
     _, after = _described(proj, cache)  # apply puts the modes back: the stamps say so
     assert after == _walked(proj, cache)[1]
     assert after["image/bin/empty"][2] == before["image/bin/empty"][2]
+

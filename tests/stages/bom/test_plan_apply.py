@@ -343,3 +343,37 @@ def test_previous_manifest_spares_reading_elf_headers_of_unchanged_files(proj: P
     assert opened == [str(root / "bin" / "run.sh")]
     assert again == image_manifest(root)
     assert {e["path"]: e for e in again}["bin/run.sh"]["needed"]  # the ELF kept its DT_NEEDED
+
+
+LINKED_BOM = """
+targets:
+  - target: /
+    copy:
+      - from: src
+        files: [plain.txt, link.txt]
+"""
+
+
+@pytest.mark.parametrize("image, link_to", [
+    ("src", "elsewhere/x.txt"),  # the image is the inputs' own directory
+    ("image", "image/x.txt"),  # an input is a link into the image
+])
+def test_sync_refuses_an_image_that_holds_an_input(tmp_path: Path, image: str, link_to: str) -> None:
+    write(tmp_path / "src" / "plain.txt", "p\n")
+    write(tmp_path / link_to, "x\n")
+    (tmp_path / "src" / "link.txt").symlink_to(tmp_path / link_to)
+    write(tmp_path / "bom.yaml", LINKED_BOM)
+    plan = plan_bom(tmp_path / "bom.yaml", loader_config=HOST_CONFIG, env={})
+    with pytest.raises(UserError, match="refusing to sync the image: it contains input file"):
+        apply_plan(plan, tmp_path / image)
+    assert (tmp_path / link_to).read_text() == "x\n" and (tmp_path / "src" / "plain.txt").exists()
+
+
+def test_sync_takes_a_link_out_of_the_image_for_what_it_is(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "plain.txt", "p\n")
+    write(tmp_path / "elsewhere" / "x.txt", "x\n")
+    (tmp_path / "src" / "link.txt").symlink_to(tmp_path / "elsewhere" / "x.txt")
+    write(tmp_path / "bom.yaml", LINKED_BOM)
+    apply_plan(plan_bom(tmp_path / "bom.yaml", loader_config=HOST_CONFIG, env={}),
+               tmp_path / "image")
+    assert (tmp_path / "image" / "link.txt").read_text() == "x\n"
