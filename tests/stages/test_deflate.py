@@ -97,12 +97,13 @@ def test_the_toolchain_prefers_zlib_ng_and_obeys_the_environment(monkeypatch):
         package_deflater()
 
 
-def test_a_copied_segment_that_does_not_inflate_is_one_clear_error(tmp_path):
-    """The state matches the package (same stamp) but its bytes are not deflate data: the
-    uncompressed digest cannot be had, and the error says what to do."""
+@pytest.mark.parametrize("raw_digest", [True, False])
+def test_a_damaged_copy_is_deflated_again_from_its_members(tmp_path, raw_digest):
+    """The state matches the package (same stamp) but its bytes were damaged: the damaged
+    segment is not copied; its members are packed again, and the package is a full one's."""
     inst = _instance(tmp_path)
     out, state = tmp_path / "app.tar.gz", tmp_path / "state"
-    _write(inst, out, ZLIB_NG, state_path=state)
+    full = _write(inst, out, ZLIB_NG, state_path=state)
     st = out.stat()
     data = bytearray(out.read_bytes())
     data[20:4000] = bytes([0xFF]) * 3980  # inside the first segment; same size
@@ -112,5 +113,7 @@ def test_a_copied_segment_that_does_not_inflate_is_one_clear_error(tmp_path):
     payload = json.loads(bytes(ps.read_state(state, ps.STATE_KIND, ps.STATE_VERSION)))
     payload["stamp"] = stamp  # as if the damage had kept the file's stamp
     ps.write_state(state, ps.STATE_KIND, ps.STATE_VERSION, json.dumps(payload).encode())
-    with pytest.raises(UserError, match="does not inflate to its recorded bytes"):
-        _write(inst, out, ZLIB_NG, state_path=state)
+    again = ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE,
+                             deflater=ZLIB_NG, state_path=state, raw_digest=raw_digest)
+    assert again.deflated == 1 and again.reused >= 1
+    assert again.sha256 == full.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()

@@ -185,10 +185,10 @@ class _Known:
         return self.digests.get(path) or ps.sha256_file(path)
 
 
-def test_raw_digest_covers_copied_segments_as_stored(tmp_path):
-    """A copied segment's uncompressed bytes come from the package itself: a member changed
-    behind a stale digest (same stamp) is copied stale, and the digest says what the package
-    really holds, not what the file holds now."""
+def test_a_member_changed_behind_a_stale_digest_is_packed_as_it_is_now(tmp_path):
+    """A copied segment's members are read again (for the uncompressed digest) and checked
+    against the copy's CRC-32: a member changed behind a stale digest (same stamp) is not
+    copied stale; the package, and its digest, hold what the file holds now."""
     inst = _instance(tmp_path)
     out, state = tmp_path / "app.tar.gz", tmp_path / "state"
     ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, raw_digest=True,
@@ -198,8 +198,10 @@ def test_raw_digest_covers_copied_segments_as_stored(tmp_path):
     victim.write_bytes(b"127.0.0.2   localhost\n")  # same size
     again = ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, raw_digest=True,
                              state_path=state, known=_Known(stale))
-    assert again.deflated == 0
+    assert again.deflated == 1 and again.reused >= 1
     assert again.raw_sha256 == hashlib.sha256(gzip.decompress(out.read_bytes())).hexdigest()
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("app/initfs/etc/hosts").read() == b"127.0.0.2   localhost\n"
 
 
 @pytest.mark.parametrize("name_bytes", [1, 99, 100, 101, 150])
