@@ -238,20 +238,21 @@ def _segment_key(salt: str, seg: _Segment, members: list[Member], digests: _Dige
     return h.hexdigest()
 
 
-_Placed = tuple[bytes, int, int, int]  # compressed bytes, CRC-32 and length of the tar bytes, CRC-32 of the compressed
+_Bytes = bytes | bytearray | memoryview
+_Placed = tuple[_Bytes, int, int, int]  # compressed bytes, CRC-32 and length of the tar bytes, CRC-32 of the compressed
 
 
-def _deflate(deflater: Deflater, data: bytearray, level: int) -> _Placed:
+def _deflate(deflater: Deflater, data: _Bytes, level: int) -> _Placed:
     packed = deflater.segment(data, level)
     return packed, deflater.crc32(data), len(data), deflater.crc32(packed)
 
 
-def _intact_copy(deflater: Deflater, packed: bytes, hit: list[int]) -> _Placed | None:
+def _intact_copy(deflater: Deflater, packed: _Bytes, hit: list[int]) -> _Placed | None:
     """The previous package's segment, if its bytes are still the ones recorded."""
     return (packed, hit[2], hit[3], hit[4]) if deflater.crc32(packed) == hit[4] else None
 
 
-def _checked_copy(deflater: Deflater, packed: bytes, hit: list[int], data: bytearray,
+def _checked_copy(deflater: Deflater, packed: _Bytes, hit: list[int], data: _Bytes,
                   level: int) -> _Placed:
     """The previous package's segment when it is intact and ``data`` (its members read
     now) is what it holds, by CRC-32 and length; else ``data`` deflated."""
@@ -261,10 +262,39 @@ def _checked_copy(deflater: Deflater, packed: bytes, hit: list[int], data: bytea
     return _deflate(deflater, data, level)
 
 
-class _BackgroundSha:
-    """sha256 of the output on a worker thread (hashlib releases the GIL on big buffers)."""
+class _Buffers:
+    """Segment buffers, used again once their bytes are consumed. A fresh 4 MiB buffer is
+    a thousand page faults (big allocations are mappings of their own, see ``core.heap``):
+    over a gigabyte's segments and copies, a second of a package build."""
 
-    def __init__(self):
+    SIZE = SEGMENT + BIG + (64 << 10)  # a group's last member, long-name headers, padding
+
+    def __init__(self) -> None:
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def get(self, n: int) -> memoryview:
+        """A buffer of ``n`` bytes, not zeroed."""
+        if n > self.SIZE:
+            return memoryview(bytearray(n))
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            buf = bytearray(self.SIZE)
+        return memoryview(buf)[:n]
+
+    def put(self, view: object) -> None:
+        """Give back a buffer from :meth:`get` whose bytes nothing reads any more."""
+        if isinstance(view, memoryview) and isinstance(view.obj, bytearray) \
+                and len(view.obj) == self.SIZE:
+            self._free.put(view.obj)
+
+
+class _BackgroundSha:
+    """sha256 of the output on a worker thread (hashlib releases the GIL on big buffers);
+    each buffer is given back to ``buffers`` once hashed."""
+
+    def __init__(self, buffers: _Buffers):
+        self.buffers = buffers
         self.sha = hashlib.sha256()
         # a few segments of slack (<= 8 x 4 MiB): enough to keep both threads busy; a deeper
         # queue only holds more of the package in memory when hashing falls behind
@@ -275,8 +305,9 @@ class _BackgroundSha:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             self.sha.update(item)
+            self.buffers.put(item)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: _Bytes) -> None:
         self._queue.put(data)
 
     def close(self) -> str:
@@ -384,8 +415,9 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                 digests[i] = digest
     workers = workers or os.cpu_count() or 1
     target = AtomicFile(out, sole_writer=True)  # in an output directory: no leftovers
-    hashing = _BackgroundSha()
-    raw_hashing = _BackgroundSha() if raw_digest else None
+    buffers = _Buffers()
+    hashing = _BackgroundSha(buffers)
+    raw_hashing = _BackgroundSha(buffers) if raw_digest else None
     placed: list[tuple[_Segment, list[int]]] = []
     result = PackageResult(sha256="", size=0, top=top, members=members, digests=digests)
     try:
@@ -394,7 +426,7 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                 (open(out, "rb") if previous else open(os.devnull, "rb")) as old:
             offset = 0
 
-            def emit(data: bytes) -> None:
+            def emit(data: _Bytes) -> None:
                 nonlocal offset
                 raw.write(data)
                 hashing.update(data)
@@ -410,16 +442,19 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                     seg, job, plain, copy = pending.popleft()
                     done = job.result()
                     if done is None:  # a damaged copy: its members, deflated again
-                        done = _deflate(deflater, _segment_bytes(seg, members, top, mtime,
-                                                                 digests, shas), level)
+                        plain = _segment_bytes(seg, members, top, mtime, digests, shas, buffers)
+                        done = _deflate(deflater, plain, level)
                     packed, seg_crc, length, packed_crc = done
                     if copy is not None:
                         if packed is copy:
                             result.reused += 1
                         else:
                             result.deflated += 1
+                            buffers.put(copy)
                     if raw_hashing is not None:
                         raw_hashing.update(plain)
+                    else:
+                        buffers.put(plain)
                     placed.append((seg, [offset, len(packed), seg_crc, length, packed_crc]))
                     emit(packed)
                     crc = crc32_combine(crc, seg_crc, length)
@@ -430,20 +465,21 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
                 hit = previous.get(seg.key) if seg.key else None
                 if hit is not None:
                     old.seek(hit[0])
-                    packed = old.read(hit[1])
-                    if len(packed) == hit[1]:
+                    packed = buffers.get(hit[1])
+                    if old.readinto(packed) == hit[1]:
                         if raw_hashing is None:
                             data = None
                             job = pool.submit(_intact_copy, deflater, packed, hit)
                         else:
-                            data = _segment_bytes(seg, members, top, mtime, digests, shas)
+                            data = _segment_bytes(seg, members, top, mtime, digests, shas,
+                                                  buffers)
                             job = pool.submit(_checked_copy, deflater, packed, hit, data, level)
                         pending.append((seg, job, data, packed))
                         drain(2 * workers)
                         continue
-                data = _segment_bytes(seg, members, top, mtime, digests, shas)
-                pending.append((seg, pool.submit(_deflate, deflater, data, level),
-                                data if raw_hashing else None, None))
+                    buffers.put(packed)
+                data = _segment_bytes(seg, members, top, mtime, digests, shas, buffers)
+                pending.append((seg, pool.submit(_deflate, deflater, data, level), data, None))
                 result.deflated += 1
                 drain(2 * workers)
             drain(0)
@@ -473,9 +509,10 @@ def write_package(members: list[Member], top: str, out: Path, *, mtime: int,
 
 
 def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
-                   digests: _Digests, shas: dict) -> bytearray:
-    """The tar bytes of one segment; file members are hashed on the way when their digest
-    is not known yet (``shas`` carries a big member's hash across its segments)."""
+                   digests: _Digests, shas: dict, buffers: _Buffers) -> memoryview:
+    """The tar bytes of one segment, in a buffer from ``buffers``; file members are hashed
+    on the way when their digest is not known yet (``shas`` carries a big member's hash
+    across its segments)."""
     # (header, member index, first byte, bytes of content, padding after)
     layout: list[tuple[bytes, int, int, int, int]] = []
     if seg.piece:
@@ -487,8 +524,7 @@ def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
             m = members[i]
             size = m.size if m.kind == "file" else 0
             layout.append((_header(m, top, mtime), i, 0, size, -size % tarfile.BLOCKSIZE))
-    buf = bytearray(sum(len(head) + length + pad for head, _, _, length, pad in layout))
-    view = memoryview(buf)
+    view = buffers.get(sum(len(head) + length + pad for head, _, _, length, pad in layout))
     pos = 0
     for head, i, start, length, pad in layout:
         view[pos:pos + len(head)] = head
@@ -505,8 +541,10 @@ def _segment_bytes(seg: _Segment, members: list[Member], top: str, mtime: int,
                     sha.update(content)
                     if seg.end == m.size:
                         digests[i] = shas.pop(i).hexdigest()
-        pos += length + pad  # the padding: zeros already
-    return buf
+        pos += length
+        view[pos:pos + pad] = bytes(pad)
+        pos += pad
+    return view
 
 
 def _record(m: Member, top: str, digest: str | None) -> dict:

@@ -40,10 +40,11 @@ def _write(inst: Path, out: Path, **kw) -> ps.PackageResult:
     return ps.write_package(select_members(inst, "HW"), "app", out, mtime=SDE, **kw)
 
 
-def test_stream_is_the_tar_that_tarfile_writes(tmp_path):
+@pytest.mark.parametrize("workers", [None, 1])  # 1: segment buffers are soon used again
+def test_stream_is_the_tar_that_tarfile_writes(tmp_path, workers):
     inst = _instance(tmp_path)
     out = tmp_path / "app.tar.gz"
-    result = _write(inst, out)
+    result = _write(inst, out, workers=workers)
     expected = io.BytesIO()
     with tarfile.TarFile(fileobj=expected, mode="w", format=tarfile.GNU_FORMAT,
                          encoding="utf-8") as tar:
