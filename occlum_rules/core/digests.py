@@ -278,9 +278,10 @@ def normal_path(path: str) -> str:
     """``os.path.normpath``, without its work for an absolute path that is already normal
     (no empty, "." or ".." component, no trailing slash): nearly every path the engine
     looks up, 80k of them in a one-file rebuild of an image."""
-    if path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/"):
+    if (type(path) is str and path.startswith("/") and "//" not in path and "/." not in path
+            and not path.endswith("/")):
         return path
-    return os.path.normpath(path)
+    return os.path.normpath(path)  # also a plain str of a subclass (a BOM's located strings)
 
 
 class DigestCache:

@@ -192,3 +192,5 @@ def test_normal_path_is_normpath() -> None:
         path = "".join(combo)
         if path:
             assert normal_path(path) == os.path.normpath(path), path
+    located = type("Located", (str,), {})("/a/b")  # what a BOM's parser hands on
+    assert type(normal_path(located)) is str and normal_path(located) == "/a/b"
