@@ -32,9 +32,27 @@ from occlum_rules.marshal_frames import DICT_OPEN, DictEncoder
 CHUNK = 1 << 20
 
 
+_THREAD = threading.local()
+
+
+def chunk_buffer() -> memoryview:
+    """This thread's buffer of CHUNK bytes, to read files a chunk at a time into (and not
+    to hold across a call that may use it too). A fresh 1 MiB ``bytes`` per read is 256
+    page faults, since big allocations are mappings of their own (``core.heap``): half a
+    second for each gigabyte read, hashed or copied."""
+    buf = getattr(_THREAD, "buf", None)
+    if buf is None:
+        buf = _THREAD.buf = memoryview(bytearray(CHUNK))
+    return buf
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return sha256_reader(f)
+    h = hashlib.sha256()
+    buf = chunk_buffer()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
+    return h.hexdigest()
 
 
 class Reader(Protocol):

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
-from occlum_rules.core.digests import StampSink, sha256_file, stat_stamp
+from occlum_rules.core.digests import StampSink, chunk_buffer, sha256_file, stat_stamp
 from occlum_rules.errors import UserError
 
 from .elf_deps import read_elf
@@ -113,16 +114,17 @@ class Copied:
     source_st: os.stat_result | None  # the source's stat if unchanged from open to end
 
 
-def _copy_into(fin: BinaryIO, fd: int, h: Any) -> tuple[int, bool]:
+def _copy_into(fin: io.RawIOBase, fd: int, h: Any) -> tuple[int, bool]:
     size, head = 0, b""
-    for chunk in iter(lambda: fin.read(_CHUNK), b""):
+    buf = chunk_buffer()
+    while n := fin.readinto(buf):
         if size < 4:
-            head += chunk[:4]
-        h.update(chunk)
-        view = memoryview(chunk)
+            head += buf[:min(n, 4)].tobytes()
+        h.update(buf[:n])
+        view = buf[:n]
         while view:
             view = view[os.write(fd, view):]
-        size += len(chunk)
+        size += n
     return size, head[:4] == ELF_MAGIC
 
 
@@ -136,7 +138,7 @@ def _write_file(src: str, dst_dir: str, name: str, mode: int, new: bool) -> Copi
     name is renamed over the old file."""
     h = hashlib.sha256()
     dst = os.path.join(dst_dir, name)
-    with open(src, "rb") as fin:
+    with open(src, "rb", buffering=0) as fin:
         before = os.fstat(fin.fileno())
         fd = -1
         if new:

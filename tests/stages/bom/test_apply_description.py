@@ -3,6 +3,7 @@ is what walking it says, after a first build and after each kind of change."""
 
 from __future__ import annotations
 
+import hashlib
 import marshal
 import os
 import shutil
@@ -105,3 +106,19 @@ def test_a_chmod_alone_is_seen_in_the_stamps(proj: Path) -> None:
     assert after == _walked(proj, cache)[1]
     assert after["image/bin/empty"][2] == before["image/bin/empty"][2]
 
+
+
+def test_copies_are_exact_and_see_the_elf_magic_only_where_it_is(tmp_path: Path) -> None:
+    """Files are copied through one reused buffer: a short file after a long one must not
+    see the long one's bytes."""
+    from occlum_rules.stages.bom.apply import _write_file
+
+    contents = [b"\x7fELF" + bytes(range(256)) * 5000, b"\x7fELF", b"\x7fEL", b"", b"x",
+                os.urandom((1 << 20) + 3)]
+    for i, data in enumerate(contents):
+        src = tmp_path / f"src{i}"
+        src.write_bytes(data)
+        copied = _write_file(str(src), str(tmp_path), f"dst{i}", 0o644, new=True)
+        assert (tmp_path / f"dst{i}").read_bytes() == data
+        assert copied.sha256 == hashlib.sha256(data).hexdigest() and copied.size == len(data)
+        assert copied.elf == data.startswith(b"\x7fELF")
