@@ -12,7 +12,8 @@ throughput >= 90 % of the raw stream's; with more than one CPU the package can b
 
 The cost of ``tar_sha256`` (the uncompressed stream's digest in the release manifest) is
 the same package written with and without it, from scratch and after one member changed
-(then the copied segments are inflated to be hashed).
+(then the copied segments' members are read again, checked against each copy's CRC-32 and
+hashed).
 
 The candidates table (issue 18 item 3): each deflate implementation at each candidate level
 on one thread over the package's 4 MiB segments, compressed size next to speed, so speed is
@@ -217,7 +218,7 @@ def run(quick: bool, candidate_runs: int = 1) -> list[dict]:
                     subprocess.run([gzip_cli, f"-{LEVEL}", "-n", "-c"], stdin=src, stdout=dst,
                                    check=True)
                 cli_times.append(time.perf_counter() - t0)
-            # incremental: one member changed, the rest copied (inflated when hashed)
+            # incremental: one member changed, the rest copied (their members read again to hash)
             for raw_digest, times in ((True, inc_times), (False, inc_plain_times)):
                 inc = tmp / f"inc-{raw_digest}.tar.gz"
                 package(inc, state_path=state.with_suffix(f".{raw_digest}"))
@@ -253,7 +254,7 @@ def run(quick: bool, candidate_runs: int = 1) -> list[dict]:
             h.rec(scenario, "tar_sha256 cost, one member changed", round(inc_s - inc_plain, 2),
                   "s", "informational", None,
                   f"median {inc_s:.2f} s with vs {inc_plain:.2f} s without; {again.reused} "
-                  f"copied segments inflated + the whole stream hashed"),
+                  f"copied segments' members read again + the whole stream hashed"),
         ]
         if cli_times:
             cli = statistics.median(cli_times)
