@@ -13,7 +13,7 @@ from typing import Any
 
 from occlum_rules.core.action import Action
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
-from occlum_rules.core.digests import tree_digest, tree_entries
+from occlum_rules.core.digests import DigestCache, tree_digest, tree_entries
 from occlum_rules.errors import UserError
 from occlum_rules.marshal_frames import DictEncoder
 
@@ -73,7 +73,7 @@ def describe_outputs(action: Action, env: BuildEnv,
 
 
 def _check_described(action: Action, rel: str, full: str, entries: list[dict],
-                     tree_stamps: bytes, cache, cut: int) -> None:
+                     tree_stamps: bytes, cache: DigestCache, cut: int) -> None:
     """Fail the action when a stage's description of a tree is not what walking it says."""
     walked_stamps: dict[str, tuple[int, int, int]] = {}
     walked = tree_entries(Path(full), cache, stamps=walked_stamps, stamp_cut=cut)

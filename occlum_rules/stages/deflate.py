@@ -57,15 +57,6 @@ class Deflater:
         c = self.raw(level)
         return c.compress(data) + c.flush(self.module.Z_FINISH)
 
-    def inflate(self, packed: bytes) -> bytes:
-        """The bytes of one segment made by :meth:`segment` (by any implementation); a
-        ValueError when they are not deflate data."""
-        d = self.module.decompressobj(-15)
-        try:
-            return d.decompress(packed) + d.flush()
-        except self.module.error as exc:
-            raise ValueError(str(exc)) from None
-
 
 def _zlib_ng() -> ModuleType | None:
     try:
