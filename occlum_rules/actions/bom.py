@@ -47,6 +47,7 @@ def assemble(ctx: StageContext) -> None:
     result = apply_plan(plan, image, sync=True, digests=ctx.digests,
                         previous_manifest=_previous_manifest(manifest_path),
                         stamps=stamps, stamp_cut=ctx.stamp_cut or 0)
+    ctx.inputs_read(result.sources_read)
     if result.written or result.removed:
         ctx.log(f"image: {len(result.written)} written, {len(result.unchanged)} unchanged, "
                 f"{len(result.removed)} removed")

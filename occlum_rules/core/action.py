@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ class StageContext:
     # In-place actions only: the stage may describe an output tree it made (see describe_tree)
     stamp_cut: int | None = None
     described: dict[str, tuple[list[dict], bytes]] = field(default_factory=dict)
+    input_digests: dict[str, str] = field(default_factory=dict)
 
     def describe_tree(self, path: str | os.PathLike[str], entries: list[dict],
                       stamps: bytes) -> None:
@@ -169,6 +170,14 @@ class StageContext:
         in). They are re-checked on every later build and guard cache hits."""
         for p in paths:
             self.discovered.append(str(os.fspath(p)))
+
+    def inputs_read(self, digests: Mapping[str, str]) -> None:
+        """The sha256 of discovered inputs as the stage read them, by the path given to
+        :meth:`add_inputs`. The engine records these instead of hashing the files again
+        after the stage: a file edited while the stage ran then differs from the record,
+        and the next build runs the action again (hashed afterwards, the edit would be
+        taken as built). It also spares a stat per input (20k of them for an image)."""
+        self.input_digests.update(digests)
 
     def read_json(self, rel: str | os.PathLike[str]) -> Any:
         """A JSON document another action wrote (a descriptor, measurements, a manifest),

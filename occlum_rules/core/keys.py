@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as statmod
+from collections.abc import Mapping
 from pathlib import Path
 
 from occlum_rules.core.action import Action, compute_key
@@ -46,8 +47,12 @@ def input_digests(action: Action, env: BuildEnv) -> list[tuple[str, str]]:
     return result
 
 
-def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
+def dynamic_digests(paths: list[str], env: BuildEnv,
+                    read: Mapping[str, str] | None = None) -> list[list[str]]:
+    """[path, sha256] of each discovered input: as the stage read it where it said so
+    (``read``, see ``StageContext.inputs_read``), else as the file is now."""
     cache = digest_cache(env)
+    read = read or {}
     result = []
     prefix = os.path.join(os.path.normpath(env.root), "")
     for p in paths:
@@ -57,7 +62,8 @@ def dynamic_digests(paths: list[str], env: BuildEnv) -> list[list[str]]:
         else:
             rel = os.path.relpath(full, env.root)
             key_path = rel if not rel.startswith("..") else full
-        result.append([key_path, cache.digest(full)])
+        digest = read.get(p)
+        result.append([key_path, digest if digest is not None else cache.digest(full)])
     return result
 
 

@@ -57,6 +57,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
         for rel in action.outputs:
             os.makedirs(os.path.dirname(where[rel]), exist_ok=True)
     discovered: list[str] = []
+    read: dict[str, str] = {}
     described: dict[str, tuple[list[dict], bytes]] = {}
     try:
         if action.argv is not None:
@@ -84,6 +85,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     ctx.state_dir.rmdir()  # only if the stage kept nothing there
             discovered = sorted(set(ctx.discovered))
+            read = ctx.input_digests
             described = ctx.described
             del ctx
             # The stage's per-file structures are garbage now: give their pages back before
@@ -106,7 +108,7 @@ def run_action(action: Action, env: BuildEnv) -> dict[str, Any]:
                 # place: a rename of what a tool wrote, not a file write of ours
                 os.replace(where[rel], final)
         manifest = describe_outputs(action, env, described)
-        manifest["dynamic"] = dynamic_digests(discovered, env)
+        manifest["dynamic"] = dynamic_digests(discovered, env, read)
         return manifest
     finally:
         if scratch is not None:

@@ -4,6 +4,7 @@ written last, output stamps, and the private state directory a stage gets."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -66,6 +67,18 @@ def copy_discovered(ctx: StageContext) -> None:
     ctx.add_inputs([source])
     ctx.outputs[0].parent.mkdir(parents=True, exist_ok=True)
     ctx.outputs[0].write_bytes(source.read_bytes())
+
+
+def copy_discovered_then_see_it_edited(ctx: StageContext) -> None:
+    """Copies a discovered input and says what it read; the file is then edited before
+    the stage ends (an editor saving while a build runs)."""
+    source = ctx.root / "found.txt"
+    ctx.add_inputs([source])
+    data = source.read_bytes()
+    ctx.inputs_read({str(source): hashlib.sha256(data).hexdigest()})
+    ctx.outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    ctx.outputs[0].write_bytes(data)
+    source.write_bytes(data + b"edited meanwhile\n")
 
 
 def count_runs(ctx: StageContext) -> None:
@@ -292,6 +305,21 @@ def test_the_entry_the_last_run_left_is_not_read_again_once_its_sources_changed(
     assert build("two\n") == "run"
     store.ac_path(key).write_bytes(one)  # another checkout stored its "one" result meanwhile
     assert build("one\n") == "cache_hit_local" and read == [key]
+
+
+def test_an_input_edited_while_its_action_ran_is_built_again(env: BuildEnv) -> None:
+    """The record holds the digest of what the stage read, not of the file after it: the
+    edit made meanwhile is not taken as built."""
+    found = Path(env.root) / "found.txt"
+    found.write_text("one\n")
+    a = action("copy_discovered_then_see_it_edited")
+    out = Path(env.root) / "out/greeting.txt"
+    assert execute(a, env) == "run" and out.read_text() == "one\n"
+    again = dataclasses.replace(env, run_id="r2")
+    assert not is_up_to_date(a, again)
+    found.write_text("two\n")
+    assert execute(a, dataclasses.replace(env, run_id="r3")) == "run"
+    assert out.read_text() == "two\n"
 
 
 def test_a_version_1_record_still_reads_and_a_version_2_record_keeps_blobs(env: BuildEnv) -> None:

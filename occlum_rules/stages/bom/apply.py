@@ -39,6 +39,7 @@ class ApplyResult:
     unchanged: list[str] = field(default_factory=list)  # files left alone (same bytes)
     removed: list[str] = field(default_factory=list)  # paths deleted by --sync
     manifest: list[dict] = field(default_factory=list)  # see manifest.image_manifest
+    sources_read: dict[str, str] = field(default_factory=dict)  # host file -> sha256 copied or compared
 
 
 def scan_image(root: str | os.PathLike[str]) -> VTree:
@@ -292,6 +293,7 @@ class _Applier:
                         self.digests.remember(node.src, digest, copied.source_st)
                 self.result.written.append(rel)
                 self.stamp(full, written)
+            self.result.sources_read[node.src] = digest
         item = {"type": "file", "mode": node.mode, "size": size, "sha256": digest}
         known = self.needed_by_digest
         if known is not None and digest in known:

@@ -112,6 +112,23 @@ def test_copies_leave_both_digests_known_so_neither_file_is_read_again(proj: Pat
         assert cache.known(dst, os.stat(dst)) == digest
 
 
+def test_every_copied_source_is_reported_with_the_digest_of_what_was_copied(proj: Path) -> None:
+    """copy_bom hands the engine these as its discovered inputs' digests, so they must be
+    the bytes in the image, for files copied and files found already there alike, and be
+    keyed by the paths the plan lists as host inputs."""
+    root = proj / "image"
+    cache = DigestCache(proj / "digests.marshal")
+    for round_ in range(2):  # a fresh image, then one with every file already in place
+        plan = plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={})
+        result = apply_plan(plan, root, digests=cache)
+        assert bool(result.written) == (round_ == 0)
+        copied = {str(proj / "src" / n): root / "bin" / n
+                  for n in ("a.txt", "run.sh", "tree/x.txt")}
+        assert set(result.sources_read) == set(copied) and set(copied) <= set(plan.host_inputs)
+        for src, dst in copied.items():
+            assert result.sources_read[src] == hashlib.sha256(dst.read_bytes()).hexdigest()
+
+
 def test_sync_removes_what_the_bom_no_longer_produces(proj: Path) -> None:
     root = proj / "image"
     apply_plan(plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={}), root)
