@@ -298,8 +298,8 @@ class _BackgroundSha:
         self.buffers = buffers
         self.sha = hashlib.sha256()
         # two segments of slack keep both threads busy (a segment hashes in ~2 ms); each one
-        # more is a buffer held (an incremental package with 8 in each queue: 190 MiB, 110
-        # with 2, and no slower)
+        # more is a buffer held. A 1 GiB incremental package peaked at 190 MiB with 8 here
+        # and two segments per worker in flight, at 112 MiB with 2 and one, no slower.
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._run, name="package-sha256", daemon=True)
         self._thread.start()
