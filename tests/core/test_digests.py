@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import os
 
-from occlum_rules.core.digests import DigestCache, normal_path
+from occlum_rules.core.digests import DigestCache, file_stamp, file_stamp_size, normal_path
 
 
 def test_digests_are_remembered_per_shard_and_reloaded(tmp_path):
@@ -194,3 +194,21 @@ def test_normal_path_is_normpath() -> None:
             assert normal_path(path) == os.path.normpath(path), path
     located = type("Located", (str,), {})("/a/b")  # what a BOM's parser hands on
     assert type(normal_path(located)) is str and normal_path(located) == "/a/b"
+
+
+def test_a_stamp_taken_earlier_finds_the_digest_of_the_bytes_it_was_taken_of(tmp_path):
+    """copy_bom's planning walk keeps each source's stat as a file_stamp and the copy asks
+    the cache with it: the answer must be the digest of the file as it was then, and none
+    once the file has changed."""
+    f = tmp_path / "f"
+    f.write_bytes(b"one")
+    cache = DigestCache(tmp_path / "cache")
+    stamp = file_stamp(os.stat(f))
+    assert cache.known_at(str(f), stamp) is None  # never hashed: the caller must look
+    assert cache.digest(str(f)) == hashlib.sha256(b"one").hexdigest()
+    assert cache.known_at(str(f), stamp) == hashlib.sha256(b"one").hexdigest()
+    assert file_stamp_size(stamp) == 3
+    f.write_bytes(b"two!")
+    later = file_stamp(os.stat(f))
+    assert cache.known_at(str(f), later) is None
+    assert cache.known_at(str(f), stamp) == hashlib.sha256(b"one").hexdigest()  # of then

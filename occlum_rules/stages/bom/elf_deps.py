@@ -28,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.structs import ELFStructs
 
 from occlum_rules import state_file
+from occlum_rules.core.digests import file_stamp
 from occlum_rules.errors import UserError
 
 from .paths import rust_join
@@ -169,23 +170,30 @@ class ElfInfo:
     soname: str | None
 
 
-# Keyed by the packed stat stamp (40 bytes): a BOM copying a tree reads a header of every
-# file, and a tuple of five ints per entry (in the dict and the set of used keys) was
-# ~230 bytes a file, held while the image is planned and copied. The file keeps tuples.
-_KEY = struct.Struct("<QQqqq")  # dev, inode, size, mtime_ns, ctime_ns
+# Keyed by the packed stat stamp (core.digests.file_stamp, 40 bytes): a BOM copying a tree
+# reads a header of every file, and a tuple of five ints per entry (in the dict and the set
+# of used keys) was ~230 bytes a file, held while the image is planned and copied. The file
+# keeps tuples.
+_KEY = struct.Struct("<QQqqq")  # dev, inode, size, mtime_ns, ctime_ns: file_stamp's layout
 _ELF_CACHE: dict[bytes, ElfInfo | None] = {}
 _USED: set[bytes] = set()
 _CACHE_KIND = "elf-headers"
 _CACHE_VERSION = 2  # 2: the shared state framing
 
 
-def read_elf(path: str) -> ElfInfo | None:
-    """Parse the ELF bits the loader looks at; None for anything that is not a readable ELF."""
+def read_elf(path: str, stamp: bytes = b"") -> ElfInfo | None:
+    """Parse the ELF bits the loader looks at; None for anything that is not a readable ELF.
+
+    ``stamp``: the file's :func:`file_stamp` from a stat the caller already made (copy_bom's
+    walk of a source tree); when the cache knows it, the file is not even stat'ed again."""
+    if stamp and stamp in _ELF_CACHE:
+        _USED.add(stamp)
+        return _ELF_CACHE[stamp]
     try:
         st = os.stat(path)
     except OSError:
         return None
-    key = _KEY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = file_stamp(st)
     _USED.add(key)
     if key in _ELF_CACHE:
         return _ELF_CACHE[key]
@@ -704,10 +712,11 @@ class AutodepResult:
     host_files_read: set[str] = field(default_factory=set)
 
 
-def may_need_libraries(host_file: str) -> bool:
+def may_need_libraries(host_file: str, stamp: bytes = b"") -> bool:
     """Only an executable or shared ELF can have a loader or DT_NEEDED entries: everything
-    else is settled by one cached header read, before any path resolution for it."""
-    info = read_elf(host_file)
+    else is settled by one cached header read, before any path resolution for it.
+    ``stamp``: as :func:`read_elf` takes it."""
+    info = read_elf(host_file, stamp)
     return info is not None and info.etype in (ET_EXEC, ET_DYN)
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 
+from occlum_rules.core.digests import file_stamp
 from occlum_rules.errors import UserError
 
 from .paths import rust_file_name
@@ -160,7 +161,7 @@ def walk_source(src: str, follow_all: bool, excludes: tuple[str, ...] = (),
                 visit(child, child_rel, cst, depth + 1)
             return
         if stat.S_ISREG(st.st_mode):
-            entries.append(Entry(rel, "file", mode, src=path))
+            entries.append(Entry(rel, "file", mode, src=path, stamp=file_stamp(st)))
             return
         warnings.append(f"skipping special file {path} (devices, fifos and sockets are not copied)")
 

@@ -303,7 +303,7 @@ def _plan_one(ctx: _Ctx, bom: BomFile, missing: list[_Missing]) -> _BomOps:
                 if os.path.isdir(absolute):
                     entries = walk_source(absolute, follow_all=True, warnings=ctx.warnings,
                                           code=EXIT_COPY_FILE)
-                    entries = [Entry(e.rel, e.kind, e.mode, e.src, e.target) for e in entries]
+                    entries = [Entry(e.rel, e.kind, e.mode, e.src, e.target, e.stamp) for e in entries]
                     ctx.host_inputs.update(e.src for e in entries if e.kind == "file")
                     ops.files.append(Op("copy_file", dest, f"copy -aL {host} {disp}", path, f.line,
                                         entries=entries, src_name=name))
@@ -473,7 +473,7 @@ def _autodep_dirs(ctx: _Ctx, tree: VTree, b: _BomOps, written: list[tuple[str, E
     files = []
     for rel, _entry in written:
         node = tree.node(rel, follow_last=False)
-        if isinstance(node, VFile) and may_need_libraries(node.src):
+        if isinstance(node, VFile) and may_need_libraries(node.src, node.stamp):
             files.append(IMAGE_PREFIX + "/" + rel)
     if not files:
         return []

@@ -30,6 +30,7 @@ class VFile:
     src: str  # host file whose bytes end up here
     mode: int
     origin: str = EXPLICIT
+    stamp: bytes = b""  # core.digests.file_stamp of src when planning stat'ed it, else b""
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class Entry:
     mode: int = 0
     src: str = ""  # host path for files
     target: str = ""  # for links
+    stamp: bytes = b""  # for files: core.digests.file_stamp of the walk's stat of src
 
 
 def split(rel: str) -> list[str]:
@@ -256,7 +258,7 @@ class VTree:
                     raise UserError(f"{what}: cannot replace non-empty directory "
                                     f"'{'/'.join(real + eparts)}' with a {entry.kind}", exit_code=code)
             if entry.kind == "file":
-                holder.children[name] = VFile(entry.src, entry.mode, EXPLICIT)
+                holder.children[name] = VFile(entry.src, entry.mode, EXPLICIT, entry.stamp)
                 written.append(("/".join(real + eparts), entry))
             else:
                 holder.children[name] = VLink(entry.target, EXPLICIT)
