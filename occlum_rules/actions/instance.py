@@ -12,6 +12,7 @@ from pathlib import Path
 
 from occlum_rules.atomic_write import publish, write_atomic
 from occlum_rules.core.action import StageContext
+from occlum_rules.core.outputs import StampBlob
 from occlum_rules.errors import UserError
 from occlum_rules.process import run_tool
 from occlum_rules.stages.instance_files import assemble_initfs as assemble_initfs_tree
@@ -73,8 +74,12 @@ def pack(ctx: StageContext) -> None:
                          f"{ctx.label}: pack {ctx.params['what']}", env=occlum_tools.tool_env(home))
         return
     key = load_image_key(ctx.secrets["image_key"]) if "image_key" in ctx.secrets else None
+    stamps = StampBlob() if ctx.stamp_cut is not None else None
     result = pack_image(src, root_dir, key=key, state_path=ctx.state_dir / "pack.state", manifest=manifest,
-                        label=f"{ctx.label}: pack {ctx.params['what']}")
+                        label=f"{ctx.label}: pack {ctx.params['what']}", digest_cache=ctx.digests,
+                        stamps=stamps, stamp_cut=ctx.stamp_cut or 0)
+    if result.tree is not None and stamps is not None:
+        ctx.describe_tree(root_dir, result.tree, stamps.encoded())
     _write(mac_file, result.mac_text.encode())
     how = "incrementally" if result.incremental else f"in full ({result.reason})"
     ctx.log(f"{ctx.params['what']}: packed {how}: {result.rewritten} inodes written, "

@@ -271,3 +271,18 @@ def compact_output(out: dict) -> dict:
 def tree_entries_of(out: dict) -> list[dict]:
     """The entries of a tree output as recorded in an action state."""
     return marshal.loads(out["entries_marshal"]) if "entries_marshal" in out else out["entries"]
+
+
+def recorded_blobs(outputs: list[dict]) -> set[str]:
+    """The digest of every file a record's outputs name (trees decoded); empty for a record
+    not of this shape."""
+    found: set[str] = set()
+    try:
+        for out in outputs:
+            if out.get("type") == "file":
+                found.add(out["sha256"])
+            elif out.get("type") == "dir":
+                found.update(e["sha256"] for e in tree_entries_of(out) if e.get("type") == "file")
+    except (KeyError, TypeError, AttributeError, ValueError, EOFError):
+        return set()
+    return found

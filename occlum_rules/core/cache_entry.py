@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -162,10 +163,15 @@ def restore_outputs(action: Action, env: BuildEnv, store: LocalStore, manifest: 
         remove_path(str(scratch))
 
 
-def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: bool = False) -> None:
+def store_outputs(store: LocalStore, env: BuildEnv, manifest: dict, replace: bool = False,
+                  present: Container[str] = ()) -> None:
+    """Put every output file in the store; ``present``: digests known to be there already
+    (see ``LocalStore.generation``), not looked for."""
     cache = digest_cache(env)
 
     def put(path: str, digest: str) -> None:
+        if digest in present:
+            return
         store.put_file(path, digest, replace, known=lambda st: cache.known(path, st) == digest,
                        linked=lambda st: cache.remember(path, digest, st))
 

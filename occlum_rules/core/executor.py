@@ -29,6 +29,7 @@ from occlum_rules.core.action_state import (
     forget_big_states,
     previous_material,
     read_state,
+    recorded_blobs,
     remember_previous,
     state_path,
     write_action_state,
@@ -100,9 +101,11 @@ def _execute(action: Action, env: BuildEnv) -> str:
     # From here on the outputs may change: forget that they were ever complete.
     if spath.exists():
         spath.unlink()
+    stored_before = _stored_outputs(state)
     del state
     forget_big_states()
     store = LocalStore(Path(env.cache_dir))
+    generation = store.generation() if action.cacheable else None
     outcome, manifest, damaged = (_from_cache(action, env, store, key, stale)
                                   if action.cacheable else (None, None, False))
     entry = manifest.get("checksum") if outcome == "cache_hit_local" and manifest else None
@@ -112,7 +115,9 @@ def _execute(action: Action, env: BuildEnv) -> str:
         if manifest is None:
             manifest = run_action(action, env)
         if action.cacheable:
-            entry = _store_result(action, env, store, key, manifest, outcome == "run", damaged)
+            entry, generation = _store_result(action, env, store, key, manifest, outcome == "run",
+                                              damaged, stored_before)
+    del stored_before
     # a run's stamps come from the walk that described its outputs (the watcher, when one
     # runs, arms the trees first and checks them again)
     described = manifest["stamps"] if outcome == "run" else None
@@ -130,7 +135,7 @@ def _execute(action: Action, env: BuildEnv) -> str:
     encoded = stamps if isinstance(stamps, bytes) else marshal.dumps(stamps, 4)
     state = {"key": key, "manifest": {"outputs": outputs}, "dynamic": dynamic,
              "stamps": encoded, "material": key_material(action, digests),
-             "previous": previous, "entry": entry}
+             "previous": previous, "entry": entry, "stored": generation}
     del stamps, outputs, encoded
     write_action_state(spath, state)
     del state
@@ -150,18 +155,35 @@ def _stale_entry(state: dict | None, key: str, env: BuildEnv) -> str | None:
 
 
 def _store_result(action: Action, env: BuildEnv, store: LocalStore, key: str,
-                  manifest: dict[str, Any], ran_here: bool, damaged: bool) -> str:
+                  manifest: dict[str, Any], ran_here: bool, damaged: bool,
+                  stored_before: tuple[str, list[dict]] | None) -> tuple[str, str]:
     """Put a fresh result in the local store (and on the remote, when uploads are on);
-    returns its entry's checksum."""
+    returns its entry's checksum and the store's generation it was put under.
+
+    ``stored_before``: the generation and outputs of the last run of this action, when it
+    left them in a store: under the same generation that store still holds every one of
+    their blobs, which are not looked for again (what an in-place stage did not rewrite)."""
+    generation = store.generation()
     stored = {"outputs": manifest["outputs"], "label": action.label,
               "kind": action.kind, "dynamic": manifest.get("dynamic", [])}
     if ran_here:
-        store_outputs(store, env, stored, replace=damaged)
+        present: set[str] = set()
+        if stored_before is not None and stored_before[0] == generation and generation and not damaged:
+            present = recorded_blobs(stored_before[1])
+        store_outputs(store, env, stored, replace=damaged, present=present)
     checksum = store.put_action(key, stored)
     remote = remote_for(env)
     if remote is not None and remote.upload_enabled:
         upload_remote(remote, store, key, stored)
-    return checksum
+    return checksum, generation
+
+
+def _stored_outputs(state: dict | None) -> tuple[str, list[dict]] | None:
+    """(generation, outputs) of a record whose outputs went to the store it names."""
+    if not state or not isinstance(state.get("stored"), str):
+        return None
+    outputs = (state.get("manifest") or {}).get("outputs")
+    return (state["stored"], outputs) if isinstance(outputs, list) else None
 
 
 def _run_remote(action: Action, env: BuildEnv, store: LocalStore,

@@ -9,6 +9,7 @@ import pytest
 
 from occlum_rules.actions.bom import assemble
 from occlum_rules.actions.instance import assemble_initfs, pack
+from occlum_rules.stages.securefs.incremental import STATE_KIND, STATE_VERSION
 from occlum_rules.state_file import read_state
 from tests.actions.support import make_ctx
 from tests.stages.bom.helpers import need_tool
@@ -24,7 +25,7 @@ def test_pack_keeps_its_state_in_the_private_dir_and_packs_incrementally(tmp_pat
     pack(ctx)
     assert "packed in full" in capsys.readouterr().err
     state = ctx.state_dir / "pack.state"
-    assert isinstance(read_state(state, "sefs-pack-state", 4), memoryview)
+    assert isinstance(read_state(state, STATE_KIND, STATE_VERSION), memoryview)
     assert sorted(p.name for p in ctx.state_dir.iterdir()) == ["pack.state"]
     first_mac = (tmp_path / "build/mount/.ROOT_MAC").read_text()
     (src / "bin" / "f3").write_bytes(b"changed" * 100)

@@ -426,3 +426,50 @@ def test_an_action_entry_is_encoded_once_as_the_whole_record_would_be() -> None:
         body = {k: v for k, v in manifest.items() if k != "checksum"}
         assert record["checksum"] == hashlib.sha256(
             json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_blobs_the_last_run_stored_are_not_looked_for_again(env: BuildEnv, monkeypatch) -> None:
+    """An in-place stage leaves most of its files as they were: their blobs went to the
+    store with the last run, and looking for each again was a stat per file."""
+    a = action("write_tree", output="out/tree", kind="dir", in_place=True)
+    assert execute(a, env) == "run"
+    looked_for: list[str] = []
+    real_put = LocalStore.put_file
+
+    def put_file(self, src, digest, *args, **kwargs):
+        looked_for.append(digest)
+        return real_put(self, src, digest, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "put_file", put_file)
+    a.params = {"text": "two"}
+    assert execute(a, env) == "run"
+    assert looked_for == [_sha("two")]  # a.txt ("alpha\n") is the last run's blob
+    store = LocalStore(Path(env.cache_dir))
+    assert store.has_blob(_sha("alpha\n")) and store.has_blob(_sha("two"))
+
+
+@pytest.mark.parametrize("how", ["gc", "verify", "clear"])
+def test_blobs_are_looked_for_again_once_anything_may_have_removed_them(env: BuildEnv,
+                                                                         how: str) -> None:
+    from occlum_rules.core.store import gc, verify
+
+    a = action("write_tree", output="out/tree", kind="dir", in_place=True)
+    assert execute(a, env) == "run"
+    store = LocalStore(Path(env.cache_dir))
+    if how == "gc":
+        gc(store, 0)  # every entry and blob
+    elif how == "verify":  # a blob verify finds corrupt is removed
+        blob = store.cas_path(_sha("alpha\n"))
+        blob.chmod(0o644)
+        blob.write_text("rot\n")
+        assert verify(store).corrupt_blobs == [_sha("alpha\n")]
+    else:
+        store.clear()
+    assert not store.has_blob(_sha("alpha\n"))
+    a.params = {"text": "two"}
+    assert execute(a, env) == "run"
+    assert store.has_blob(_sha("alpha\n")) and store.has_blob(_sha("two"))

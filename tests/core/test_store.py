@@ -113,3 +113,20 @@ def test_an_entry_laid_out_otherwise_is_checked_by_its_content(tmp_path):
     assert store.ac_path("k2").read_bytes().startswith(b'{"a":1,"checksum":')
     assert store.entry_checksum_of("k2") is None  # not read from the head: not there
     assert store.get_action("k2") == {"a": 1, "checksum": checksum, "outputs": []}
+
+
+def test_a_restored_file_has_the_times_of_the_output_its_blob_was_linked_from(tmp_path):
+    """An in-place stage that recorded (size, mtime) of its outputs (the SEFS pack) finds
+    the same bytes restored from the store as what it left."""
+    f = tmp_path / "out.bin"
+    f.write_bytes(b"packed" * 1000)
+    os.utime(f, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    cache = DigestCache(tmp_path / "d.marshal")
+    assert cache.digest(f) == digest
+    store = LocalStore(tmp_path / "store")
+    assert store.put_file(f, digest, known=lambda st: cache.known(f, st) == digest)
+    assert store.cas_path(digest).stat().st_ino == f.stat().st_ino  # linked, not copied
+    f.unlink()
+    store.restore(digest, tmp_path / "back.bin", 0o644)
+    assert (tmp_path / "back.bin").stat().st_mtime_ns == 1_600_000_000_123_456_789

@@ -4,8 +4,11 @@ The state file (written beside ``__ROOT`` after a successful integrity-only pack
 before such a pack changes ``__ROOT``) records, per inode in id order: path, kind, mode,
 size, the SHA-256 of its *content* (file bytes, symlink target, or directory entries),
 its MAC and the source file's stat key — plus, for manifest-driven packs, the manifest's
-own columns. It is trusted only while ``__ROOT`` still holds exactly the image it
-describes (same file names, same metadata MAC); otherwise the pack is a full one.
+own columns — and the stamp (size, mtime) of every file the pack left in ``__ROOT``. It is trusted only while ``__ROOT`` still holds exactly the image it describes
+(the same files with the same stamps, the same metadata MAC); otherwise the pack is a full
+one. An incremental pack rewrites only what changed, so a file of ``__ROOT`` edited since
+(by hand, or through the store's hard link to it) would otherwise stay in the new image,
+its MAC no longer the one the metadata holds.
 
 Three ways to an incremental pack, cheapest first:
 
@@ -42,14 +45,16 @@ import json
 import marshal
 import operator
 import os
+import stat
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from occlum_rules.atomic_write import detach
+from occlum_rules.core.digests import file_stamp, file_stamp_fields
 from occlum_rules.stages.securefs.pfs import (
     _PLAIN,
     ENCRYPTED_PART_SIZE,
@@ -66,7 +71,7 @@ from occlum_rules.state_file import discard_state as discard_state
 
 # The state file's kind and version in the shared framing (occlum_rules/state_file.py).
 STATE_KIND = "sefs-pack-state"
-STATE_VERSION = 4
+STATE_VERSION = 5  # 5: the stamps of __ROOT's files
 
 # A recorded stat key proves "unchanged" only for files whose last change was well before
 # the scan that recorded it: timestamps are coarse (kernel tick, or seconds on some file
@@ -94,7 +99,12 @@ class PackState:
     macs: bytearray  # 16 bytes per inode
     stats: array  # 'q', 5 per inode: size, mtime_ns, ctime_ns, ino, dev (zeros: unknown)
     manifest: dict | None = None  # {"text": manifest text, "perm": row -> position (array "i")}
-    root_dir_stat: tuple = ()  # (ino, mtime_ns, ctime_ns) of __ROOT after the pack
+    # 'q', 2 per inode: (size, mtime_ns) of its protected file as the pack left it; the
+    # metadata file's after them (see root_stamps)
+    file_stamps: array = field(default_factory=lambda: array("q"))
+    # not saved: those files as load_state found them, which describe __ROOT to the build
+    # engine after an in-place pack without a second walk of it
+    found: RootFiles | None = field(default=None, repr=False)
     _paths: list[str] | None = field(default=None, repr=False)
     _by_path: dict[str, int] | None = field(default=None, repr=False)
 
@@ -123,15 +133,85 @@ class PackState:
         return tuple(self.stats[5 * pos : 5 * pos + 5])
 
 
-def dir_stat(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+@dataclass
+class RootFiles:
+    """The files of ``__ROOT`` in state order (inode files by position, then the metadata
+    file), as one listing found them. Kept compact (an ``os.stat_result`` with its ints is
+    ~450 bytes; 80k of them on a 4 GiB image)."""
+
+    stamps: list[bytes]  # core.digests.file_stamp of each
+    modes: array  # 'I': st_mode of each
+
+    def set(self, pos: int, st: os.stat_result) -> None:
+        self.stamps[pos] = file_stamp(st)
+        self.modes[pos] = st.st_mode
+
+
+def root_files(root_dir: str, n: int) -> RootFiles | None:
+    """:class:`RootFiles` of ``root_dir``; None when it holds anything else, or misses one
+    of them."""
+    found = RootFiles([b""] * (n + 1), array("I", [0]) * (n + 1))
+    return found if _scan_root(root_dir, n, found.set) else None
+
+
+def root_stamps(root_dir: str, n: int) -> array | None:
+    """What a state records of the files of ``root_dir`` (in :class:`RootFiles` order):
+    (size, mtime) of each, what the build engine's stamps of outputs hold too; None as for
+    :func:`root_files`. Not the ctime: storing an output in the local store (a hard link)
+    moves it. Not the inode: a copy that keeps the times (a workspace copied with ``cp -a``)
+    holds the same bytes, and the engine takes it as the same output."""
+    out = array("q", [0]) * (2 * (n + 1))
+
+    def keep(pos: int, st: os.stat_result) -> None:
+        out[2 * pos] = st.st_size
+        out[2 * pos + 1] = st.st_mtime_ns
+
+    return out if _scan_root(root_dir, n, keep) else None
+
+
+def stamps_of(found: RootFiles) -> array:
+    """:func:`root_stamps` of what :func:`root_files` found."""
+    out = array("q")
+    for stamp in found.stamps:
+        out.extend(file_stamp_fields(stamp)[2:4])
+    return out
+
+
+def _scan_root(root_dir: str, n: int, visit: Callable[[int, os.stat_result], None]) -> bool:
+    """One listing of ``__ROOT``, each file's stat handed to ``visit`` with its position;
+    False when it holds anything but the ``n`` inode files and the metadata file."""
+    names = {inode_file_name(i): pos for pos, i in enumerate(allocate_ids(n))}
+    names[METADATA_NAME] = n
+    seen = 0
+    with os.scandir(root_dir) as it:
+        for entry in it:
+            pos = names.get(entry.name)
+            if pos is None:
+                return False
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            visit(pos, st)
+            seen += 1
+    return seen == n + 1
+
+
+def restamp(state: PackState, root_dir: str, positions: Iterable[int]) -> None:
+    """Stat the inode files at ``positions`` and the metadata file again, after an in-place
+    pack rewrote them (the others are as load_state found them)."""
+    assert state.found is not None
+    ids = allocate_ids(len(state))
+    for pos in itertools.chain(positions, (len(state),)):
+        name = inode_file_name(ids[pos]) if pos < len(state) else METADATA_NAME
+        st = os.lstat(os.path.join(root_dir, name))
+        state.found.set(pos, st)
+        state.file_stamps[2 * pos : 2 * pos + 2] = array("q", (st.st_size, st.st_mtime_ns))
 
 
 # The big columns are raw sections after a small marshal header that gives their lengths:
 # written part by part and sliced on load, never copied into one payload first.
 _SECTIONS = ("paths", "kinds", "modes", "sizes", "contents", "macs", "stats", "manifest_text",
-             "manifest_perm")
+             "manifest_perm", "file_stamps")
 
 
 def save_state(path: str | os.PathLike, state: PackState) -> None:
@@ -142,6 +222,7 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
         "stats": state.stats if state.manifest is None else b"",
         "manifest_text": state.manifest["text"] if state.manifest else b"",
         "manifest_perm": state.manifest["perm"] if state.manifest else b"",
+        "file_stamps": state.file_stamps,
     }
     views = [memoryview(sections[name]).cast("B") for name in _SECTIONS]
     header = marshal.dumps({
@@ -149,7 +230,6 @@ def save_state(path: str | os.PathLike, state: PackState) -> None:
         "root_mac": state.root_mac,
         "scan_started_ns": state.scan_started_ns,
         "has_manifest": state.manifest is not None,
-        "root_dir_stat": list(state.root_dir_stat),
         "lengths": [len(v) for v in views],
     }, 4)
     write_state(path, STATE_KIND, STATE_VERSION, len(header).to_bytes(4, "little"), header,
@@ -181,11 +261,11 @@ def _parse_state(payload: memoryview) -> PackState | str:
         bytearray(sec["macs"]), _array("q", sec["stats"] if len(sec["stats"]) else bytes(40 * n)),
         {"text": bytes(sec["manifest_text"]), "perm": bytes(sec["manifest_perm"])}
         if d["has_manifest"] else None,
-        tuple(d["root_dir_stat"]),
+        _array("q", sec["file_stamps"]),
     )
     if not (len(state.modes) == len(state.sizes) == n >= 1 and state.paths_blob.count(0) == n - 1
             and len(state.contents) == 32 * n and len(state.macs) == 16 * n
-            and len(state.stats) == 5 * n):
+            and len(state.stats) == 5 * n and len(state.file_stamps) == 2 * (n + 1)):
         return "malformed pack state"
     return state
 
@@ -207,19 +287,17 @@ def load_state(path: str | os.PathLike, root_dir: str) -> tuple[PackState | None
         return None, "malformed pack state"
     if isinstance(state, str):
         return None, state
-    n = len(state)
-    # The state must describe exactly what is in __ROOT now. Adding, removing or renaming
-    # an entry changes the directory's mtime/ctime; only if they moved, list it.
+    # The state must describe exactly what is in __ROOT now: the same files, none of them
+    # written since (one listing with a stat each).
     try:
-        unchanged_dir = dir_stat(root_dir) == state.root_dir_stat
-        names = None if unchanged_dir else set(os.listdir(root_dir))
+        found = root_files(root_dir, len(state))
     except OSError:
         return None, "previous image is missing"
-    if names is not None:
-        expected = {inode_file_name(i) for i in allocate_ids(n)}
-        expected.add(METADATA_NAME)
-        if names != expected:
-            return None, "previous image does not match its pack state (files differ)"
+    if found is None:
+        return None, "previous image does not match its pack state (files differ)"
+    if stamps_of(found) != state.file_stamps:
+        return None, "previous image was changed since it was packed"
+    state.found = found
     try:
         if mac_of_protected(os.path.join(root_dir, METADATA_NAME)) != state.root_mac:
             return None, "previous image does not match its pack state (root MAC differs)"

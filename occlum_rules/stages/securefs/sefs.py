@@ -8,12 +8,14 @@ the state, so an interrupted pack is never mistaken for a good one.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import io
 import itertools
 import json
 import os
 import shutil
+import stat
 import struct
 import time
 from array import array
@@ -21,7 +23,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from occlum_rules.atomic_write import publish
-from occlum_rules.core.digests import sha256_file
+from occlum_rules.core.digests import (
+    DigestCache,
+    StampSink,
+    file_stamp,
+    file_stamp_fields,
+    sha256_file,
+)
 from occlum_rules.errors import UserError
 from occlum_rules.stages.bom.manifest import encode_manifest
 from occlum_rules.stages.manifest_rows import ManifestRows
@@ -67,6 +75,7 @@ class PackResult:
     bytes: int = 0  # user bytes MACed in this run
     incremental: bool = False
     reason: str = ""  # why a full pack was done
+    tree: list[dict] | None = None  # __ROOT described, when pack_image was asked to and could
 
     @property
     def root_mac(self) -> builtins.bytes:  # `bytes` is a field here
@@ -173,6 +182,9 @@ def pack_image(
     summary: bool = False,
     rng: RandomSource | None = None,
     label: str = "sefs pack",
+    digest_cache: DigestCache | None = None,
+    stamps: StampSink | None = None,
+    stamp_cut: int = 0,
 ) -> PackResult:
     """Pack ``src_dir`` into the SEFS image directory ``dst_root_dir`` (the ``__ROOT``).
 
@@ -184,6 +196,10 @@ def pack_image(
     ``progress``: None = live on a TTY for big images, True/False to force; ``summary``
     prints one line at the end. Returns the root MAC text and how many inode files were
     rewritten or re-used.
+
+    With ``digest_cache`` (the build's stat-keyed one) and ``stamps``, an in-place pack also
+    describes ``__ROOT`` as ``core.digests.tree_entries`` would (``PackResult.tree``, the
+    stamps under each path less ``stamp_cut`` characters), from the stats it took anyway.
     """
     if not os.path.isdir(src_dir):
         raise UserError("image directory does not exist", os.fspath(src_dir))
@@ -193,6 +209,10 @@ def pack_image(
     if key is not None and len(key) != 16:
         raise UserError("an image key is 16 bytes")
     want_state = state_path is not None and key is None
+    describe = None
+    if digest_cache is not None and stamps is not None:
+        describe = functools.partial(_describe_root, dst, digests=digest_cache, stamps=stamps,
+                                     stamp_cut=stamp_cut)
 
     state, reason = None, "full pack requested"
     if state_path is not None and key is not None:
@@ -217,7 +237,8 @@ def pack_image(
         change = _manifest_changes(state, text)
         if change is not None:
             state.manifest = change[1]
-            done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label)
+            done = _apply_in_place(src, dst, state, change[0], state_path, progress, summary, label,
+                                   describe)
             if done is not None:
                 return done
             state = None
@@ -232,7 +253,8 @@ def pack_image(
         if scanned is not None:
             state.stats, state.scan_started_ns = scanned[1], started_ns
             state.manifest = None  # its text no longer describes what was packed
-            done = _apply_in_place(src, dst, state, scanned[0], state_path, progress, summary, label)
+            done = _apply_in_place(src, dst, state, scanned[0], state_path, progress, summary,
+                                   label, describe)
             if done is not None:
                 return done
             state = None
@@ -325,7 +347,7 @@ def pack_image(
             bytes(n.kind for n in nodes),
             array("H", [n.mode for n in nodes]), array("q", [n.size for n in nodes]),
             bytearray(bytes.fromhex("".join(digests[i] for i in ids))),
-            bytearray(b"".join(macs[i] for i in ids)), stats, kept, incremental.dir_stat(dst),
+            bytearray(b"".join(macs[i] for i in ids)), stats, kept, _stamps_of(dst, len(ids)),
         ))
     prog.finish("incremental" if state is not None else "")
     return PackResult(
@@ -454,7 +476,8 @@ def _scan_changes(state, nodes: list[Node], src: str) -> tuple[list, array] | No
     return work, stats
 
 
-def _apply_in_place(src, dst, state, work, state_path, progress, summary, label) -> PackResult | None:
+def _apply_in_place(src, dst, state, work, state_path, progress, summary, label,
+                    describe=None) -> PackResult | None:
     """Rewrite changed inode files in place and patch their records into the old metadata.
 
     Every inode keeps its id, so directories and all other files stay byte-identical.
@@ -490,13 +513,47 @@ def _apply_in_place(src, dst, state, work, state_path, progress, summary, label)
         state.root_mac = patch_integrity_only(os.path.join(dst, METADATA_NAME), edits)
     except (UserError, ValueError):
         return None
-    state.root_dir_stat = incremental.dir_stat(dst)
+    incremental.restamp(state, dst, (pos for pos, _new, _rel in rewrite))
     incremental.save_state(state_path, state)
     prog.finish("incremental")
     return PackResult(
         mac_text=mac_text(state.root_mac), rewritten=len(rewrite), reused=len(state) - len(rewrite),
         inodes=len(state), bytes=prog.bytes, incremental=True,
+        tree=describe(state) if describe is not None else None,
     )
+
+
+def _stamps_of(dst: str, n: int) -> array:
+    stamps = incremental.root_stamps(dst, n)
+    if stamps is None:  # something wrote into __ROOT while it was packed
+        raise UserError("the image directory changed while it was packed", dst)
+    return stamps
+
+
+def _describe_root(dst: str, state: incremental.PackState, *, digests: DigestCache,
+                   stamps: StampSink, stamp_cut: int) -> list[dict]:
+    """What ``core.digests.tree_entries`` says of ``__ROOT`` after an in-place pack, from
+    the stats load_state and the pack took (so the engine need not walk its 20k files
+    again): every file's stamp, and its sha256 from the stat-keyed digest cache."""
+    found = state.found
+    assert found is not None
+    ids = allocate_ids(len(state))
+    names = [inode_file_name(i) for i in ids] + [METADATA_NAME]
+    prefix = os.path.join(dst, "")
+    entries = []
+    for pos in sorted(range(len(names)), key=names.__getitem__):
+        path, stamp, mode = prefix + names[pos], found.stamps[pos], found.modes[pos]
+        _dev, _ino, size, mtime_ns, _ctime = file_stamp_fields(stamp)
+        stamps[path[stamp_cut:]] = (size, mtime_ns, mode)
+        digest = digests.known_at(path, stamp)
+        if digest is None:  # a file the pack rewrote: hashed here, as the engine would
+            st = os.lstat(path)
+            if file_stamp(st) != stamp:
+                raise UserError("the image directory changed while it was packed", dst)
+            digest = digests.digest(path, st)
+        entries.append({"path": names[pos], "type": "file", "mode": stat.S_IMODE(mode),
+                        "size": size, "sha256": digest})
+    return entries
 
 
 def _remove_leftovers(dst: str) -> None:

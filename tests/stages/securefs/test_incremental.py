@@ -190,20 +190,65 @@ def test_encrypted_images_are_always_packed_in_full(tmp_path):
     assert not state.exists()  # never write hashes of an encrypted image's plaintext
 
 
-def test_state_survives_an_encrypted_pack_and_a_cache_restore(tmp_path):
+def test_state_survives_an_encrypted_pack_of_the_same_directory(tmp_path):
     src = tmp_path / "src"
     make_random_tree(src, random.Random(13), files=15)
     root, state = tmp_path / "img" / "__ROOT", tmp_path / "state"
     pack_image(src, root, state_path=state)
-    shutil.copytree(root, tmp_path / "cached")  # what a build cache would keep
+    os.rename(root, tmp_path / "kept")  # its files as the pack left them
     pack_image(src, root, key=bytes(16 * [5]), state_path=state)
     assert state.exists()
     shutil.rmtree(root)
-    shutil.copytree(tmp_path / "cached", root)  # integrity-only image restored
+    os.rename(tmp_path / "kept", root)  # the integrity-only image back in place
     (src / "new").write_bytes(b"n" * 4000)
     res = pack_image(src, root, state_path=state)
     assert res.incremental, res.reason
     assert same_dir_bytes(root, Path(pack_image(src, tmp_path / "full") and tmp_path / "full"))
+
+
+@pytest.mark.parametrize("keep_times", [True, False])
+def test_a_copy_of_the_image_is_trusted_only_with_the_times_the_pack_left(tmp_path, keep_times):
+    """Copied with its times (a workspace copied with ``cp -a``, a restore from the store),
+    ``__ROOT`` holds what the pack left, as the build engine sees it too; copied afresh (new
+    mtimes), the state cannot tell it from an edited one and the pack is full."""
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(13), files=15)
+    root, state = tmp_path / "img" / "__ROOT", tmp_path / "state"
+    pack_image(src, root, state_path=state)
+    shutil.copytree(root, tmp_path / "copy",
+                    copy_function=shutil.copy2 if keep_times else shutil.copyfile)
+    shutil.rmtree(root)
+    os.rename(tmp_path / "copy", root)
+    (src / "new").write_bytes(b"n" * 4000)
+    res = pack_image(src, root, state_path=state)
+    assert res.incremental == keep_times, res.reason
+    if not keep_times:
+        assert "changed since it was packed" in res.reason
+    assert same_dir_bytes(root, Path(pack_image(src, tmp_path / "full") and tmp_path / "full"))
+
+
+@pytest.mark.parametrize("edit", ["data", "metadata"])
+def test_an_image_file_edited_since_the_pack_is_packed_again(tmp_path, edit):
+    """An incremental pack rewrites only the inodes whose source changed: a file of __ROOT
+    edited since the last pack (by hand, or through the store's hard link to it) must not
+    survive into the new image."""
+    src = tmp_path / "src"
+    make_random_tree(src, random.Random(21), files=15)
+    root, state = tmp_path / "img" / "__ROOT", tmp_path / "state"
+    pack_image(src, root, state_path=state)
+    victim = root / "metadata" if edit == "metadata" else max(
+        (p for p in root.iterdir() if p.name != "metadata"), key=lambda p: p.stat().st_size)
+    at = victim.stat().st_size - 100
+    with open(victim, "r+b") as f:  # in place: same inode, same size
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+    (src / "new").write_bytes(b"n" * 4000)
+    res = pack_image(src, root, state_path=state)
+    assert not res.incremental and "changed since it was packed" in res.reason
+    assert same_dir_bytes(root, Path(pack_image(src, tmp_path / "full") and tmp_path / "full"))
+    verify_image(root, expected_mac=res.mac_text)
 
 
 def test_interrupted_incremental_pack_is_not_trusted(tmp_path, monkeypatch):
