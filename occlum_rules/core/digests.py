@@ -91,7 +91,6 @@ def content_stamp(st: os.stat_result) -> tuple[int, int, int]:
 
 _STAMP = struct.Struct("<Qqqq")  # inode, size, mtime_ns, ctime_ns
 _FILE_STAMP = struct.Struct("<QQqqq")  # device, then _STAMP's fields
-_SIZE_AT = struct.calcsize("<QQ")
 
 
 def _packed_stamp(st: os.stat_result) -> bytes:
@@ -104,10 +103,6 @@ def file_stamp(st: os.stat_result) -> bytes:
     discovery and to the copy, which each made a stat of every source of a 20k-file image
     again (3 µs each here, a tenth of a one-file rebuild). See :meth:`DigestCache.known_at`."""
     return _FILE_STAMP.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def file_stamp_size(stamp: bytes) -> int:
-    return int.from_bytes(stamp[_SIZE_AT:_SIZE_AT + 8], "little", signed=True)
 
 
 def file_stamp_fields(stamp: bytes) -> tuple[int, int, int, int, int]:

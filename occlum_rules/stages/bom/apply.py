@@ -24,7 +24,7 @@ from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
 from occlum_rules.core.digests import (
     StampSink,
     chunk_buffer,
-    file_stamp_size,
+    file_stamp_fields,
     sha256_file,
     stat_stamp,
 )
@@ -207,7 +207,8 @@ class _Applier:
         holds them, else None. The stamp planning took of the source, when the digest cache
         knows it, answers without a stat of the source: a one-file rebuild of a 20k-file
         image made that stat for every file."""
-        if node.stamp and self.digests is not None and st.st_size == file_stamp_size(node.stamp):
+        if (node.stamp and self.digests is not None
+                and st.st_size == file_stamp_fields(node.stamp)[2]):
             known = self.digests.known_at(node.src, node.stamp)
             if known is not None:
                 return known if self.digests.digest(full, st) == known else None

@@ -4,9 +4,9 @@ The state file (written beside ``__ROOT`` after a successful integrity-only pack
 before such a pack changes ``__ROOT``) records, per inode in id order: path, kind, mode,
 size, the SHA-256 of its *content* (file bytes, symlink target, or directory entries),
 its MAC and the source file's stat key — plus, for manifest-driven packs, the manifest's
-own columns — and the stamp (size, mtime) of every file the pack left in ``__ROOT``. It is trusted only while ``__ROOT`` still holds exactly the image it describes
-(the same files with the same stamps, the same metadata MAC); otherwise the pack is a full
-one. An incremental pack rewrites only what changed, so a file of ``__ROOT`` edited since
+own columns — and the stamp (size, mtime) of every file the pack left in ``__ROOT``. It
+is trusted only while ``__ROOT`` still holds exactly the image it describes (the same files
+with the same stamps, the same metadata MAC); otherwise the pack is a full one. An incremental pack rewrites only what changed, so a file of ``__ROOT`` edited since
 (by hand, or through the store's hard link to it) would otherwise stay in the new image,
 its MAC no longer the one the metadata holds.
 
