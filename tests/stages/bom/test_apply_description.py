@@ -122,3 +122,37 @@ def test_copies_are_exact_and_see_the_elf_magic_only_where_it_is(tmp_path: Path)
         assert (tmp_path / f"dst{i}").read_bytes() == data
         assert copied.sha256 == hashlib.sha256(data).hexdigest() and copied.size == len(data)
         assert copied.elf == data.startswith(b"\x7fELF")
+
+
+def test_an_image_bigger_than_the_copy_queue_is_recorded_file_by_file(tmp_path: Path) -> None:
+    """New files are copied on worker threads in batches and recorded on the caller's: with
+    more files than the queue holds, every file still has its own digest, stamp and place in
+    the written list (in walk order), and the description is the walk."""
+    from occlum_rules.stages.bom.apply import COPY_BATCH, copy_threads
+
+    rng = __import__("random").Random(7)
+    count = COPY_BATCH * (2 * copy_threads() + 3) + 5
+    for i in range(count):
+        data = (b"\x7fELF" if i % 97 == 0 else b"") + rng.randbytes(rng.randrange(0, 9000))
+        path = tmp_path / "src" / "tree" / f"d{i % 7}" / f"f{i:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    write(tmp_path / "bom.yaml", "targets:\n  - target: /\n    copy:\n      - dirs: [src/tree]\n")
+    cache = DigestCache(None)
+    root = tmp_path / "image"
+    stamps: dict = {}
+    result = apply_plan(plan_bom(tmp_path / "bom.yaml", loader_config=HOST_CONFIG, env={}), root,
+                        digests=cache, stamps=stamps, stamp_cut=len(str(tmp_path)) + 1)
+    files = [i for i in result.manifest if i["type"] == "file"]
+    assert len(files) == count
+    for item in files:
+        source = tmp_path / "src" / item["path"]
+        data = source.read_bytes()
+        assert (root / item["path"]).read_bytes() == data
+        assert item["sha256"] == hashlib.sha256(data).hexdigest() and item["size"] == len(data)
+        assert cache.known(str(root / item["path"])) == item["sha256"]
+        assert result.sources_read[str(source)] == item["sha256"]
+    walked = [e["path"] for e in tree_entries(root, DigestCache(None))]
+    assert result.written == walked  # directories and files, each once, in walk order
+    entries = tree_entries_of_image(result.manifest)
+    assert (entries, stamps) == _walked(tmp_path, cache)
