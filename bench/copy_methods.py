@@ -138,22 +138,21 @@ def measure(src: Path, dst_root: Path, rounds: int, threads: list[int], methods:
             ) -> dict[tuple[str, int], list[tuple[float, float]]]:
     """(method, threads) -> [(seconds, CPU seconds)] over ``rounds`` alternated rounds; each
     copy starts on an empty directory after a sync, and is removed after it."""
-    jobs_of: dict[str, list[tuple[str, str, str]]] = {}
+    dst = dst_root / "copy"
+    jobs = _plan(src, dst)
     variants = [(m, t) for m in methods for t in threads]
     times: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in variants}
     for r in range(rounds):
-        for method, threads in variants if r % 2 == 0 else reversed(variants):
-            dst = dst_root / "copy"
+        for method, count in variants if r % 2 == 0 else reversed(variants):
             h.rmtree(dst)
             dst.mkdir(parents=True)
-            jobs = jobs_of.setdefault(str(dst), _plan(src, dst))
             os.sync()
             cpu = os.times()
             t = time.perf_counter()
-            copy_all(METHODS[method], jobs, threads)
+            copy_all(METHODS[method], jobs, count)
             seconds = time.perf_counter() - t
             after = os.times()
-            times[(method, threads)].append(
+            times[(method, count)].append(
                 (seconds, after.user - cpu.user + after.system - cpu.system))
             h.rmtree(dst)
     return times
