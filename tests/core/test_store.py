@@ -26,7 +26,13 @@ def test_known_digest_is_copied_and_unknown_one_is_checked(tmp_path):
     assert not store.cas_path(wrong).exists()
 
 
-def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path):
+@pytest.mark.parametrize("hashed_beside", [False, True], ids=["hash-then-write", "hash-beside"])
+def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path, monkeypatch, hashed_beside):
+    """Either way a mapped blob is verified: hashed before it is written, or (a very big
+    one, here lowered to 1 MiB) on a thread beside its write."""
+    from occlum_rules.core import store as store_module
+
+    monkeypatch.setattr(store_module, "HASH_BESIDE_FROM", 1 << 20 if hashed_beside else 1 << 40)
     f = tmp_path / "out.bin"
     f.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: the mapped path
     digest = hashlib.sha256(f.read_bytes()).hexdigest()
