@@ -6,16 +6,19 @@ when it was made); other files and trees are hashed through the build's digest c
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import os
 import stat as statmod
-from collections.abc import Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from occlum_rules.core.action import Action, compute_key
 from occlum_rules.core.action_state import read_state_summary
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
-from occlum_rules.core.digests import normal_path, tree_digest, tree_entries
+from occlum_rules.core.digests import DigestCache, normal_path, tree_digest, tree_entries
 from occlum_rules.core.dynamic import unpack_dynamic
 from occlum_rules.errors import UserError
 
@@ -85,32 +88,88 @@ def dynamic_unchanged(recorded: list | dict | None, env: BuildEnv) -> bool:
     record's groups (``dynamic.pack_dynamic``)."""
     if isinstance(recorded, dict):
         groups = _UNCHANGED_GROUPS.setdefault((env.root, env.run_id), set())
+        new_groups, items = [], []
         for directory, packed in recorded.items():
             group = (directory, hashlib.blake2b(packed, digest_size=20).digest())
-            if group in groups:
-                continue
-            if not dynamic_unchanged(unpack_dynamic({directory: packed}), env):
-                return False
-            groups.add(group)
+            if group not in groups:
+                new_groups.append(group)
+                items += unpack_dynamic({directory: packed})
+        if not dynamic_unchanged(items, env):
+            return False
+        groups.update(new_groups)
         return True
     if recorded is not None and not isinstance(recorded, list):
         return False  # a record this version does not understand: run again, never trust it
-    cache = digest_cache(env)
     seen = _UNCHANGED.setdefault((env.root, env.run_id), set())
+    todo: list[tuple[str, str]] = []
     for item in recorded or ():
         try:
             path, digest = item
         except (TypeError, ValueError):
             return False
-        if (path, digest) in seen:
-            continue
-        try:
-            if cache.digest(abs_path(env, path)) != digest:
+        if (path, digest) not in seen:
+            todo.append((path, digest))
+    found = current_digests(digest_cache(env), (abs_path(env, path) for path, _ in todo))
+    try:
+        for (path, digest), now in zip(todo, found):
+            if now != digest:
                 return False
-        except OSError:
-            return False
-        seen.add((path, digest))
+            seen.add((path, digest))
+    finally:
+        found.close()
     return True
+
+
+_HASH_BATCH = 256  # files a hashing task takes: a task per file costs more than most files' sha256
+_BATCHES_AHEAD = 8
+
+
+def _digest_or_none(cache: DigestCache, path: str) -> str | None:
+    try:
+        return cache.digest(path)
+    except OSError:
+        return None
+
+
+def _digests(cache: DigestCache, paths: list[str]) -> list[str | None]:
+    return [_digest_or_none(cache, path) for path in paths]
+
+
+def current_digests(cache: DigestCache,
+                    paths: Iterable[str]) -> Generator[str | None, None, None]:
+    """Each file's sha256 as it is now (None where it cannot be read), in order.
+
+    Files are checked on the calling thread until one is not in the cache at its current
+    stamp (a null build never gets further); from there on they are checked and hashed a
+    batch at a time on a few threads while the answers before them are used: a fresh
+    checkout's 20k sources (1 GiB) took 1.3-1.7 s one at a time, 1.1-1.2 s so. Closing the
+    iterator early stops the hashing.
+    """
+    rest: Iterator[str] = iter(paths)
+    for path in rest:
+        try:
+            st = os.stat(path)
+        except OSError:
+            yield None
+            continue
+        known = cache.known(path, st)
+        if known is None:
+            rest = itertools.chain([path], rest)
+            break
+        yield known
+    else:
+        return
+    pending: collections.deque[Future] = collections.deque()
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="hash") as pool:
+        try:
+            while batch := list(itertools.islice(rest, _HASH_BATCH)):
+                pending.append(pool.submit(_digests, cache, batch))
+                if len(pending) > _BATCHES_AHEAD:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def action_key(action: Action, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
