@@ -160,16 +160,16 @@ def current_digests(cache: DigestCache,
     else:
         return
     pending: collections.deque[Future] = collections.deque()
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="hash") as pool:
-        try:
-            while batch := list(itertools.islice(rest, _HASH_BATCH)):
-                pending.append(pool.submit(_digests, cache, batch))
-                if len(pending) > _BATCHES_AHEAD:
-                    yield from pending.popleft().result()
-            while pending:
+    pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="hash")
+    try:
+        while batch := list(itertools.islice(rest, _HASH_BATCH)):
+            pending.append(pool.submit(_digests, cache, batch))
+            if len(pending) > _BATCHES_AHEAD:
                 yield from pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def action_key(action: Action, env: BuildEnv) -> tuple[str, list[tuple[str, str]]]:
