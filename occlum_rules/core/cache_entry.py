@@ -23,10 +23,12 @@ from occlum_rules.core.digests import tree_digest
 from occlum_rules.core.outputs import remove_path
 from occlum_rules.core.store import CorruptBlob, LocalStore, manifest_blobs
 
+_RESTORE_BATCH = 32  # files a thread restores per task: a task per file was 40k thread wake-ups
+
 
 def _restore_tree(store: LocalStore, entries: list[dict], dest: Path) -> None:
     """Directories and links first (entries list parents before children), then the files
-    on a few threads: each restore hashes and copies with the GIL released."""
+    on a few threads: each restore hashes (and copies) with the GIL released."""
     dest.mkdir(parents=True, exist_ok=True)
     dir_modes: list[tuple[Path, int]] = []
     files: list[tuple[str, Path, int]] = []
@@ -40,12 +42,17 @@ def _restore_tree(store: LocalStore, entries: list[dict], dest: Path) -> None:
             os.symlink(e["target"], target)
         else:
             files.append((e["sha256"], target, e["mode"]))
-    if len(files) > 1:
+    if len(files) > _RESTORE_BATCH:
+        def restore_batch(start: int) -> None:
+            for f in files[start:start + _RESTORE_BATCH]:
+                store.restore(*f)
+
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            for _ in pool.map(lambda f: store.restore(*f), files):
+            for _ in pool.map(restore_batch, range(0, len(files), _RESTORE_BATCH)):
                 pass
-    elif files:
-        store.restore(*files[0])
+    else:
+        for f in files:
+            store.restore(*f)
     for path, mode in reversed(dir_modes):
         os.chmod(path, mode)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,13 +28,14 @@ def test_known_digest_is_copied_and_unknown_one_is_checked(tmp_path):
     assert not store.cas_path(wrong).exists()
 
 
-@pytest.mark.parametrize("hashed_beside", [False, True], ids=["hash-then-write", "hash-beside"])
-def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path, monkeypatch, hashed_beside):
-    """Either way a mapped blob is verified: hashed before it is written, or (a very big
-    one, here lowered to 1 MiB) on a thread beside its write."""
+@pytest.mark.parametrize("how", ["hash-then-write", "hash-beside", "linked"])
+def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path, monkeypatch, how):
+    """Whichever way a blob is restored it is verified: copied and hashed before it is
+    written, copied and (a very big one, here lowered to 1 MiB) hashed on a thread beside
+    its write, or linked (its mode is the one wanted) and hashed where it lies."""
     from occlum_rules.core import store as store_module
 
-    monkeypatch.setattr(store_module, "HASH_BESIDE_FROM", 1 << 20 if hashed_beside else 1 << 40)
+    monkeypatch.setattr(store_module, "HASH_BESIDE_FROM", 1 << 20 if how == "hash-beside" else 1 << 40)
     f = tmp_path / "out.bin"
     f.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: the mapped path
     digest = hashlib.sha256(f.read_bytes()).hexdigest()
@@ -46,9 +49,47 @@ def test_restore_refuses_a_damaged_blob_and_removes_it(tmp_path, monkeypatch, ha
     data = bytearray(blob.read_bytes())
     data[12345] ^= 1
     blob.write_bytes(bytes(data))
+    mode = 0o644 if how == "linked" else 0o600
     with pytest.raises(CorruptBlob):
-        store.restore(digest, tmp_path / "again", 0o644)
+        store.restore(digest, tmp_path / "again", mode)
     assert not blob.exists() and not (tmp_path / "again").exists()
+    assert store.corrupt_found == 1
+
+
+def test_a_blob_with_the_wanted_mode_is_restored_as_a_link(tmp_path):
+    """No bytes written and no inode allocated; a blob of another mode is copied, and the
+    blob keeps its own mode."""
+    f = tmp_path / "out.bin"
+    f.write_bytes(b"restored" * 5000)
+    f.chmod(0o755)
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    cache = DigestCache(tmp_path / "d.marshal")
+    assert cache.digest(f) == digest
+    store = LocalStore(tmp_path / "store")
+    store.put_file(f, digest, known=lambda st: cache.known(f, st) == digest)
+    blob = store.cas_path(digest)
+    store.restore(digest, tmp_path / "linked", 0o755)
+    assert (tmp_path / "linked").stat().st_ino == blob.stat().st_ino
+    store.restore(digest, tmp_path / "copied", 0o644)
+    copied = (tmp_path / "copied").stat()
+    assert copied.st_ino != blob.stat().st_ino and copied.st_nlink == 1
+    assert copied.st_mode & 0o777 == 0o644 and blob.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "copied").read_bytes() == (tmp_path / "linked").read_bytes() == f.read_bytes()
+
+
+def test_a_store_on_another_file_system_is_restored_by_copy(tmp_path):
+    """/dev/shm is a file system of its own here: no link can cross to the disk."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a file system other than the test's directory")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        store = LocalStore(Path(other) / "store")
+        digest = store.put_bytes(b"elsewhere" * 100)
+        store.cas_path(digest).chmod(0o644)
+        store.restore(digest, tmp_path / "here", 0o644)
+        here = (tmp_path / "here").stat()
+        assert here.st_nlink == 1 and here.st_mode & 0o777 == 0o644
+        assert (tmp_path / "here").read_bytes() == b"elsewhere" * 100
 
 
 def test_kernel_copy_falls_back_where_the_kernel_refuses(tmp_path):

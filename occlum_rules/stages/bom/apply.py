@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from occlum_rules.atomic_write import AtomicFile, replace_with_symlink
+from occlum_rules.atomic_write import AtomicFile, detach, replace_with_symlink
 from occlum_rules.core.digests import (
     StampSink,
     chunk_buffer,
@@ -362,6 +362,8 @@ class _Applier:
         if held is not None and st is not None:
             size = st.st_size
             if stat.S_IMODE(st.st_mode) != node.mode:
+                if st.st_nlink > 1:
+                    detach(full)  # a name of a store blob (and maybe of other outputs)
                 os.chmod(full, node.mode)
                 st = None  # its mode: stat it again
             self.result.unchanged.append(rel)

@@ -99,6 +99,23 @@ def test_second_apply_rewrites_nothing_and_keeps_mtimes(proj: Path) -> None:
     assert target.read_text() == "changed\n"
 
 
+def test_a_mode_change_never_reaches_another_name_of_the_image_file(proj: Path) -> None:
+    """An image file may be a hard link into the local store (stored or restored so), which
+    other checkouts' outputs may share: a mode the BOM now asks for goes to a file of the
+    image's own, not through the link."""
+    plan = plan_bom(bom(proj, SIMPLE), loader_config=HOST_CONFIG, env={})
+    root = proj / "image"
+    apply_plan(plan, root)
+    image_file = root / "bin" / "a.txt"
+    other = proj / "stored-blob"
+    os.link(image_file, other)
+    os.chmod(proj / "src" / "a.txt", 0o600)
+    again = apply_plan(plan_bom(proj / "bom.yaml", loader_config=HOST_CONFIG, env={}), root)
+    assert again.written == []
+    assert image_file.stat().st_mode & 0o777 == 0o600 and image_file.stat().st_nlink == 1
+    assert other.stat().st_mode & 0o777 == 0o644 and other.read_text() == "aaa\n"
+
+
 def test_copies_leave_both_digests_known_so_neither_file_is_read_again(proj: Path) -> None:
     """The copy hashes the bytes it moves: the build's digest cache learns the image file's
     digest and its source's (an input the action key needs), without another read."""
