@@ -21,7 +21,7 @@ from occlum_rules.core.action_result import order_outputs
 from occlum_rules.core.build_env import BuildEnv, abs_path, digest_cache
 from occlum_rules.core.digests import tree_digest
 from occlum_rules.core.outputs import remove_path
-from occlum_rules.core.store import CorruptBlob, LocalStore, manifest_blobs
+from occlum_rules.core.store import CorruptBlob, LocalStore, manifest_blob_modes, manifest_blobs
 
 _RESTORE_BATCH = 32  # files a thread restores per task: a task per file was 40k thread wake-ups
 
@@ -208,7 +208,7 @@ def fetch_remote(remote, store: LocalStore, key: str, action: Action | None = No
     except (KeyError, TypeError, AttributeError):
         return None
     wanted = {d: sizes.get(d) for d in sorted(blobs) if not store.has_blob(d)}
-    if not remote.fetch_blobs(store, wanted):
+    if not remote.fetch_blobs(store, wanted, manifest_blob_modes(manifest)):
         return None
     store.put_action(key, manifest)
     return manifest

@@ -42,7 +42,7 @@ from occlum_rules.atomic_write import AtomicFile
 from occlum_rules.core import action_result as ar
 from occlum_rules.core.reapi_stubs import load_stubs
 from occlum_rules.core.remote_health import RemoteAccounting
-from occlum_rules.core.store import LocalStore, manifest_blobs
+from occlum_rules.core.store import FETCHED_MODE, LocalStore, manifest_blobs
 from occlum_rules.credentials import RemoteCredentials, TlsFiles
 from occlum_rules.errors import UserError
 
@@ -256,8 +256,11 @@ class ReapiCache(RemoteAccounting):
         self._count(hits=1, bytes_down=result.ByteSize())
         return manifest, sizes
 
-    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None]) -> bool:
-        """Download ``blobs`` (sha256 → size) into the store; True only if all arrived intact."""
+    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None],
+                    modes: Mapping[str, int] | None = None) -> bool:
+        """Download ``blobs`` (sha256 → size) into the store, with ``modes`` (sha256 → mode;
+        read-only where it names none); True only if all arrived intact."""
+        modes = modes or {}
         if not blobs:
             return True
         if not self._usable() or any(size is None for size in blobs.values()):
@@ -266,9 +269,9 @@ class ReapiCache(RemoteAccounting):
                  if (s or 0) <= self._batch_limit]
         large = [(d, int(s or 0)) for d, s in sorted(blobs.items()) if (s or 0) > self._batch_limit]
         for batch in _batches(small, self._batch_limit):
-            if not self._batch_read(store, batch):
+            if not self._batch_read(store, batch, modes):
                 return False
-        return all(self._stream_read(store, d, s) for d, s in large)
+        return all(self._stream_read(store, d, s, modes.get(d, FETCHED_MODE)) for d, s in large)
 
     def put_entry(self, store: LocalStore, key: str, manifest: dict) -> bool:
         """Upload the blobs of ``manifest`` the server lacks, then its ActionResult.
@@ -499,21 +502,22 @@ class ReapiCache(RemoteAccounting):
             good[digest] = data
         return good
 
-    def _batch_read(self, store: LocalStore, batch: list[tuple[str, int]]) -> bool:
+    def _batch_read(self, store: LocalStore, batch: list[tuple[str, int]],
+                    modes: Mapping[str, int]) -> bool:
         good = self._batch_fetch(batch)
         if good is None or len(good) != len(batch):
             return False
         for digest, data in good.items():
             dest = store.cas_path(digest)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with AtomicFile(dest, mode=0o444) as tmp:
+            with AtomicFile(dest, mode=modes.get(digest, FETCHED_MODE)) as tmp:
                 tmp.file.write(data)
         return True
 
-    def _stream_read(self, store: LocalStore, digest: str, size: int) -> bool:
+    def _stream_read(self, store: LocalStore, digest: str, size: int, mode: int) -> bool:
         dest = store.cas_path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return self._stream_read_to(dest, digest, size, 0o444)
+        return self._stream_read_to(dest, digest, size, mode)
 
     def _stream_read_to(self, dest: Path, digest: str, size: int, mode: int) -> bool:
         tmp = AtomicFile(dest, mode=mode)

@@ -40,7 +40,7 @@ from occlum_rules.core.action_result import action_digest_hash
 from occlum_rules.core.reapi_stubs import optional_messages
 from occlum_rules.core.remote_health import RemoteAccounting
 from occlum_rules.core.remote_health import RemoteCacheStats as RemoteCacheStats
-from occlum_rules.core.store import LocalStore, manifest_blobs
+from occlum_rules.core.store import FETCHED_MODE, LocalStore, manifest_blobs
 from occlum_rules.credentials import (
     RemoteCredentials,
     credentials_from_env,
@@ -340,11 +340,14 @@ class RemoteCache(RemoteAccounting):
             return None
         return data
 
-    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None]) -> bool:
-        """Download ``blobs`` (sha256 → size or None) into the store, each verified."""
+    def fetch_blobs(self, store: LocalStore, blobs: Mapping[str, int | None],
+                    modes: Mapping[str, int] | None = None) -> bool:
+        """Download ``blobs`` (sha256 → size or None) into the store, each verified, with
+        ``modes`` (sha256 → mode; read-only where it names none)."""
         for digest in sorted(blobs):
             store.cas_path(digest).parent.mkdir(parents=True, exist_ok=True)
-            if not self.fetch_blob(digest, store.cas_path(digest), mode=0o444):
+            mode = (modes or {}).get(digest, FETCHED_MODE)
+            if not self.fetch_blob(digest, store.cas_path(digest), mode=mode):
                 return False
         return True
 

@@ -35,7 +35,7 @@ from occlum_rules.core.reapi_action import (
 )
 from occlum_rules.core.reapi_cache import ReapiCache, parse_target
 from occlum_rules.core.remote_cache import configured_url, env_seconds
-from occlum_rules.core.store import LocalStore, manifest_blobs
+from occlum_rules.core.store import LocalStore, manifest_blob_modes, manifest_blobs
 from occlum_rules.credentials import credentials_from_env, tls_files_from_env
 from occlum_rules.errors import UserError
 
@@ -130,7 +130,7 @@ class RemoteExecutor:
         if not dynamic_unchanged(dynamic, env):
             return _refuse(action, "files it read on the worker differ from this machine's")
         wanted = {d: sizes.get(d) for d in set(manifest_blobs(manifest)) if not store.has_blob(d)}
-        if not self.client.fetch_blobs(store, wanted):
+        if not self.client.fetch_blobs(store, wanted, manifest_blob_modes(manifest)):
             return None
         return manifest
 

@@ -31,6 +31,7 @@ class CorruptBlob(Exception):
 
 MAP_FROM = 1 << 20
 HASH_BESIDE_FROM = 16 << 20  # a blob this big is hashed on a thread of its own while written
+FETCHED_MODE = 0o444  # a blob fetched from a remote for no output file of known mode
 
 
 def _copy_kernel(fd_in: int, fd_out: int, size: int) -> None:
@@ -147,7 +148,9 @@ class LocalStore:
                 if linked is not None:
                     linked(after)
                 return True
-        with AtomicFile(self.cas_path(digest), mode=0o444) as tmp, open(src, "rb") as fin:
+        # the output's own mode, so that a restore of it can be a link (see restore)
+        with AtomicFile(self.cas_path(digest), mode=stat.S_IMODE(before.st_mode)) as tmp, \
+                open(src, "rb") as fin:
             assert tmp.fd is not None
             before = os.fstat(fin.fileno())
             if known is not None and known(before):
@@ -372,6 +375,27 @@ def entry_checksum(manifest: dict) -> str:
     are not: the checksum lets a damaged entry be told from a good one."""
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def manifest_blob_modes(manifest: dict) -> dict[str, int]:
+    """The mode a blob fetched for ``manifest`` is given: that of the first output file made
+    of it, so that restoring it can be a link (:meth:`LocalStore.restore`). Only permission
+    bits, and only well-formed records: the manifest came from a remote."""
+    modes: dict[str, int] = {}
+
+    def note(record: object) -> None:
+        if isinstance(record, dict) and record.get("type") == "file":
+            digest, mode = record.get("sha256"), record.get("mode")
+            if isinstance(digest, str) and type(mode) is int and 0 <= mode <= 0o777:
+                modes.setdefault(digest, mode)
+
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    for out in outputs if isinstance(outputs, list) else []:
+        note(out)
+        entries = out.get("entries") if isinstance(out, dict) else None
+        for e in entries if isinstance(entries, list) else []:
+            note(e)
+    return modes
 
 
 def manifest_blobs(manifest: dict) -> list[str]:

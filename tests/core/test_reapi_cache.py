@@ -22,6 +22,7 @@ import pytest
 
 from occlum_rules.core import action_result as ar
 from occlum_rules.core import reapi_stubs
+from occlum_rules.core.cache_entry import fetch_remote
 from occlum_rules.core.reapi_cache import ReapiCache, ReapiTarget, parse_target
 from occlum_rules.core.remote_cache import remote_from_config
 from occlum_rules.core.store import LocalStore
@@ -104,6 +105,29 @@ def test_entry_round_trip_small_and_large_blobs(buildgrid: BuildGrid, tmp_path: 
     assert fresh.cas_path(digest).read_bytes() == large
     assert fresh.cas_path(digest).stat().st_mode & 0o777 == 0o444
     assert [p.name for p in fresh.cas_path(digest).parent.iterdir()] == [digest]
+
+
+def test_fetched_blobs_take_their_outputs_modes_so_restores_link(
+        buildgrid: BuildGrid, tmp_path: Path) -> None:
+    """A blob fetched for an entry gets the mode of the output made of it (batched and
+    streamed alike), so restoring that output is a link, not a second write of the bytes."""
+    store = LocalStore(tmp_path / "a")
+    large = os.urandom(5 * 1024 * 1024 + 3)
+    manifest = entry_with(store, small=b"small tool\n", large=large)
+    manifest["outputs"][0]["mode"] = 0o755
+    manifest["outputs"][1]["mode"] = 0o640
+    key = key_of("modes")
+    with client(buildgrid, upload=True) as remote:
+        assert remote.put_entry(store, key, manifest) is True
+    fresh = LocalStore(tmp_path / "b")
+    with client(buildgrid) as remote:
+        assert fetch_remote(remote, fresh, key) is not None
+    for out in manifest["outputs"]:
+        blob = fresh.cas_path(out["sha256"])
+        assert blob.stat().st_mode & 0o777 == out["mode"]
+        dest = tmp_path / out["path"].replace("/", "_")
+        fresh.restore(out["sha256"], dest, out["mode"])
+        assert dest.stat().st_ino == blob.stat().st_ino
 
 
 def test_find_missing_skips_blobs_the_server_has(buildgrid: BuildGrid, tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from occlum_rules.core.cache_entry import fetch_remote
+from occlum_rules.core.digests import tree_digest
 from occlum_rules.core.remote_cache import RemoteCache, RemoteCacheStats, remote_from_config
+from occlum_rules.core.store import LocalStore
 from occlum_rules.credentials import (
     RemoteCredentials,
     credentials_from_env,
@@ -181,6 +184,30 @@ def test_large_blob_streams_both_ways(nginx_cache: NginxCache, tmp_path: Path) -
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
     assert dest.stat().st_mode & 0o777 == 0o444
     remote.close()
+
+
+def test_fetched_blobs_take_their_outputs_modes_so_restores_link(
+        nginx_cache: NginxCache, tmp_path: Path) -> None:
+    """A blob fetched for an entry gets the mode of the first output made of it (here a file
+    of a tree); a blob no well-formed record names a mode for stays read-only."""
+    store = LocalStore(tmp_path / "a")
+    tool, data = store.put_bytes(b"#!/bin/sh\n"), store.put_bytes(b"data\n" * 100)
+    entries = [{"path": "bin", "type": "dir", "mode": 0o755},
+               {"path": "bin/tool", "type": "file", "mode": 0o755, "size": 10, "sha256": tool},
+               {"path": "data", "type": "file", "mode": 0o4755, "size": 500, "sha256": data}]
+    manifest = {"outputs": [{"path": "out/tree", "type": "dir", "entries": entries,
+                             "digest": "tree:" + tree_digest(entries)}],
+                "label": "//t:t", "kind": "test", "dynamic": []}
+    key = key_of("modes")
+    with RemoteCache(nginx_cache.url()) as remote:
+        assert remote.put_entry(store, key, manifest) is True
+    fresh = LocalStore(tmp_path / "b")
+    with RemoteCache(nginx_cache.url()) as remote:
+        assert fetch_remote(remote, fresh, key) is not None
+    assert fresh.cas_path(tool).stat().st_mode & 0o7777 == 0o755
+    assert fresh.cas_path(data).stat().st_mode & 0o7777 == 0o444  # not a permission mode
+    fresh.restore(tool, tmp_path / "tool", 0o755)
+    assert (tmp_path / "tool").stat().st_ino == fresh.cas_path(tool).stat().st_ino
 
 
 def test_action_result_round_trip_and_miss(nginx_cache: NginxCache) -> None:

@@ -127,12 +127,15 @@ def test_a_vouched_output_is_stored_as_a_link_and_its_digest_stays_known(tmp_pat
 
 
 def test_an_unvouched_file_is_copied_not_linked(tmp_path):
+    """The copy keeps the output's mode, so a restore of that output can still link it."""
     f = tmp_path / "out.bin"
     f.write_bytes(b"copied" * 4096)
+    f.chmod(0o750)
     digest = hashlib.sha256(f.read_bytes()).hexdigest()
     store = LocalStore(tmp_path / "store")
     assert store.put_file(f, digest)
     assert not os.path.samefile(store.cas_path(digest), f)
+    assert store.cas_path(digest).stat().st_mode & 0o777 == 0o750
     assert store.cas_path(digest).read_bytes() == f.read_bytes()
 
 
