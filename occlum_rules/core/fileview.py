@@ -183,7 +183,7 @@ class FileView:
     # ------------------------------------------------------------------ keys
     def signing_key_fingerprint(self, path: str) -> str:
         """MRSIGNER (hex) of a PEM key file: public, so it may enter action keys."""
-        from occlum_rules.stages.sign import public_key_fingerprint
+        from occlum_rules.stages.sign.sigstruct import public_key_fingerprint
 
         if not self.is_file(path):
             raise UserError(f"signing key '{path}' not found")

@@ -22,7 +22,6 @@ from pathlib import Path
 from occlum_rules.atomic_write import publish
 from occlum_rules.errors import UserError
 from occlum_rules.process import deterministic_env, run_tool, trim_output
-from occlum_rules.standin.shape import check_libos_shape
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SUPPORTED_SDK_MINORS = (20, 21)  # the occlum/linux-sgx 2.20 and 2.21 forks (signer profiles)
@@ -132,6 +131,8 @@ def build_standin(
             cmd = [compiler, prefix_map, *args, "-o", out_name]
             _run_compiler(cc, cmd, work, what)
         # The LibOS is checked where it was built, so a bad layout never reaches out_dir.
+        from occlum_rules.standin.shape import check_libos_shape  # pyelftools: only to build
+
         try:
             shape = check_libos_shape(work / LIBOS_NAME)
         except UserError as exc:

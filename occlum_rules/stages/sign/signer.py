@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import occlum_rules.stages.sign.measure as M
 from occlum_rules.atomic_write import write_atomic
-from occlum_rules.stages.sign import measure as M
 from occlum_rules.stages.sign.elf_checks import EnclaveElf, parse_enclave_elf
 from occlum_rules.stages.sign.enclave_xml import EnclaveConfig, parse_enclave_xml
 from occlum_rules.stages.sign.errors import SignError
@@ -36,8 +36,7 @@ from occlum_rules.stages.sign.sigstruct import (
     date_from_environment,
     load_private_key,
     load_public_key,
-    mrsigner_of,
-    public_key_of,
+    public_key_fingerprint,
     sign_css,
     signing_material,
 )
@@ -282,11 +281,6 @@ def read_signed_info(signed_so: Path | bytes) -> dict:
         "debug_allowed": not mask_flags & 0x2,
         "metadata_versions": [f"{b.version >> 32}.{b.version & 0xFFFFFFFF}" for b in blobs],
     }
-
-
-def public_key_fingerprint(key_pem: Path | bytes) -> str:
-    """MRSIGNER (hex) of a key file; safe to put in cache keys instead of the key itself."""
-    return mrsigner_of(public_key_of(key_pem if isinstance(key_pem, bytes) else Path(key_pem))).hex()
 
 
 OUTPUT_MODE = 0o644

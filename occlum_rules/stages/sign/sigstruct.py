@@ -252,6 +252,11 @@ def mrsigner_of(public: rsa.RSAPublicKey) -> bytes:
     return hashlib.sha256(modulus_le(public)).digest()
 
 
+def public_key_fingerprint(key_pem: Path | bytes) -> str:
+    """MRSIGNER (hex) of a key file; safe to put in cache keys instead of the key itself."""
+    return mrsigner_of(public_key_of(key_pem if isinstance(key_pem, bytes) else Path(key_pem))).hex()
+
+
 # ---------------------------------------------------------------------------------------
 # Signature
 
