@@ -148,8 +148,8 @@ class LocalStore:
                 if linked is not None:
                     linked(after)
                 return True
-        # the output's own mode, so that a restore of it can be a link (see restore)
-        with AtomicFile(self.cas_path(digest), mode=stat.S_IMODE(before.st_mode)) as tmp, \
+        # the output's permissions, so that a restore of it can be a link (see restore)
+        with AtomicFile(self.cas_path(digest), mode=stat.S_IMODE(before.st_mode) & 0o777) as tmp, \
                 open(src, "rb") as fin:
             assert tmp.fd is not None
             before = os.fstat(fin.fileno())

@@ -15,7 +15,8 @@ from elftools.elf.elffile import ELFFile
 
 from occlum_rules.stages.securefs.builtin_config import patch_builtin_config
 from occlum_rules.stages.securefs.config_mac import show_mac_line
-from occlum_rules.stages.sign import measure, sign_enclave
+from occlum_rules.stages.sign import sign_enclave
+from occlum_rules.stages.sign.signer import measure
 from occlum_rules.standin.build import StandinFiles
 from tests.conftest import vectors_path
 

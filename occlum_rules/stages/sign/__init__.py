@@ -1,11 +1,13 @@
 """Pure-Python sgx_sign: byte-identical signing, measuring and inspection of SGX enclaves.
 
 Public API (see :mod:`occlum_rules.stages.sign.signer`): ``sign_enclave``, ``gendata``,
-``catsig``, ``measure``, ``read_signed_info``, ``public_key_fingerprint``; SDK profiles in
+``catsig``, ``read_signed_info``, ``public_key_fingerprint``; SDK profiles in
 :mod:`occlum_rules.stages.sign.profiles`. Modules: ``enclave_xml`` (config parsing),
 ``elf_checks``, ``layout``, ``metadata``, ``measure`` (ECREATE/EADD/EEXTEND), ``sigstruct``,
 ``dump``. The names are imported on first use: loading BUILD files needs only a signing
-key's fingerprint (``sigstruct``), not the signer and its ELF parsing.
+key's fingerprint (``sigstruct``), not the signer and its ELF parsing. ``measure`` here is
+the submodule; the function that measures a whole enclave is ``signer.measure`` (the package
+used to export both under one name, and which one it held depended on import order).
 """
 
 from typing import TYPE_CHECKING
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
         SignResult,
         catsig,
         gendata,
-        measure,
         read_signed_info,
         sign_enclave,
     )
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
 __getattr__ = lazy_exports(__name__, {
     "SignError": "errors", "PROFILES": "profiles", "SdkProfile": "profiles",
     "GendataResult": "signer", "SignResult": "signer", "catsig": "signer", "gendata": "signer",
-    "measure": "signer", "read_signed_info": "signer", "sign_enclave": "signer",
+    "read_signed_info": "signer", "sign_enclave": "signer",
     "public_key_fingerprint": "sigstruct",
 })
 
 __all__ = ["PROFILES", "GendataResult", "SdkProfile", "SignError", "SignResult", "catsig",
-           "gendata", "measure", "public_key_fingerprint", "read_signed_info", "sign_enclave"]
+           "gendata", "public_key_fingerprint", "read_signed_info", "sign_enclave"]
