@@ -16,7 +16,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +149,7 @@ class LocalStore:
                     linked(after)
                 return True
         # the output's permissions, so that a restore of it can be a link (see restore)
-        with AtomicFile(self.cas_path(digest), mode=stat.S_IMODE(before.st_mode) & 0o777) as tmp, \
+        with AtomicFile(self.cas_path(digest), mode=before.st_mode & 0o777) as tmp, \
                 open(src, "rb") as fin:
             assert tmp.fd is not None
             before = os.fstat(fin.fileno())
@@ -224,14 +224,10 @@ class LocalStore:
     def _restore_link(self, src: Path, digest: str, dest: Path, mode: int) -> bool:
         """Restore by a hard link; False (nothing left at ``dest``) where that cannot be done:
         another mode, another device, too many links, a store the user may not link from."""
-        try:
-            if stat.S_IMODE(os.stat(src).st_mode) != mode:
-                return False
-            os.link(src, dest)
-        except FileNotFoundError:
-            if not os.path.exists(src):
-                raise
+        if stat.S_IMODE(os.stat(src).st_mode) != mode:  # no such blob: FileNotFoundError
             return False
+        try:
+            os.link(src, dest)
         except OSError:
             return False
         # read into a buffer, not mapped: unmapping on several threads costs every CPU a
@@ -377,37 +373,32 @@ def entry_checksum(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _file_records(manifest: dict) -> Iterator[dict]:
+    """The records of an output manifest that name a blob: file outputs, and the files of
+    directory outputs."""
+    for out in manifest.get("outputs", []):
+        if out.get("type") == "file":
+            yield out
+        for e in out.get("entries", []) or []:
+            if e.get("type") == "file":
+                yield e
+
+
 def manifest_blob_modes(manifest: dict) -> dict[str, int]:
-    """The mode a blob fetched for ``manifest`` is given: that of the first output file made
-    of it, so that restoring it can be a link (:meth:`LocalStore.restore`). Only permission
-    bits, and only well-formed records: the manifest came from a remote."""
+    """The mode a blob fetched for ``manifest`` (one :func:`manifest_blobs` accepts) is
+    given: that of the first output file made of it, so that restoring it can be a link
+    (:meth:`LocalStore.restore`). Only permission bits: the manifest came from a remote."""
     modes: dict[str, int] = {}
-
-    def note(record: object) -> None:
-        if isinstance(record, dict) and record.get("type") == "file":
-            digest, mode = record.get("sha256"), record.get("mode")
-            if isinstance(digest, str) and type(mode) is int and 0 <= mode <= 0o777:
-                modes.setdefault(digest, mode)
-
-    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
-    for out in outputs if isinstance(outputs, list) else []:
-        note(out)
-        entries = out.get("entries") if isinstance(out, dict) else None
-        for e in entries if isinstance(entries, list) else []:
-            note(e)
+    for record in _file_records(manifest):
+        digest, mode = record["sha256"], record.get("mode")
+        if isinstance(digest, str) and type(mode) is int and 0 <= mode <= 0o777:
+            modes.setdefault(digest, mode)
     return modes
 
 
 def manifest_blobs(manifest: dict) -> list[str]:
     """Every blob digest an output manifest needs."""
-    digests: list[str] = []
-    for out in manifest.get("outputs", []):
-        if out.get("type") == "file":
-            digests.append(out["sha256"])
-        for e in out.get("entries", []) or []:
-            if e.get("type") == "file":
-                digests.append(e["sha256"])
-    return digests
+    return [record["sha256"] for record in _file_records(manifest)]
 
 
 # --------------------------------------------------------------------------- maintenance

@@ -362,8 +362,7 @@ class _Applier:
         if held is not None and st is not None:
             size = st.st_size
             if stat.S_IMODE(st.st_mode) != node.mode:
-                if st.st_nlink > 1:
-                    detach(full)  # a name of a store blob (and maybe of other outputs)
+                detach(full)  # when it is also a store blob (and maybe other outputs)
                 os.chmod(full, node.mode)
                 st = None  # its mode: stat it again
             self.result.unchanged.append(rel)
